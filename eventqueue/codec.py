@@ -1,0 +1,117 @@
+"""Event validation, canonical JSON and the content hash. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from eventqueue.errors import InvalidEventError
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+# Fields of the content hash (from the plan): never timestamp or event_id, so a re-sent event
+# with a new id or clock reading is still recognised as the same content.
+HASHED_FIELDS = ("event_type", "event_name", "aggregate_id")
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"), check_circular=False
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """A validated event: its canonical JSON text and its content hash."""
+
+    payload: dict[str, Any]
+    payload_json: str
+    content_hash: str
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8 text; the value must already be validated."""
+    return _encoder.encode(value)
+
+
+def encode_event(event: Any, *, max_bytes: int, max_depth: int) -> EncodedEvent:
+    """Validate `event` and return its canonical JSON and content hash, or raise InvalidEventError."""
+    if not isinstance(event, dict):
+        raise InvalidEventError(f"an event must be a JSON object (dict), got {type(event).__name__}")
+    _check_fields(event)
+    _check_value(event, "$", 0, max_depth)
+    text = canonical_json(event)
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEventError(
+            f"event contains text that is not valid Unicode (a lone surrogate at character {exc.start})"
+        ) from None
+    if len(raw) > max_bytes:
+        raise InvalidEventError(
+            f"event is {len(raw)} bytes as JSON, over the limit of {max_bytes} (EVENT_MAX_BYTES)"
+        )
+    return EncodedEvent(event, text, content_hash(event))
+
+
+def content_hash(event: dict[str, Any]) -> str:
+    """SHA-256 hex of canonical JSON over event_type, event_name, aggregate_id and attributes."""
+    content = {name: event.get(name) for name in HASHED_FIELDS}
+    content["attributes"] = event.get("attributes") or {}
+    return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
+
+
+def decode_payload(text: str) -> dict[str, Any]:
+    """The stored JSON text back to the dict that was put."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise InvalidEventError("stored payload is not a JSON object")
+    return value
+
+
+def _check_fields(event: dict[str, Any]) -> None:
+    for name in ("event_type", "event_name"):
+        value = event.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidEventError(f"{name} must be a string, got {type(value).__name__}")
+    aggregate_id = event.get("aggregate_id")
+    if aggregate_id is not None and (
+        isinstance(aggregate_id, bool) or not isinstance(aggregate_id, str | int)
+    ):
+        raise InvalidEventError(
+            f"aggregate_id must be a string or an integer, got {type(aggregate_id).__name__}"
+        )
+    attributes = event.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise InvalidEventError(f"attributes must be a JSON object, got {type(attributes).__name__}")
+
+
+def _check_value(value: Any, path: str, depth: int, max_depth: int) -> None:
+    # Explicit walk instead of trusting json.dumps: it would turn NaN into invalid JSON, int keys
+    # into strings, and deep or cyclic values into RecursionError/ValueError (RELIABILITY F15).
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidEventError(f"{path}: integer {value} is outside the 64-bit range")
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidEventError(f"{path}: {value} is not valid JSON (NaN and Infinity are not)")
+        return
+    if depth >= max_depth:
+        raise InvalidEventError(
+            f"{path}: nesting is deeper than {max_depth} levels (EVENT_MAX_DEPTH), or cyclic"
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidEventError(f"{path}: object key {key!r} is not a string")
+            _check_value(item, f"{path}.{key}", depth + 1, max_depth)
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_value(item, f"{path}[{index}]", depth + 1, max_depth)
+        return
+    raise InvalidEventError(f"{path}: {type(value).__name__} is not JSON-encodable")

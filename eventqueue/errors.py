@@ -1,0 +1,35 @@
+"""Every exception eventqueue raises on purpose: one root, a few children. Stdlib only."""
+
+from __future__ import annotations
+
+
+class EventQueueError(Exception):
+    """Root of every error eventqueue raises on purpose."""
+
+
+class ConfigError(EventQueueError, ValueError):
+    """A setting is out of range or malformed; the message names the variable and the range."""
+
+
+class InvalidEventError(EventQueueError, ValueError):
+    """An event was rejected at `put`: the message names the problem; nothing was stored."""
+
+
+class LeaseLostError(EventQueueError):
+    """The batch's claim token is no longer current: another consumer holds it, or it finished."""
+
+
+class SchemaError(EventQueueError):
+    """The database schema is missing, behind or ahead of this version of eventqueue."""
+
+
+class StorageError(EventQueueError):
+    """The database could not be used: locked, full, deleted, read-only or corrupt."""
+
+
+class QueueClosedError(EventQueueError):
+    """The queue was used after `close()`."""
+
+
+class SpillError(EventQueueError):
+    """The overflow spill log could not be written durably."""
