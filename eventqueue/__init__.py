@@ -31,3 +31,7 @@ __all__ = [
     "Status",
     "StorageError",
 ]
+
+from eventqueue.queue import EventQueue
+
+__all__ += ["EventQueue"]

@@ -38,7 +38,9 @@ def canonical_json(value: Any) -> str:
 def encode_event(event: Any, *, max_bytes: int, max_depth: int) -> EncodedEvent:
     """Validate `event` and return its canonical JSON and content hash, or raise InvalidEventError."""
     if not isinstance(event, dict):
-        raise InvalidEventError(f"an event must be a JSON object (dict), got {type(event).__name__}")
+        raise InvalidEventError(
+            f"an event must be a JSON object (dict), got {type(event).__name__}"
+        )
     _check_fields(event)
     _check_value(event, "$", 0, max_depth)
     text = canonical_json(event)
@@ -84,7 +86,9 @@ def _check_fields(event: dict[str, Any]) -> None:
         )
     attributes = event.get("attributes")
     if attributes is not None and not isinstance(attributes, dict):
-        raise InvalidEventError(f"attributes must be a JSON object, got {type(attributes).__name__}")
+        raise InvalidEventError(
+            f"attributes must be a JSON object, got {type(attributes).__name__}"
+        )
 
 
 def _check_value(value: Any, path: str, depth: int, max_depth: int) -> None:

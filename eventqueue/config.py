@@ -45,25 +45,140 @@ def _num(x: float) -> str:
 # The plan's six variables keep their names and defaults; the rest are eventqueue's own.
 SETTINGS: tuple[Setting, ...] = (
     Setting("db_path", "EVENT_DB_PATH", "events.db", "SQLite database file"),
-    Setting("queue_size", "EVENT_QUEUE_SIZE", 1000, "bound on pending + claimed rows; beyond it non-CRITICAL events spill to disk", 1, 10_000_000),
-    Setting("dedup_ttl_s", "DEDUP_TTL_SECONDS", 300.0, "a repeat of the same content within this window is a duplicate", 0, 31_536_000),
-    Setting("batch_window_ms", "BATCH_WINDOW_MS", 100.0, "a batch key is ready once its oldest pending event waited this long", 0, 3_600_000),
-    Setting("max_batch_size", "MAX_BATCH_SIZE", 10, "events per batch; a key with this many pending is ready at once", 1, 10_000),
-    Setting("enable_batching", "ENABLE_BATCHING", True, "false: every event is a batch of one, ready at once"),
-    Setting("enable_dedup", "ENABLE_DEDUP", True, "false: every event is accepted, duplicates included"),
-    Setting("durability", "EVENT_DURABILITY", "full", "full: survives power loss (synchronous=FULL); normal: survives a process crash", choices=("full", "normal")),
-    Setting("aging_s", "EVENT_AGING_SECONDS", 60.0, "waiting this long raises an event one priority level (never to CRITICAL)", 0.001, 31_536_000),
-    Setting("lease_s", "EVENT_LEASE_SECONDS", 30.0, "a claimed batch not acked within this is claimable again", 0.01, 86_400),
-    Setting("max_attempts", "EVENT_MAX_ATTEMPTS", 5, "deliveries before an event is dead-lettered", 1, 1000),
-    Setting("backoff_base_s", "EVENT_BACKOFF_SECONDS", 1.0, "first retry delay after nack; doubles per attempt, with jitter", 0, 86_400),
-    Setting("backoff_max_s", "EVENT_BACKOFF_MAX_SECONDS", 300.0, "cap on the retry delay", 0, 604_800),
-    Setting("retention_s", "EVENT_RETENTION_SECONDS", 86_400.0, "done events are kept this long for inspection, then purged", 0, 31_536_000),
-    Setting("max_event_bytes", "EVENT_MAX_BYTES", 1_048_576, "largest accepted event, as canonical JSON", 64, 268_435_456),
-    Setting("max_depth", "EVENT_MAX_DEPTH", 64, "deepest accepted nesting of objects and lists", 1, 900),
-    Setting("busy_timeout_ms", "EVENT_BUSY_TIMEOUT_MS", 5000, "how long SQLite waits for another process's lock", 0, 600_000),
-    Setting("commit_max_events", "EVENT_COMMIT_MAX_EVENTS", 1000, "most events one group commit writes", 1, 100_000),
-    Setting("intake_size", "EVENT_INTAKE_SIZE", 10_000, "puts waiting for the writer before puts spill (or wait)", 1, 10_000_000),
-    Setting("poll_ms", "EVENT_POLL_MS", 200.0, "how often consumers look for work written by other processes", 1, 60_000),
+    Setting(
+        "queue_size",
+        "EVENT_QUEUE_SIZE",
+        1000,
+        "bound on pending + claimed rows; beyond it non-CRITICAL events spill to disk",
+        1,
+        10_000_000,
+    ),
+    Setting(
+        "dedup_ttl_s",
+        "DEDUP_TTL_SECONDS",
+        300.0,
+        "a repeat of the same content within this window is a duplicate",
+        0,
+        31_536_000,
+    ),
+    Setting(
+        "batch_window_ms",
+        "BATCH_WINDOW_MS",
+        100.0,
+        "a batch key is ready once its oldest pending event waited this long",
+        0,
+        3_600_000,
+    ),
+    Setting(
+        "max_batch_size",
+        "MAX_BATCH_SIZE",
+        10,
+        "events per batch; a key with this many pending is ready at once",
+        1,
+        10_000,
+    ),
+    Setting(
+        "enable_batching",
+        "ENABLE_BATCHING",
+        True,
+        "false: every event is a batch of one, ready at once",
+    ),
+    Setting(
+        "enable_dedup", "ENABLE_DEDUP", True, "false: every event is accepted, duplicates included"
+    ),
+    Setting(
+        "durability",
+        "EVENT_DURABILITY",
+        "full",
+        "full: survives power loss (synchronous=FULL); normal: survives a process crash",
+        choices=("full", "normal"),
+    ),
+    Setting(
+        "aging_s",
+        "EVENT_AGING_SECONDS",
+        60.0,
+        "waiting this long raises an event one priority level (never to CRITICAL)",
+        0.001,
+        31_536_000,
+    ),
+    Setting(
+        "lease_s",
+        "EVENT_LEASE_SECONDS",
+        30.0,
+        "a claimed batch not acked within this is claimable again",
+        0.01,
+        86_400,
+    ),
+    Setting(
+        "max_attempts",
+        "EVENT_MAX_ATTEMPTS",
+        5,
+        "deliveries before an event is dead-lettered",
+        1,
+        1000,
+    ),
+    Setting(
+        "backoff_base_s",
+        "EVENT_BACKOFF_SECONDS",
+        1.0,
+        "first retry delay after nack; doubles per attempt, with jitter",
+        0,
+        86_400,
+    ),
+    Setting(
+        "backoff_max_s", "EVENT_BACKOFF_MAX_SECONDS", 300.0, "cap on the retry delay", 0, 604_800
+    ),
+    Setting(
+        "retention_s",
+        "EVENT_RETENTION_SECONDS",
+        86_400.0,
+        "done events are kept this long for inspection, then purged",
+        0,
+        31_536_000,
+    ),
+    Setting(
+        "max_event_bytes",
+        "EVENT_MAX_BYTES",
+        1_048_576,
+        "largest accepted event, as canonical JSON",
+        64,
+        268_435_456,
+    ),
+    Setting(
+        "max_depth", "EVENT_MAX_DEPTH", 64, "deepest accepted nesting of objects and lists", 1, 900
+    ),
+    Setting(
+        "busy_timeout_ms",
+        "EVENT_BUSY_TIMEOUT_MS",
+        5000,
+        "how long SQLite waits for another process's lock",
+        0,
+        600_000,
+    ),
+    Setting(
+        "commit_max_events",
+        "EVENT_COMMIT_MAX_EVENTS",
+        1000,
+        "most events one group commit writes",
+        1,
+        100_000,
+    ),
+    Setting(
+        "intake_size",
+        "EVENT_INTAKE_SIZE",
+        10_000,
+        "puts waiting for the writer before puts spill (or wait)",
+        1,
+        10_000_000,
+    ),
+    Setting(
+        "poll_ms",
+        "EVENT_POLL_MS",
+        200.0,
+        "how often consumers look for work written by other processes",
+        1,
+        60_000,
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -103,7 +218,9 @@ class Config:
         env = os.environ if env is None else env
         unknown = sorted(set(overrides) - set(_BY_NAME))
         if unknown:
-            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(_BY_NAME)}")
+            raise ConfigError(
+                f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(_BY_NAME)}"
+            )
         values: dict[str, Any] = {}
         for setting in SETTINGS:
             if setting.name in overrides and overrides[setting.name] is not None:
@@ -153,7 +270,9 @@ def _coerce(setting: Setting, raw: Any, label: str) -> Any:
 
 def _check(setting: Setting, value: Any, label: str) -> None:
     if setting.choices and value not in setting.choices:
-        raise ConfigError(f"{label}={value!r} is not accepted; accepted: {setting.describe_range()}")
+        raise ConfigError(
+            f"{label}={value!r} is not accepted; accepted: {setting.describe_range()}"
+        )
     if isinstance(setting.default, bool) and not isinstance(value, bool):
         raise ConfigError(f"{label}={value!r} is not a boolean; accepted: true | false")
     if isinstance(setting.default, int | float) and not isinstance(setting.default, bool):
@@ -162,6 +281,8 @@ def _check(setting: Setting, value: Any, label: str) -> None:
         if (setting.low is not None and value < setting.low) or (
             setting.high is not None and value > setting.high
         ):
-            raise ConfigError(f"{label}={value!r} is out of range; accepted: {setting.describe_range()}")
+            raise ConfigError(
+                f"{label}={value!r} is out of range; accepted: {setting.describe_range()}"
+            )
     if setting.name == "db_path" and not str(value):
         raise ConfigError(f"{label} is empty; give a database file path")

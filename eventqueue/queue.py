@@ -1,0 +1,356 @@
+"""EventQueue: the façade a listener embeds: put, claim, ack, nack, extend, release, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from eventqueue.codec import encode_event
+from eventqueue.config import Config
+from eventqueue.errors import InvalidEventError, QueueClosedError
+from eventqueue.models import Batch, Priority, PutResult, PutStatus, QueueStats
+from eventqueue.priority import BatchKeyFn, Classifier, batch_key, classify
+from eventqueue.store.sqlite import ClaimRules, NewEvent, SQLiteStore
+from eventqueue.writer import GroupCommitWriter, IntakeEntry
+
+Clock = Callable[[], float]
+# Never sleep longer than this without looking again, whatever the clock says: a wall-clock
+# jump must not leave a consumer asleep for hours.
+_MAX_IDLE_S = 1.0
+
+
+class EventQueue:
+    """A durable priority queue of events on one SQLite file. Open with `EventQueue.open(...)`."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        config: Config,
+        *,
+        classifier: Classifier = classify,
+        batch_key_fn: BatchKeyFn = batch_key,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._classify = classifier
+        self._batch_key = batch_key_fn
+        self._clock = clock
+        self._rules = ClaimRules(
+            max_batch=config.max_batch_size,
+            window_s=config.batch_window_s,
+            aging_s=config.aging_s,
+            batching=config.enable_batching,
+            lease_s=config.lease_s,
+            max_attempts=config.max_attempts,
+        )
+        self._writer = GroupCommitWriter(
+            self._commit, max_events=config.commit_max_events, intake_size=config.intake_size
+        )
+        self._writer.on_commit.append(self.notify)
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        path: str | None = None,
+        *,
+        config: Config | None = None,
+        classifier: Classifier = classify,
+        batch_key: BatchKeyFn = batch_key,
+        clock: Clock = time.time,
+        migrate: bool | str = "auto",
+        **settings: Any,
+    ) -> _Opener:
+        """Open (and on first use create) the queue: `async with EventQueue.open("events.db") as q`.
+
+        Settings come from `config`, else keyword arguments over the environment. `migrate`:
+        "auto" creates the schema in a new file and refuses an old one; True upgrades; False never.
+        """
+        if config is None:
+            config = Config.load(db_path=path, **settings)
+        elif path is not None or settings:
+            config = config.replace(**({"db_path": path} if path else {}), **settings)
+        return _Opener(cls._open(config, classifier, batch_key, clock, migrate))
+
+    @classmethod
+    async def _open(
+        cls,
+        config: Config,
+        classifier: Classifier,
+        key_fn: BatchKeyFn,
+        clock: Clock,
+        migrate: bool | str,
+    ) -> EventQueue:
+        store = await SQLiteStore.open(
+            config.db_path,
+            durability=config.durability,
+            busy_timeout_ms=config.busy_timeout_ms,
+            migrate=migrate,
+        )
+        queue = cls(store, config, classifier=classifier, batch_key_fn=key_fn, clock=clock)
+        try:
+            await store.save_settings(_view_settings(config))
+        except BaseException:
+            await store.close()
+            raise
+        queue._writer.start()
+        return queue
+
+    async def close(self) -> None:
+        """Commit what was put, checkpoint, and close the database. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._writer.close()
+        await self.store.close()
+        self.notify()
+
+    async def __aenter__(self) -> EventQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- put --------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        event: Mapping[str, Any],
+        priority: Priority | int | str | None = None,
+        *,
+        source: str | None = None,
+        position: str | None = None,
+    ) -> PutResult:
+        """Store one event durably; returns once it is committed (accepted or duplicate)."""
+        results = await self._put_rows([self.prepare(event, priority)], source, position)
+        return results[0]
+
+    async def put_many(
+        self,
+        events: Iterable[Mapping[str, Any]],
+        priority: Priority | int | str | None = None,
+        *,
+        source: str | None = None,
+        position: str | None = None,
+    ) -> list[PutResult]:
+        """Store several events in one commit; all are validated before any is stored."""
+        rows = [self.prepare(event, priority, index=i) for i, event in enumerate(events)]
+        return await self._put_rows(rows, source, position) if rows else []
+
+    def prepare(
+        self,
+        event: Mapping[str, Any],
+        priority: Priority | int | str | None = None,
+        *,
+        index: int | None = None,
+    ) -> NewEvent:
+        """Validate, hash and classify one event (raises InvalidEventError; stores nothing)."""
+        try:
+            encoded = encode_event(
+                event, max_bytes=self.config.max_event_bytes, max_depth=self.config.max_depth
+            )
+            chosen = (
+                Priority.parse(priority)
+                if priority is not None
+                else Priority(self._classify(encoded.payload))
+            )
+            key = self._batch_key(encoded.payload)
+        except InvalidEventError as exc:
+            raise InvalidEventError(f"event {index}: {exc}") if index is not None else exc from None
+        except ValueError as exc:
+            raise InvalidEventError(f"invalid priority: {exc}") from None
+        if not isinstance(key, str):
+            raise InvalidEventError(f"batch key function returned {type(key).__name__}, not str")
+        return NewEvent(encoded.payload_json, int(chosen), key, encoded.content_hash, self._clock())
+
+    async def _put_rows(
+        self, rows: list[NewEvent], source: str | None, position: str | None
+    ) -> list[PutResult]:
+        self._check_open()
+        await self._writer.wait_for_room(len(rows))
+        future: asyncio.Future[list[tuple[PutStatus, int]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._writer.submit(IntakeEntry(rows, future, source, position))
+        outcome = await future
+        return [
+            PutResult(status, row_id, Priority(row.priority), row.content_hash)
+            for row, (status, row_id) in zip(rows, outcome, strict=True)
+        ]
+
+    async def _commit(
+        self, rows: Sequence[NewEvent], positions: dict[str, str | None]
+    ) -> list[tuple[PutStatus, int]]:
+        ttl = self.config.dedup_ttl_s if self.config.enable_dedup else None
+        return await self.store.put(
+            rows, now=self._clock(), dedup_ttl_s=ttl, source_positions=positions
+        )
+
+    async def source_position(self, source: str) -> str | None:
+        """Where `source` stood at its last committed event (None if never)."""
+        return await self.store.source_position(source)
+
+    # --- claim and finish -------------------------------------------------------------------
+
+    async def claim(self, consumer: str = "consumer") -> Batch | None:
+        """Lease the best ready batch now, or return None when nothing is ready."""
+        self._check_open()
+        return await self.store.claim(
+            now=self._clock(),
+            consumer=consumer,
+            token=secrets.token_hex(8),
+            batch_id=secrets.token_hex(6),
+            rules=self._rules,
+        )
+
+    async def next_batch(
+        self, consumer: str = "consumer", *, timeout: float | None = None
+    ) -> Batch | None:
+        """Wait for a ready batch and lease it (None after `timeout` seconds or on close)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self._closed:
+            changed = self._changed
+            batch = await self.claim(consumer)
+            if batch is not None:
+                return batch
+            delay = await self._idle_delay()
+            if deadline is not None:
+                delay = min(delay, deadline - loop.time())
+                if delay <= 0:
+                    return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), delay)
+        return None
+
+    def notify(self) -> None:
+        """Wake waiting consumers: something may have become ready."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _idle_delay(self) -> float:
+        # Sleep until the next batch window closes, retry comes due or lease expires; poll
+        # anyway for work committed by other processes.
+        now = self._clock()
+        wake = await self.store.next_wakeup(now)
+        times = [self.config.poll_ms / 1000.0, _MAX_IDLE_S]
+        if wake.oldest_pending_at is not None:
+            times.append(wake.oldest_pending_at + self.config.batch_window_s - now)
+        times.extend(
+            t - now for t in (wake.next_retry_at, wake.next_lease_expiry_at) if t is not None
+        )
+        return max(0.001, min(times))
+
+    async def ack(self, batch: Batch, ids: Sequence[int] | None = None) -> None:
+        """The batch (or these events of it) was handled: done. LeaseLostError if stale."""
+        self._check_open()
+        await self.store.ack(
+            batch.token, batch.ids if ids is None else list(ids), now=self._clock()
+        )
+        self.notify()
+
+    async def nack(
+        self,
+        batch: Batch,
+        error: str = "",
+        retry_in: float | None = None,
+        *,
+        ids: Sequence[int] | None = None,
+    ) -> None:
+        """The batch (or these events) failed: retry after back-off, or dead after max attempts."""
+        self._check_open()
+        chosen = set(batch.ids if ids is None else ids)
+        now = self._clock()
+        retry_at: dict[int, float] = {}
+        dead: list[int] = []
+        for event in batch.events:
+            if event.id not in chosen:
+                continue
+            if event.attempts >= self.config.max_attempts:
+                dead.append(event.id)
+            else:
+                retry_at[event.id] = now + (
+                    retry_in if retry_in is not None else self.backoff_s(event.attempts)
+                )
+        await self.store.nack(batch.token, retry_at, dead, error=error[:10_000], now=now)
+        self.notify()
+
+    def backoff_s(self, attempts: int) -> float:
+        """Exponential back-off with ±25 % jitter, capped at EVENT_BACKOFF_MAX_SECONDS."""
+        base = self.config.backoff_base_s * 2.0 ** max(0, attempts - 1)
+        return min(self.config.backoff_max_s, base * random.uniform(0.75, 1.25))
+
+    async def extend(self, batch: Batch, seconds: float | None = None) -> None:
+        """Renew the batch's lease for `seconds` (default EVENT_LEASE_SECONDS) from now."""
+        self._check_open()
+        until = self._clock() + (seconds if seconds is not None else self.config.lease_s)
+        await self.store.extend(batch.token, batch.ids, expires_at=until)
+
+    async def release(self, batch: Batch) -> None:
+        """Give an unfinished batch back to pending at once (e.g. on shutdown)."""
+        self._check_open()
+        await self.store.release(batch.token, batch.ids)
+        self.notify()
+
+    # --- inspection -------------------------------------------------------------------------
+
+    async def stats(self) -> QueueStats:
+        """Counts by status and priority, oldest pending age, ready batches, dedup hits."""
+        self._check_open()
+        now = self._clock()
+        counts = await self.store.counts()
+        summary = await self.store.summary(now=now, rules=self._rules)
+        oldest = summary["oldest_pending_at"]
+        return QueueStats(
+            counts=counts,
+            oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
+            duplicates_suppressed=int(summary["counters"].get("duplicates_suppressed", 0)),
+            ready_batches=int(summary["ready_batches"]),
+            metrics={"intake_queued": self._writer.queued},
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosedError("the queue is closed")
+
+
+class _Opener:
+    """What `EventQueue.open` returns: await it, or use it as an async context manager."""
+
+    def __init__(self, opening: Any) -> None:
+        self._opening = opening
+        self._queue: EventQueue | None = None
+
+    def __await__(self) -> Generator[Any, None, EventQueue]:
+        return self._opening.__await__()  # type: ignore[no-any-return]
+
+    async def __aenter__(self) -> EventQueue:
+        self._queue = await self._opening
+        return self._queue
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._queue is not None:
+            await self._queue.close()
+
+
+def _view_settings(config: Config) -> dict[str, str]:
+    return {
+        "max_batch_size": str(config.max_batch_size),
+        "batch_window_ms": str(config.batch_window_ms),
+        "enable_batching": "true" if config.enable_batching else "false",
+        "aging_s": str(config.aging_s),
+        "queue_size": str(config.queue_size),
+    }

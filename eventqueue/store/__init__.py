@@ -1,0 +1,1 @@
+"""The only package that imports sqlalchemy, aiosqlite or alembic."""

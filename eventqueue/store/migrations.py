@@ -1,0 +1,93 @@
+"""Alembic glue that works from a source checkout and from an installed wheel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+from eventqueue.errors import SchemaError
+from eventqueue.store.engine import make_migration_engine
+
+# eventqueue's own version table, so it can live beside a host application's alembic history.
+VERSION_TABLE = "eventqueue_alembic_version"
+
+
+def script_location() -> Path:
+    """The migrations folder: packaged as eventqueue/_migrations in a wheel, top-level in a checkout."""
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaError(f"eventqueue's migrations are missing (looked beside {package_dir})")
+
+
+def alembic_config() -> AlembicConfig:
+    """An alembic Config pointing at eventqueue's migrations, independent of the working directory."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(script_location()))
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this version of eventqueue knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise SchemaError("eventqueue's migrations have no head revision")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None for a database eventqueue never migrated)."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        revision = context.get_current_revision()
+        connection.rollback()
+        return revision
+
+
+def has_tables(engine: Engine) -> bool:
+    """True when the file already holds tables of any application."""
+    with engine.connect() as connection:
+        names = inspect(connection).get_table_names()
+        connection.rollback()
+        return bool(names)
+
+
+def upgrade(path: str, revision: str = "head", *, busy_timeout_ms: int = 5000) -> None:
+    """Upgrade the database file to `revision` in one transaction (blocking; run in a thread)."""
+    _run(path, busy_timeout_ms, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(path: str, revision: str, *, busy_timeout_ms: int = 5000) -> None:
+    """Downgrade the database file to `revision` (blocking)."""
+    _run(path, busy_timeout_ms, lambda config: command.downgrade(config, revision))
+
+
+def status(path: str, *, busy_timeout_ms: int = 5000) -> tuple[str | None, str]:
+    """(current revision, head revision) of the database file."""
+    engine = make_migration_engine(path, busy_timeout_ms=busy_timeout_ms)
+    try:
+        return current_revision(engine), head_revision()
+    finally:
+        engine.dispose()
+
+
+def _run(path: str, busy_timeout_ms: int, action: object) -> None:
+    engine = make_migration_engine(path, busy_timeout_ms=busy_timeout_ms)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            action(config)  # type: ignore[operator]
+        with engine.connect() as connection:
+            problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            connection.rollback()
+        if problems:
+            raise SchemaError(f"foreign key check failed after migration: {problems[:5]}")
+    finally:
+        engine.dispose()

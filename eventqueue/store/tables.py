@@ -1,0 +1,150 @@
+"""The schema, defined once: every table, index and debugging view. Migrations create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+
+# Named constraints from the first revision: alembic's batch mode on SQLite rebuilds tables and
+# can only drop or alter what has a name (RELIABILITY F9).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+STATUSES = ("pending", "claimed", "done", "dead")
+
+events = Table(
+    "events",
+    metadata,
+    # AUTOINCREMENT: ids are never reused after a purge, so "what happened to event X" has one answer.
+    Column("id", Integer, primary_key=True),
+    Column("payload", Text, nullable=False),  # canonical JSON text: json_extract() works in SQL
+    Column("priority", Integer, nullable=False),
+    Column("batch_key", Text, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    # The dedup key: the content hash while the event's dedup window is open, NULL after it (or
+    # when dedup is off). UNIQUE makes the schema itself refuse a duplicate inside the window.
+    Column("dedup_key", Text, nullable=True, unique=True),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("received_at", Float, nullable=False),  # unix seconds, wall clock
+    Column("available_at", Float, nullable=False),  # not claimable before (retry back-off)
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_token", Text, nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("batch_id", Text, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Column("finished_at", Float, nullable=True),  # when it became done or dead
+    CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+    CheckConstraint("priority BETWEEN 1 AND 4", name="priority"),
+    sqlite_autoincrement=True,
+)
+
+# The scheduler's index: claims only ever look at pending rows, so the index covers just those
+# and every claim stays proportional to the pending set, never to history.
+Index(
+    "ix_events_pending",
+    events.c.batch_key,
+    events.c.priority,
+    events.c.received_at,
+    sqlite_where=text("status = 'pending'"),
+)
+# Expired leases are found without scanning finished rows.
+Index("ix_events_claimed", events.c.lease_expires_at, sqlite_where=text("status = 'claimed'"))
+# Retention purges and dead-letter listings walk finished rows by age.
+Index(
+    "ix_events_finished",
+    events.c.status,
+    events.c.finished_at,
+    sqlite_where=text("status IN ('done', 'dead')"),
+)
+
+# Where each stream source stands (e.g. SSE Last-Event-ID), written in the same transaction
+# as the events it produced, so a restarted listener resumes exactly after what was committed.
+source_positions = Table(
+    "source_positions",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("position", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+# How far each priority's spill log has been promoted, written in the promoting transaction.
+spill_positions = Table(
+    "spill_positions",
+    metadata,
+    Column("priority", Integer, primary_key=True),
+    Column("segment", Integer, nullable=False),
+    Column("offset", Integer, nullable=False),
+)
+
+# Totals that must outlive purged rows (duplicates suppressed, spilled, promoted ...).
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Integer, nullable=False, server_default="0"),
+)
+
+# The settings of the last process that opened the queue, so the views can apply the same
+# batch window and batch size as the scheduler.
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+_PRIORITY_NAME = (
+    "CASE priority WHEN 4 THEN 'CRITICAL' WHEN 3 THEN 'HIGH' WHEN 2 THEN 'NORMAL' ELSE 'LOW' END"
+)
+
+# Debugging views: `sqlite3 events.db 'select * from eq_overview'`. Created by migrations;
+# kept here so a test can check the migrations produce exactly these.
+VIEWS: dict[str, str] = {
+    "eq_overview": f"""
+        SELECT status, {_PRIORITY_NAME} AS priority, batch_key, count(*) AS events,
+               round({_NOW} - min(received_at), 3) AS oldest_age_s,
+               sum(duplicates) AS duplicates
+        FROM events GROUP BY status, events.priority, batch_key
+    """,
+    "eq_ready_batches": f"""
+        SELECT batch_key, count(*) AS pending, max(priority) AS top_priority,
+               round({_NOW} - min(received_at), 3) AS oldest_age_s,
+               (count(*) >= CAST((SELECT value FROM settings WHERE name = 'max_batch_size') AS INTEGER)
+                OR max(priority) = 4
+                OR ({_NOW} - min(received_at)) * 1000.0
+                   >= CAST((SELECT value FROM settings WHERE name = 'batch_window_ms') AS REAL)
+                OR (SELECT value FROM settings WHERE name = 'enable_batching') = 'false'
+               ) AS ready
+        FROM events WHERE status = 'pending' AND available_at <= {_NOW}
+        GROUP BY batch_key
+    """,
+    "eq_dead_letters": f"""
+        SELECT id, json_extract(payload, '$.event_name') AS event_name, {_PRIORITY_NAME} AS priority,
+               attempts, last_error, datetime(finished_at, 'unixepoch') AS died_at, payload
+        FROM events WHERE status = 'dead'
+    """,
+    "eq_claimed": f"""
+        SELECT batch_id, lease_owner, batch_key, count(*) AS events,
+               round(min(lease_expires_at) - {_NOW}, 3) AS lease_left_s, max(attempts) AS attempts
+        FROM events WHERE status = 'claimed' GROUP BY batch_id, lease_owner, batch_key
+    """,
+}

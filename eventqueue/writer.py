@@ -1,0 +1,132 @@
+"""The group-commit writer: concurrent puts gathered into one transaction by one task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from eventqueue.models import PutStatus
+from eventqueue.store.sqlite import NewEvent
+
+log = logging.getLogger("eventqueue.writer")
+
+# Commits rows; returns (status, id) per row in order. Raises on a fault.
+CommitFn = Callable[
+    [Sequence[NewEvent], dict[str, str | None]], Awaitable[list[tuple[PutStatus, int]]]
+]
+
+
+@dataclass(slots=True)
+class IntakeEntry:
+    """One `put` or `put_many` waiting for the writer."""
+
+    rows: list[NewEvent]
+    future: asyncio.Future[list[tuple[PutStatus, int]]]
+    source: str | None = None
+    position: str | None = None
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.rows)
+
+
+class GroupCommitWriter:
+    """Takes whatever puts are waiting (up to `max_events`) and commits them together.
+
+    There is no fixed delay: while one commit is in flight the next group gathers, so the
+    group size follows the load: one event per commit when idle, hundreds under a burst.
+    """
+
+    def __init__(self, commit: CommitFn, *, max_events: int, intake_size: int) -> None:
+        self._commit = commit
+        self._max_events = max_events
+        self._capacity = intake_size
+        self._entries: deque[IntakeEntry] = deque()
+        self._queued = 0
+        self._has_work = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.on_commit: list[Callable[[], None]] = []
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the writer."""
+        return self._queued
+
+    def has_room(self, rows: int) -> bool:
+        """True when `rows` more fit in the intake."""
+        return self._queued + rows <= self._capacity or self._queued == 0
+
+    def start(self) -> None:
+        """Start the writer task."""
+        self._task = asyncio.create_task(self._run(), name="eventqueue-writer")
+
+    def submit(self, entry: IntakeEntry) -> None:
+        """Queue an entry (the caller checked room or chose to exceed it)."""
+        self._entries.append(entry)
+        self._queued += entry.size
+        if self._queued >= self._capacity:
+            self._has_room.clear()
+        self._has_work.set()
+
+    async def wait_for_room(self, rows: int) -> None:
+        """Back-pressure: wait until `rows` more fit in the intake."""
+        while not self.has_room(rows):
+            self._has_room.clear()
+            await self._has_room.wait()
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop the task."""
+        self._stopping = True
+        self._has_work.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._entries:
+                if self._stopping:
+                    return
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            group = self._take_group()
+            await self._commit_group(group)
+
+    def _take_group(self) -> list[IntakeEntry]:
+        group: list[IntakeEntry] = []
+        rows = 0
+        while self._entries and (not group or rows + self._entries[0].size <= self._max_events):
+            entry = self._entries.popleft()
+            group.append(entry)
+            rows += entry.size
+        self._queued -= rows
+        if self.has_room(1):
+            self._has_room.set()
+        return group
+
+    async def _commit_group(self, group: list[IntakeEntry]) -> None:
+        rows = [row for entry in group for row in entry.rows]
+        positions = {e.source: e.position for e in group if e.source is not None}
+        try:
+            results = await self._commit(rows, positions)
+        except Exception as exc:  # every waiting put gets the fault; the writer keeps going
+            log.warning("group commit of %d events failed: %s", len(rows), exc)
+            for entry in group:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+            return
+        offset = 0
+        for entry in group:
+            if not entry.future.done():
+                entry.future.set_result(results[offset : offset + entry.size])
+            offset += entry.size
+        for callback in self.on_commit:
+            callback()
