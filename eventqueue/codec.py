@@ -42,8 +42,15 @@ def encode_event(event: Any, *, max_bytes: int, max_depth: int) -> EncodedEvent:
             f"an event must be a JSON object (dict), got {type(event).__name__}"
         )
     _check_fields(event)
-    _check_value(event, "$", 0, max_depth)
-    text = canonical_json(event)
+    _check_value(event, max_depth)
+    try:
+        text = canonical_json(event)
+    except RecursionError:
+        # The C encoder recurses once per level on the caller's stack: an event within
+        # EVENT_MAX_DEPTH can still be too deep for a caller that is itself deep (F15).
+        raise InvalidEventError(
+            "event is nested too deeply to encode here; lower EVENT_MAX_DEPTH or flatten it"
+        ) from None
     try:
         raw = text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -54,6 +61,7 @@ def encode_event(event: Any, *, max_bytes: int, max_depth: int) -> EncodedEvent:
         raise InvalidEventError(
             f"event is {len(raw)} bytes as JSON, over the limit of {max_bytes} (EVENT_MAX_BYTES)"
         )
+    # Hashes a part of what was just encoded: valid text, no deeper than the whole.
     return EncodedEvent(event, text, content_hash(event))
 
 
@@ -91,31 +99,50 @@ def _check_fields(event: dict[str, Any]) -> None:
         )
 
 
-def _check_value(value: Any, path: str, depth: int, max_depth: int) -> None:
+def _check_value(root: Any, max_depth: int) -> None:
     # Explicit walk instead of trusting json.dumps: it would turn NaN into invalid JSON, int keys
     # into strings, and deep or cyclic values into RecursionError/ValueError (RELIABILITY F15).
-    if value is None or isinstance(value, bool | str):
-        return
-    if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidEventError(f"{path}: integer {value} is outside the 64-bit range")
-        return
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidEventError(f"{path}: {value} is not valid JSON (NaN and Infinity are not)")
-        return
-    if depth >= max_depth:
-        raise InvalidEventError(
-            f"{path}: nesting is deeper than {max_depth} levels (EVENT_MAX_DEPTH), or cyclic"
-        )
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidEventError(f"{path}: object key {key!r} is not a string")
-            _check_value(item, f"{path}.{key}", depth + 1, max_depth)
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_value(item, f"{path}[{index}]", depth + 1, max_depth)
-        return
-    raise InvalidEventError(f"{path}: {type(value).__name__} is not JSON-encodable")
+    # An explicit stack, not recursion, so the walk itself never hits the recursion limit; still
+    # depth-first, so a cycle fails after max_depth steps.
+    stack: list[tuple[Any, str, int]] = [(root, "$", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if value is None or isinstance(value, bool | str):
+            continue
+        if isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                # Never format a huge value: str() of an int over 4300 digits raises ValueError.
+                shown = str(value) if value.bit_length() <= 256 else f"of {value.bit_length()} bits"
+                raise InvalidEventError(
+                    f"{path}: integer {shown} is outside the signed 64-bit range"
+                )
+            continue
+        if isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise InvalidEventError(
+                    f"{path}: {value} is not valid JSON (NaN and Infinity are not)"
+                )
+            continue
+        if depth >= max_depth:
+            raise InvalidEventError(
+                f"{path}: nesting is deeper than {max_depth} levels (EVENT_MAX_DEPTH), or cyclic"
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidEventError(f"{path}: object key {_describe(key)} is not a string")
+                stack.append((item, f"{path}.{key}", depth + 1))
+            continue
+        if isinstance(value, list | tuple):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+            continue
+        raise InvalidEventError(f"{path}: {type(value).__name__} is not JSON-encodable")
+
+
+def _describe(key: Any) -> str:
+    # repr() of a rejected key may itself fail (a huge int, a hostile __repr__).
+    try:
+        text = repr(key)
+    except Exception:
+        return f"of type {type(key).__name__}"
+    return text if len(text) <= 60 else f"{text[:57]}..."

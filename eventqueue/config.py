@@ -216,11 +216,7 @@ class Config:
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Defaults, then the environment (`os.environ` unless given), then keyword overrides."""
         env = os.environ if env is None else env
-        unknown = sorted(set(overrides) - set(_BY_NAME))
-        if unknown:
-            raise ConfigError(
-                f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(_BY_NAME)}"
-            )
+        _check_known(overrides)
         values: dict[str, Any] = {}
         for setting in SETTINGS:
             if setting.name in overrides and overrides[setting.name] is not None:
@@ -230,12 +226,24 @@ class Config:
         return cls(**values)
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some settings changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some settings changed, coerced and validated as `load` does."""
+        _check_known(changes)
+        values = {
+            name: _coerce(_BY_NAME[name], value, name)
+            for name, value in changes.items()
+            if value is not None
+        }
+        return dataclasses.replace(self, **values)
 
     @property
     def batch_window_s(self) -> float:
         return self.batch_window_ms / 1000.0
+
+
+def _check_known(names: Mapping[str, Any]) -> None:
+    unknown = sorted(set(names) - set(_BY_NAME))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(_BY_NAME)}")
 
 
 def _coerce(setting: Setting, raw: Any, label: str) -> Any:
@@ -252,6 +260,11 @@ def _coerce(setting: Setting, raw: Any, label: str) -> Any:
     if kind in (int, float):
         if isinstance(raw, bool):
             raise ConfigError(f"{label}={raw!r} must be a number in {setting.describe_range()}")
+        if kind is int and isinstance(raw, float) and not raw.is_integer():
+            # int(2.7) would silently become 2.
+            raise ConfigError(
+                f"{label}={raw!r} is not an integer; accepted: {setting.describe_range()}"
+            )
         try:
             number = kind(str(raw).strip()) if isinstance(raw, str) else kind(raw)
         except (TypeError, ValueError):
@@ -278,6 +291,10 @@ def _check(setting: Setting, value: Any, label: str) -> None:
     if isinstance(setting.default, int | float) and not isinstance(setting.default, bool):
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise ConfigError(f"{label}={value!r} must be a number in {setting.describe_range()}")
+        if type(setting.default) is int and not isinstance(value, int):
+            raise ConfigError(
+                f"{label}={value!r} is not an integer; accepted: {setting.describe_range()}"
+            )
         if (setting.low is not None and value < setting.low) or (
             setting.high is not None and value > setting.high
         ):

@@ -33,3 +33,11 @@ class QueueClosedError(EventQueueError):
 
 class SpillError(EventQueueError):
     """The overflow spill log could not be written durably."""
+
+
+class PartialFailure(EventQueueError):
+    """Raised by a batch handler: these events failed (id -> error); the rest succeeded."""
+
+    def __init__(self, failed: dict[int, str]) -> None:
+        super().__init__(f"{len(failed)} event(s) of the batch failed")
+        self.failed = dict(failed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import secrets
 import time
@@ -14,6 +13,7 @@ from typing import Any
 from eventqueue.codec import encode_event
 from eventqueue.config import Config
 from eventqueue.errors import InvalidEventError, QueueClosedError
+from eventqueue.metrics import Metrics
 from eventqueue.models import Batch, Priority, PutResult, PutStatus, QueueStats
 from eventqueue.priority import BatchKeyFn, Classifier, batch_key, classify
 from eventqueue.store.sqlite import ClaimRules, NewEvent, SQLiteStore
@@ -56,6 +56,7 @@ class EventQueue:
         self._writer.on_commit.append(self.notify)
         self._changed = asyncio.Event()
         self._closed = False
+        self.metrics = Metrics()
 
     @classmethod
     def open(
@@ -181,6 +182,8 @@ class EventQueue:
         )
         self._writer.submit(IntakeEntry(rows, future, source, position))
         outcome = await future
+        for status, _ in outcome:
+            self.metrics.count(status.value)
         return [
             PutResult(status, row_id, Priority(row.priority), row.content_hash)
             for row, (status, row_id) in zip(rows, outcome, strict=True)
@@ -212,24 +215,42 @@ class EventQueue:
         )
 
     async def next_batch(
-        self, consumer: str = "consumer", *, timeout: float | None = None
+        self,
+        consumer: str = "consumer",
+        *,
+        timeout: float | None = None,
+        stop: asyncio.Event | None = None,
     ) -> Batch | None:
-        """Wait for a ready batch and lease it (None after `timeout` seconds or on close)."""
+        """Wait for a ready batch and lease it; None after `timeout`, once `stop` is set, or on close."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while not self._closed:
+        while not self._closed and not (stop is not None and stop.is_set()):
             changed = self._changed
-            batch = await self.claim(consumer)
-            if batch is not None:
-                return batch
-            delay = await self._idle_delay()
+            try:
+                batch = await self.claim(consumer)
+                if batch is not None:
+                    return batch
+                delay = await self._idle_delay()
+            except QueueClosedError:
+                return None  # closed while we looked: the documented answer is None
             if deadline is not None:
                 delay = min(delay, deadline - loop.time())
                 if delay <= 0:
                     return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), delay)
+            await _wait_any(changed, stop, delay)
         return None
+
+    def changed_event(self) -> asyncio.Event:
+        """An event set at the next change (commit, ack, nack, release) in this process."""
+        return self._changed
+
+    def now(self) -> float:
+        """The queue's clock (wall time, injectable for tests)."""
+        return self._clock()
+
+    async def outstanding(self) -> int:
+        """Events not finished yet: pending, claimed, waiting for the writer (and spilled)."""
+        return self._writer.queued + await self.store.scheduled_count()
 
     def notify(self) -> None:
         """Wake waiting consumers: something may have become ready."""
@@ -344,6 +365,17 @@ class _Opener:
     ) -> None:
         if self._queue is not None:
             await self._queue.close()
+
+
+async def _wait_any(changed: asyncio.Event, stop: asyncio.Event | None, delay: float) -> None:
+    waiters = [asyncio.ensure_future(changed.wait())]
+    if stop is not None:
+        waiters.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _view_settings(config: Config) -> dict[str, str]:

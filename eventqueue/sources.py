@@ -185,20 +185,23 @@ class SSESource(_BaseSource):
             self._client = None
 
     async def _events(self) -> AsyncGenerator[dict[str, Any], None]:
-        failures = 0  # consecutive connections that delivered no message
+        # Consecutive connections that delivered no event. A `retry:` or empty message does not
+        # count as progress, so a server that accepts and then drops us is still backed off from.
+        failures = 0
         while True:
             try:
                 async with aclosing(self._connect()) as messages:
                     async for message in messages:
-                        failures = 0
+                        if message.data:
+                            failures = 0
                         item = self._accept(message)
                         if item is not None:
                             yield item
-                reason: Exception = EventQueueError("the server ended the stream")
+                cause: Exception | None = None
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                reason = exc
+                cause = exc
             failures += 1
-            await self._before_reconnect(failures, reason)
+            await self._before_reconnect(failures, cause)
 
     async def _connect(self) -> AsyncGenerator[ServerSentEvent, None]:
         """Messages from one connection, starting after the last id seen."""
@@ -230,13 +233,14 @@ class SSESource(_BaseSource):
             self.position = message.id
         return item
 
-    async def _before_reconnect(self, failures: int, reason: Exception) -> None:
+    async def _before_reconnect(self, failures: int, cause: Exception | None) -> None:
         """Sleep the back-off delay, or raise EventQueueError once `max_reconnects` is spent."""
+        reason = _brief(cause) if cause is not None else "the server ended the stream"
         if self.max_reconnects is not None and failures > self.max_reconnects:
             raise EventQueueError(
                 f"{self.name}: gave up after {failures} failed connection attempts in a row "
                 f"({reason}); check that the server is up and the URL is right"
-            ) from reason
+            ) from cause
         delay_s = self._delay_s(failures)
         logger.warning("%s: %s; reconnecting in %.2f s", self.name, reason, delay_s)
         self.reconnects += 1
@@ -248,6 +252,13 @@ class SSESource(_BaseSource):
         delay_s = min(self.reconnect_max_s, base_s * 2.0 ** min(failures - 1, 30))
         # Jitter spreads the reconnects of many clients after a server restart.
         return delay_s * random.uniform(0.5, 1.0)
+
+
+def _brief(error: Exception) -> str:
+    """One line naming a connection failure, for logs and the give-up message."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return f"HTTP {error.response.status_code} {error.response.reason_phrase}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def sse_source(

@@ -13,6 +13,7 @@ is MAGIC b"EQQ1", i32 priority, u64 segment, u64 offset, u64 length, then the da
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -228,17 +229,9 @@ class SpillLog:
     def read(self, priority: int, start: SpillPosition, limit: int) -> list[SpillRecord]:
         """Up to `limit` intact records at or after `start` (and the released position)."""
         with self._lock:
-            lane = self._lane(priority)
-            out: list[SpillRecord] = []
-            if limit <= 0:
-                return out
-            records = self._records(priority, max(start, lane.released))
+            records = self._records(priority, max(start, self._lane(priority).released))
             with self._faults("read"), contextlib.closing(records):
-                for record in records:
-                    out.append(record)
-                    if len(out) >= limit:
-                        break
-            return out
+                return list(itertools.islice(records, max(limit, 0)))
 
     def release(self, priority: int, upto: SpillPosition) -> None:
         """Forget records before `upto` (promoted) and delete segments wholly before it."""
@@ -444,7 +437,8 @@ class SpillLog:
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             if segment < lane.released.segment or start >= size:
-                path.unlink()
+                with contextlib.suppress(OSError):  # wholly promoted (or empty): nothing to keep
+                    path.unlink()
                 return
             for span in _walk(f, start, size):
                 if span.payload is None:

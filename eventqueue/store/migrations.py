@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import DBAPIError
 
-from eventqueue.errors import SchemaError
+from eventqueue.errors import SchemaError, StorageError
 from eventqueue.store.engine import make_migration_engine
 
 # eventqueue's own version table, so it can live beside a host application's alembic history.
@@ -39,6 +42,14 @@ def head_revision() -> str:
     if head is None:
         raise SchemaError("eventqueue's migrations have no head revision")
     return head
+
+
+def is_known_revision(revision: str) -> bool:
+    """True when this version of eventqueue has the revision (False: a newer one wrote it)."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -83,7 +94,10 @@ def _run(path: str, busy_timeout_ms: int, action: object) -> None:
         with engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
-            action(config)  # type: ignore[operator]
+            try:
+                action(config)  # type: ignore[operator]
+            except CommandError as exc:  # e.g. a revision written by a newer eventqueue
+                raise SchemaError(f"cannot migrate {path}: {exc}") from exc
         with engine.connect() as connection:
             problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
             connection.rollback()
@@ -91,3 +105,39 @@ def _run(path: str, busy_timeout_ms: int, action: object) -> None:
             raise SchemaError(f"foreign key check failed after migration: {problems[:5]}")
     finally:
         engine.dispose()
+
+
+def ensure_schema(path: str, busy_timeout_ms: int, migrate: bool | str) -> None:
+    """Check the schema is at head; create it in a new file or upgrade when asked (blocking)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StorageError(f"cannot open database {path}: folder {directory} does not exist")
+    engine = make_migration_engine(path, busy_timeout_ms=busy_timeout_ms)
+    try:
+        current = current_revision(engine)
+        fresh = current is None and not has_tables(engine)
+    except DBAPIError as exc:
+        raise StorageError(f"cannot open database {path}: {exc.orig}") from exc
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current == head:
+        return
+    if current is not None and not is_known_revision(current):
+        # Migrating cannot help here, and downgrading would need the newer revision's code.
+        raise SchemaError(
+            f"{path} has schema revision {current}, written by a newer eventqueue than this one "
+            f"(which knows up to {head}): upgrade eventqueue to open it"
+        )
+    if migrate is True or (migrate == "auto" and fresh):
+        upgrade(path, busy_timeout_ms=busy_timeout_ms)
+        return
+    if current is None:
+        raise SchemaError(
+            f"{path} holds no eventqueue schema: run `eventqueue migrate --db {path}` "
+            "(or open it with migrate=True)"
+        )
+    raise SchemaError(
+        f"{path} has schema revision {current}, this eventqueue needs {head}: run "
+        f"`eventqueue migrate --db {path}` (or open it with migrate=True)"
+    )

@@ -22,17 +22,44 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
+    null,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy import Integer as SAInteger
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from eventqueue.store.tables import counters, events, settings, source_positions, spill_positions
+from eventqueue.store.tables import (
+    STATUSES,
+    counters,
+    events,
+    settings,
+    source_positions,
+    spill_positions,
+)
 
 CRITICAL = 4
 TOP_AGED_PRIORITY = 3  # aging lifts an event at most to HIGH, never to CRITICAL
+
+
+def _status_is(status: str) -> ColumnElement[bool]:
+    # The status is rendered as a literal, not a bound parameter: SQLite uses a partial index
+    # (WHERE status = 'pending') only when the query's own WHERE visibly implies it.
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    return events.c.status == literal_column(f"'{status}'")
+
+
+def _available(table: Any = events) -> ColumnElement[bool]:
+    # Claimable now: its retry time has come, or it never had one (a put sets available_at to
+    # received_at), so events put before the wall clock stepped back are not held up by it.
+    return or_(
+        table.c.available_at <= bindparam("b_now"), table.c.available_at == table.c.received_at
+    )
+
 
 # Columns a claim returns to build Event values.
 EVENT_COLUMNS = (
@@ -100,14 +127,16 @@ def save_source_position() -> Insert:
     )
 
 
-def select_source_position(source: str) -> Select[Any]:
-    return select(source_positions.c.position).where(source_positions.c.source == source)
+def select_source_position() -> Select[Any]:
+    return select(source_positions.c.position).where(
+        source_positions.c.source == bindparam("b_source")
+    )
 
 
 def count_scheduled() -> Select[Any]:
     """Rows in the scheduling set (pending + claimed), the set EVENT_QUEUE_SIZE bounds."""
-    pending = select(func.count()).select_from(events).where(events.c.status == "pending")
-    claimed = select(func.count()).select_from(events).where(events.c.status == "claimed")
+    pending = select(func.count()).select_from(events).where(_status_is("pending"))
+    claimed = select(func.count()).select_from(events).where(_status_is("claimed"))
     return select(pending.scalar_subquery() + claimed.scalar_subquery())
 
 
@@ -117,7 +146,7 @@ def count_scheduled() -> Select[Any]:
 def expire_leases(*, dead: bool) -> Update:
     """Expired leases: back to pending, or dead when the attempts are used up."""
     where = and_(
-        events.c.status == "claimed",
+        _status_is("claimed"),
         events.c.lease_expires_at <= bindparam("b_now"),
         (events.c.attempts >= bindparam("b_max_attempts"))
         if dead
@@ -138,9 +167,12 @@ def expire_leases(*, dead: bool) -> Update:
 
 def _effective_priority() -> ColumnElement[int]:
     # CRITICAL stays CRITICAL; anything else gains one level per aging period, capped at HIGH.
-    aged = events.c.priority + cast(
-        (bindparam("b_now") - events.c.received_at) / bindparam("b_aging_s"), SAInteger
+    # The wait is never negative: after the wall clock steps back, an event received "in the
+    # future" must not sink below its own priority.
+    waited: ColumnElement[float] = func.max(
+        literal_column("0.0"), bindparam("b_now") - events.c.received_at
     )
+    aged = events.c.priority + cast(waited / bindparam("b_aging_s"), SAInteger)
     return case(
         (events.c.priority == CRITICAL, CRITICAL),
         else_=func.min(aged, TOP_AGED_PRIORITY),
@@ -151,7 +183,9 @@ def select_ready_key() -> Select[Any]:
     """The best ready batch key: highest effective priority, then oldest.
 
     A key is ready when it has a full batch pending, its oldest event has waited the batch
-    window, it holds a CRITICAL event, or batching is off.
+    window, it holds a CRITICAL event, or batching is off. A key holding an event received
+    after `now` counts as due: the wall clock stepped back, and waiting for it to catch up
+    could hold the key for hours.
     """
     oldest = func.min(events.c.received_at)
     top = func.max(events.c.priority)
@@ -160,6 +194,7 @@ def select_ready_key() -> Select[Any]:
     ready = or_(
         count >= bindparam("b_max_batch"),
         oldest <= bindparam("b_window_start"),
+        func.max(events.c.received_at) > bindparam("b_now"),
         top == CRITICAL,
         bindparam("b_no_batching") == literal(1),
     )
@@ -170,7 +205,7 @@ def select_ready_key() -> Select[Any]:
             oldest.label("oldest"),
             top.label("top"),
         )
-        .where(events.c.status == "pending", events.c.available_at <= bindparam("b_now"))
+        .where(_status_is("pending"), _available())
         .group_by(events.c.batch_key)
         .having(ready)
         .order_by(effective.desc(), oldest.asc())
@@ -181,9 +216,9 @@ def select_ready_key() -> Select[Any]:
 def claim_batch(*, critical_only: bool) -> Update:
     """Lease the key's next events (priority, then FIFO) in one statement, returning them."""
     conditions = [
-        events.c.status == "pending",
+        _status_is("pending"),
         events.c.batch_key == bindparam("b_key"),
-        events.c.available_at <= bindparam("b_now"),
+        _available(),
     ]
     if critical_only:
         conditions.append(events.c.priority == CRITICAL)
@@ -213,18 +248,20 @@ def next_wakeup() -> Select[Any]:
     """When something not yet ready may become ready: oldest pending, next retry, next expiry."""
     oldest = (
         select(func.min(events.c.received_at))
-        .where(events.c.status == "pending", events.c.available_at <= bindparam("b_now"))
+        .where(_status_is("pending"), _available())
         .scalar_subquery()
     )
     retry = (
         select(func.min(events.c.available_at))
-        .where(events.c.status == "pending", events.c.available_at > bindparam("b_now"))
+        .where(
+            _status_is("pending"),
+            events.c.available_at > bindparam("b_now"),
+            events.c.available_at != events.c.received_at,
+        )
         .scalar_subquery()
     )
     expiry = (
-        select(func.min(events.c.lease_expires_at))
-        .where(events.c.status == "claimed")
-        .scalar_subquery()
+        select(func.min(events.c.lease_expires_at)).where(_status_is("claimed")).scalar_subquery()
     )
     return select(oldest, retry, expiry)
 
@@ -235,7 +272,7 @@ def next_wakeup() -> Select[Any]:
 def _leased(ids_param: str = "b_ids") -> list[ColumnElement[bool]]:
     return [
         events.c.id.in_(bindparam(ids_param, expanding=True)),
-        events.c.status == "claimed",
+        _status_is("claimed"),
         events.c.lease_token == bindparam("b_token"),
     ]
 
@@ -311,7 +348,7 @@ def count_by_status_priority() -> Select[Any]:
 
 
 def oldest_pending() -> Select[Any]:
-    return select(func.min(events.c.received_at)).where(events.c.status == "pending")
+    return select(func.min(events.c.received_at)).where(_status_is("pending"))
 
 
 def count_ready_keys() -> Select[Any]:
@@ -327,9 +364,9 @@ def select_pending_for_key() -> Select[Any]:
     return (
         select(*EVENT_COLUMNS)
         .where(
-            events.c.status == "pending",
+            _status_is("pending"),
             events.c.batch_key == bindparam("b_key"),
-            events.c.available_at <= bindparam("b_now"),
+            _available(),
         )
         .order_by(events.c.priority.desc(), events.c.received_at, events.c.id)
         .limit(bindparam("b_limit"))
@@ -343,7 +380,7 @@ def select_event(event_id: int) -> Select[Any]:
 def select_dead(limit: int) -> Select[Any]:
     return (
         select(events)
-        .where(events.c.status == "dead")
+        .where(_status_is("dead"))
         .order_by(events.c.finished_at.desc(), events.c.id.desc())
         .limit(limit)
     )
@@ -351,7 +388,7 @@ def select_dead(limit: int) -> Select[Any]:
 
 def requeue_events(*, all_dead: bool) -> Update:
     """Dead events (all, or the given ids) back to pending with a fresh attempt count."""
-    where = [events.c.status == "dead"]
+    where = [_status_is("dead")]
     if not all_dead:
         where.append(events.c.id.in_(bindparam("b_ids", expanding=True)))
     return (
@@ -365,7 +402,7 @@ def purge_done() -> Delete:
     """Delete one small chunk of done events finished before the cutoff."""
     chunk = (
         select(events.c.id)
-        .where(events.c.status == "done", events.c.finished_at < bindparam("b_cutoff"))
+        .where(_status_is("done"), events.c.finished_at < bindparam("b_cutoff"))
         .limit(bindparam("b_chunk"))
         .scalar_subquery()
     )
@@ -395,4 +432,249 @@ def save_spill_position() -> Insert:
     return stmt.on_conflict_do_update(
         index_elements=[spill_positions.c.priority],
         set_={"segment": stmt.excluded.segment, "offset": stmt.excluded.offset},
+    )
+
+
+# --- CLI inspection (store/inspect.py) --------------------------------------------------------
+
+
+def select_settings() -> Select[Any]:
+    """The last opener's settings (name, value): the CLI applies them as the scheduler does."""
+    return select(settings.c.name, settings.c.value)
+
+
+def select_statuses() -> Select[Any]:
+    """(id, status) of the ids in `b_ids`: a requeue refuses ids that are not dead."""
+    return select(events.c.id, events.c.status).where(
+        events.c.id.in_(bindparam("b_ids", expanding=True))
+    )
+
+
+# --- hot path: constant statements that take lists as one JSON parameter ----------------------
+# store/sqlite.py compiles each of these once and runs it through aiosqlite: one thread hop per
+# statement whatever the number of events, and no per-size statement cache.
+
+
+def _json_rows(param: str) -> Any:
+    """`json_each(:param)` as a table (key, value): a list of rows bound as one JSON text."""
+    return func.json_each(bindparam(param)).table_valued("key", "value").alias("j")
+
+
+def _ids_in(param: str) -> ColumnElement[bool]:
+    return events.c.id.in_(select(_json_rows(param).c.value))
+
+
+def _field(rows: Any, index: int) -> ColumnElement[Any]:
+    return func.json_extract(rows.c.value, f"$[{index}]")
+
+
+def _nul_safe_field(rows: Any, index: int, escape_index: int) -> ColumnElement[Any]:
+    # SQLite's JSON functions end a string at an escaped NUL (\u0000). A text holding NUL
+    # travels with each NUL replaced by a character it does not contain, named at
+    # `escape_index` (null when there is no NUL), and is restored here.
+    escape = _field(rows, escape_index)
+    return case(
+        (escape.is_(None), _field(rows, index)),
+        else_=func.replace(_field(rows, index), escape, literal_column("char(0)")),
+    )
+
+
+def put_rows(*, dedup: bool) -> Insert:
+    """Insert rows [payload, priority, batch_key, content_hash, received_at, key_escape] (JSON).
+
+    With dedup, a row whose content hash is held by a live original is not inserted: the
+    original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key). RETURNING gives
+    (id, content_hash, duplicates); duplicates is 0 exactly for the rows inserted.
+    """
+    rows = _json_rows("b_rows")
+    columns = [
+        events.c.payload,
+        events.c.priority,
+        events.c.batch_key,
+        events.c.content_hash,
+        events.c.dedup_key,
+        events.c.status,
+        events.c.received_at,
+        events.c.available_at,
+    ]
+    source = (
+        select(
+            _field(rows, 0),
+            _field(rows, 1),
+            _nul_safe_field(rows, 2, 5),
+            _field(rows, 3),
+            _field(rows, 3) if dedup else null(),
+            literal_column("'pending'"),
+            _field(rows, 4),
+            _field(rows, 4),
+        )
+        .select_from(rows)
+        # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
+        .where(true())
+        .order_by(rows.c.key)
+    )
+    stmt = sqlite_insert(events).from_select(columns, source)
+    if dedup:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[events.c.dedup_key], set_={"duplicates": events.c.duplicates + 1}
+        )
+    return stmt.returning(events.c.id, events.c.content_hash, events.c.duplicates)
+
+
+def release_expired_dedup_keys() -> Update:
+    """Originals older than the dedup window give up their key, so the content is new again."""
+    hashes = _json_rows("b_hashes")
+    return (
+        update(events)
+        .where(events.c.dedup_key.in_(select(hashes.c.value)))
+        .where(events.c.received_at < bindparam("b_cutoff"))
+        .values(dedup_key=None)
+    )
+
+
+def save_source_positions() -> Insert:
+    """Upsert [[source, position], ...] (JSON) reached by the events of this transaction."""
+    rows = _json_rows("b_positions")
+    stmt = sqlite_insert(source_positions).from_select(
+        [source_positions.c.source, source_positions.c.position, source_positions.c.updated_at],
+        select(_field(rows, 0), _field(rows, 1), bindparam("b_now"))
+        .select_from(rows)
+        .where(true()),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[source_positions.c.source],
+        set_={"position": stmt.excluded.position, "updated_at": stmt.excluded.updated_at},
+    )
+
+
+def expire_all_leases() -> Update:
+    """Expired leases: back to pending, or dead when their attempts are used up."""
+    used_up = events.c.attempts >= bindparam("b_max_attempts")
+    return (
+        update(events)
+        .where(_status_is("claimed"), events.c.lease_expires_at <= bindparam("b_now"))
+        .values(
+            status=case((used_up, literal_column("'dead'")), else_=literal_column("'pending'")),
+            last_error=case(
+                (used_up, func.coalesce(events.c.last_error, "lease expired")),
+                else_=events.c.last_error,
+            ),
+            finished_at=case((used_up, bindparam("b_now")), else_=None),
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            batch_id=None,
+        )
+    )
+
+
+def claim_next() -> Update:
+    """Lease the best ready batch in one statement, returning its events.
+
+    The best key is the first of `select_ready_key`; when it is ready only because it holds
+    CRITICAL events, only those are taken and the rest keep filling their batch.
+    """
+    ready = (
+        select_ready_key()
+        .add_columns(
+            case(
+                (
+                    and_(
+                        func.max(events.c.priority) == CRITICAL,
+                        func.count() < bindparam("b_max_batch"),
+                        func.min(events.c.received_at) > bindparam("b_window_start"),
+                        func.max(events.c.received_at) <= bindparam("b_now"),
+                        bindparam("b_no_batching") == literal(0),
+                    ),
+                    CRITICAL,
+                ),
+                else_=0,
+            ).label("min_priority")
+        )
+        .cte("ready")
+    )
+    pick = events.alias("pick")
+    chosen = (
+        select(pick.c.id)
+        .join(ready, ready.c.batch_key == pick.c.batch_key)
+        .where(
+            pick.c.status == literal_column("'pending'"),
+            _available(pick),
+            pick.c.priority >= ready.c.min_priority,
+        )
+        .order_by(pick.c.priority.desc(), pick.c.received_at, pick.c.id)
+        .limit(bindparam("b_limit"))
+    )
+    return (
+        update(events)
+        .where(events.c.id.in_(chosen))
+        .values(
+            status="claimed",
+            lease_owner=bindparam("b_owner"),
+            lease_token=bindparam("b_token"),
+            lease_expires_at=bindparam("b_expires"),
+            batch_id=bindparam("b_batch_id"),
+            attempts=events.c.attempts + 1,
+        )
+        .returning(*EVENT_COLUMNS)
+    )
+
+
+def _fenced(values: dict[str, Any]) -> Update:
+    # The fence: only rows still claimed under this claim's token change. RETURNING tells the
+    # store how many did; fewer than asked means the lease was lost, and it rolls back.
+    return (
+        update(events)
+        .where(
+            _ids_in("b_ids"), _status_is("claimed"), events.c.lease_token == bindparam("b_token")
+        )
+        .values(**values)
+        .returning(events.c.id)
+    )
+
+
+def ack_ids() -> Update:
+    """Leased events are done."""
+    return _fenced(
+        {
+            "status": "done",
+            "finished_at": bindparam("b_now"),
+            "last_error": None,
+            **_LEASE_CLEARED,
+            "batch_id": None,
+        }
+    )
+
+
+def extend_ids() -> Update:
+    """Push the lease expiry of leased events out."""
+    return _fenced({"lease_expires_at": bindparam("b_expires")})
+
+
+def release_ids() -> Update:
+    """Leased events back to pending now (graceful shutdown)."""
+    return _fenced({"status": "pending", "batch_id": None, **_LEASE_CLEARED})
+
+
+def nack_items() -> Update:
+    """Leased events [[id, retry_at or null], ...] (JSON): pending at retry_at, or dead if null."""
+    items = _json_rows("b_items")
+    retry_at = _field(items, 1)
+    dead = retry_at.is_(None)
+    return (
+        update(events)
+        .where(
+            events.c.id == _field(items, 0),
+            _status_is("claimed"),
+            events.c.lease_token == bindparam("b_token"),
+        )
+        .values(
+            status=case((dead, literal_column("'dead'")), else_=literal_column("'pending'")),
+            available_at=case((dead, events.c.available_at), else_=retry_at),
+            finished_at=case((dead, bindparam("b_now")), else_=None),
+            last_error=bindparam("b_error"),
+            batch_id=None,
+            **_LEASE_CLEARED,
+        )
+        .returning(events.c.id)
     )

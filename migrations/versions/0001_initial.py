@@ -97,13 +97,14 @@ def upgrade() -> None:
         sqlite_where=sa.text("status = 'claimed'"),
         if_not_exists=True,
     )
-    op.create_index(
-        "ix_events_finished",
-        "events",
-        ["status", "finished_at"],
-        sqlite_where=sa.text("status IN ('done', 'dead')"),
-        if_not_exists=True,
-    )
+    for name, status in (("ix_events_done", "done"), ("ix_events_dead", "dead")):
+        op.create_index(
+            name,
+            "events",
+            ["finished_at"],
+            sqlite_where=sa.text(f"status = '{status}'"),
+            if_not_exists=True,
+        )
     op.create_table(
         "source_positions",
         sa.Column("source", sa.Text(), nullable=False),
@@ -143,6 +144,6 @@ def downgrade() -> None:
         op.execute(f"DROP VIEW IF EXISTS {name}")
     for table in ("settings", "counters", "spill_positions", "source_positions"):
         op.drop_table(table, if_exists=True)
-    for index in ("ix_events_finished", "ix_events_claimed", "ix_events_pending"):
+    for index in ("ix_events_dead", "ix_events_done", "ix_events_claimed", "ix_events_pending"):
         op.drop_index(index, table_name="events", if_exists=True)
     op.drop_table("events", if_exists=True)

@@ -50,7 +50,10 @@ async def test_server_sends_numbered_frames_and_ends_cleanly_with_close_at_end()
     ):
         response = await client.get(server.url, headers={"Last-Event-ID": "1"})
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert response.text == 'retry: 25\n\nid: 2\nevent: event_created\ndata: {"event_type":"order","n":2}\n\n'
+    assert (
+        response.text
+        == 'retry: 25\n\nid: 2\nevent: event_created\ndata: {"event_type":"order","n":2}\n\n'
+    )
     assert server.last_event_ids_seen == ["1"]
 
 
@@ -97,7 +100,10 @@ async def test_sse_skips_other_event_types_and_comments(server: SSEServer) -> No
 
 
 async def test_sse_resumes_after_a_dropped_connection_without_gaps_or_repeats() -> None:
-    async with SSEServer(numbered(10), disconnect_after=3) as server, fast_sse(server.url) as source:
+    async with (
+        SSEServer(numbered(10), disconnect_after=3) as server,
+        fast_sse(server.url) as source,
+    ):
         assert await take(source, 10) == numbered(10)
         assert server.connections == 2
         assert server.last_event_ids_seen == [None, "3"]
@@ -116,10 +122,11 @@ async def test_sse_reconnect_uses_the_server_retry_field() -> None:
         assert source.retry_s == 0.01
 
 
-async def test_sse_reconnects_after_an_http_error() -> None:
+async def test_sse_reconnects_after_an_http_error(caplog: pytest.LogCaptureFixture) -> None:
     async with SSEServer(numbered(2), reject_first=1) as server, fast_sse(server.url) as source:
         assert await take(source, 2) == numbered(2)
         assert server.connections == 2
+    assert "HTTP 503 Service Unavailable; reconnecting" in caplog.text
 
 
 async def test_sse_resume_from_on_a_fresh_source_continues_after_that_id() -> None:
@@ -185,6 +192,15 @@ async def test_sse_gives_up_after_max_reconnects() -> None:
             await take(source, 1)
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
     assert source.reconnects == 2
+
+
+async def test_sse_read_timeout_counts_as_a_failed_connection(server: SSEServer) -> None:
+    # The server only sends `retry:` and then nothing: each connection times out without an event.
+    async with fast_sse(server.url, timeout_s=0.05, max_reconnects=1) as source:
+        with pytest.raises(EventQueueError, match="gave up after 2") as caught:
+            await take(source, 1)
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+    assert server.connections == 2
 
 
 async def test_sse_uses_and_keeps_a_caller_client(server: SSEServer) -> None:

@@ -207,6 +207,7 @@ def test_reopen_after_everything_was_promoted(open_spill: OpenSpill, tmp_path: P
 
 
 def test_committed_segment_number_beyond_any_file(open_spill: OpenSpill) -> None:
+    assert SpillPosition.START == START == SpillPosition(0, 0)
     spill = open_spill(committed={4: SpillPosition(7, 100)})
     assert spill.append(4, [b"x"]) == [SpillPosition(8, 0)]
 

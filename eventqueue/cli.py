@@ -1,0 +1,441 @@
+"""The `eventqueue` command: look inside a queue database and repair it.
+
+Tables for people by default, `--json` for scripts. Every command takes `--db PATH` (default: the
+EVENT_DB_PATH variable, else events.db). Database access lives in store/inspect.py; this module
+is the only one that calls asyncio.run (for the commands that run the queue).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from eventqueue.config import Config
+from eventqueue.errors import EventQueueError
+from eventqueue.store.inspect import Inspector, Refusal, SchemaStatus
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MAX_ID = 2**63 - 1
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+_MAX_DURATION_S = 36_500 * 86_400
+_sleep = time.sleep  # replaced in tests: `stats --watch` without waiting
+
+
+class Failure(click.ClickException):
+    """A clear error that says what to do next: no traceback, exit code 2."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """Turns eventqueue's own errors into a message and exit code 2, for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EventQueueError as exc:
+            raise Failure(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """A durable priority event queue on SQLite: inspect and repair its database."""
+
+
+def db_option(f: F) -> F:
+    """`--db PATH`, defaulting to EVENT_DB_PATH, else events.db."""
+    option = click.option(
+        "--db",
+        "db_path",
+        envvar="EVENT_DB_PATH",
+        default="events.db",
+        show_default=True,
+        metavar="PATH",
+        help="The database file (env EVENT_DB_PATH).",
+    )
+    return option(f)
+
+
+def json_option(f: F) -> F:
+    """`--json`: print JSON for scripts instead of tables."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], RenderableType]) -> None:
+    """JSON for scripts, or a rich rendering for people."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    rendered = render(data)
+    if isinstance(rendered, str):
+        click.echo(rendered)  # a sentence: never wrapped or read as markup
+    else:
+        Console(highlight=False).print(rendered)
+
+
+def _inspector(db_path: str) -> Inspector:
+    return Inspector(Config.load(db_path=db_path))
+
+
+# --- schema -------------------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option(
+    "--check", is_flag=True, help="Report revision vs head, change nothing; exit 1 if behind."
+)
+@json_option
+def migrate(db_path: str, check: bool, as_json: bool) -> None:
+    """Upgrade the schema to head, creating the database if there is none."""
+    inspector = _inspector(db_path)
+    if not check:
+        before = inspector.migrate()
+        result = {"db": db_path, "previous": before["current"], "current": before["head"]}
+        emit(result, as_json, lambda r: _migrated(r["db"], r["previous"], r["current"]))
+        return
+    status = inspector.schema_status()
+    if status["state"] == "unknown":
+        raise Failure(
+            f"{db_path} has schema revision {status['current']}, unknown to this eventqueue "
+            f"(head {status['head']}): it was migrated by a newer version; upgrade eventqueue"
+        )
+    emit(status, as_json, _render_schema)
+    if status["state"] != "current":
+        raise click.exceptions.Exit(1)
+
+
+def _migrated(db: str, previous: str | None, current: str) -> str:
+    if previous == current:
+        return f"{db}: schema already at head ({current})"
+    return f"{db}: schema upgraded from {previous or 'nothing'} to {current}"
+
+
+def _render_schema(status: SchemaStatus) -> str:
+    fix = f"run `eventqueue migrate --db {shlex.quote(status['db'])}`"
+    verdict = {
+        "current": "up to date",
+        "behind": f"behind: {fix}",
+        "missing": f"no database yet: {fix} to create it",
+    }.get(status["state"], status["state"])
+    return f"{status['db']}: schema {status['current'] or 'none'}, head {status['head']}: {verdict}"
+
+
+# --- reads --------------------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option(
+    "--watch", type=click.FloatRange(min=0.1), metavar="SECONDS", help="Refresh until Ctrl-C."
+)
+@json_option
+def stats(db_path: str, watch: float | None, as_json: bool) -> None:
+    """Counts by status × priority, oldest pending age, ready batches, duplicates, spill."""
+    inspector = _inspector(db_path)
+    if watch is None:
+        emit(_stats(inspector), as_json, _render_stats)
+    elif as_json:
+        _watch_json(lambda: _stats(inspector), watch)
+    else:
+        _watch_live(lambda: _stats(inspector), watch)
+
+
+def _stats(inspector: Inspector) -> dict[str, Any]:
+    """One snapshot, read in its own short transaction."""
+    snapshot = inspector.stats(now=time.time())
+    spill_dir = Path(f"{inspector.path}.spill")
+    if spill_dir.is_dir():
+        spill = {"directory": str(spill_dir), **_spill_summary(inspector.path)}
+        snapshot = dataclasses.replace(snapshot, spill=spill)
+    return snapshot.as_dict()
+
+
+def _spill_summary(db_path: str) -> dict[str, Any]:
+    """HOOK: the spill section of `stats` (records waiting, bytes, oldest, quarantined).
+
+    Called only when `<db>.spill/` exists. Returns {} until the spill's owner wires it.
+    """
+    return {}
+
+
+def _watch_json(read: Callable[[], dict[str, Any]], seconds: float) -> None:
+    """One JSON line per refresh until Ctrl-C."""
+    try:
+        while True:
+            click.echo(json.dumps(read()))
+            _sleep(seconds)
+    except KeyboardInterrupt:
+        pass
+
+
+def _watch_live(read: Callable[[], dict[str, Any]], seconds: float) -> None:
+    """A live table, re-read (a fresh short transaction) every `seconds` until Ctrl-C."""
+    with Live(console=Console(highlight=False), auto_refresh=False) as live:
+        try:
+            while True:
+                live.update(_render_stats(read()), refresh=True)
+                _sleep(seconds)
+        except KeyboardInterrupt:
+            pass
+
+
+def _render_stats(data: dict[str, Any]) -> RenderableType:
+    counts: dict[str, dict[str, int]] = data["counts"]
+    priorities = list(next(iter(counts.values()), {}))
+    table = Table("status", *priorities, "total", title="events")
+    for status, by_priority in counts.items():
+        values = [by_priority.get(p, 0) for p in priorities]
+        table.add_row(status, *map(str, values), str(sum(values)))
+    oldest = data["oldest_pending_age_s"]
+    summary = _pairs(
+        {
+            "oldest pending": "none" if oldest is None else f"{oldest:.3f} s",
+            "ready batches": data["ready_batches"],
+            "duplicates suppressed": data["duplicates_suppressed"],
+        }
+    )
+    parts: list[RenderableType] = [table, summary]
+    if data["spill"]:
+        parts += [Text("spill", style="bold"), _pairs(data["spill"])]
+    return Group(*parts)
+
+
+@main.command()
+@db_option
+@click.option("--limit", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@json_option
+def peek(db_path: str, limit: int, as_json: bool) -> None:
+    """The next batches in claim order (one per ready key), without claiming them."""
+    batches = _inspector(db_path).peek(now=time.time(), limit=limit)
+    emit({"batches": batches}, as_json, _render_peek)
+
+
+def _render_peek(data: dict[str, Any]) -> RenderableType:
+    if not data["batches"]:
+        return "nothing is ready to claim"
+    table = Table("#", "batch key", "priority", "events", "ids", "oldest age (s)")
+    for n, batch in enumerate(data["batches"], 1):
+        ids = [str(e["id"]) for e in batch["events"]]
+        shown = ", ".join(ids[:8]) + (" …" if len(ids) > 8 else "")
+        table.add_row(
+            str(n),
+            Text(batch["key"]),
+            batch["priority"],
+            str(len(ids)),
+            shown,
+            f"{batch['oldest_age_s']:.3f}",
+        )
+    return table
+
+
+@main.command()
+@db_option
+@click.argument("event_id", metavar="ID")
+@json_option
+def show(db_path: str, event_id: str, as_json: bool) -> None:
+    """One event with every column: status, attempts, lease, last error, times."""
+    number = _parse_id(event_id)
+    info = _inspector(db_path).show(number)
+    if info is None:
+        raise Failure(f"no event with id {number} in {db_path}; `eventqueue peek` lists some")
+    emit(info, as_json, _render_event)
+
+
+def _render_event(info: dict[str, Any]) -> RenderableType:
+    fields = {k: v for k, v in info.items() if k != "payload"}
+    payload = json.dumps(info["payload"], indent=2, ensure_ascii=False)
+    return Group(_pairs(fields), Text("payload", style="bold"), Text(payload))
+
+
+@main.command()
+@db_option
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@json_option
+def dead(db_path: str, limit: int, as_json: bool) -> None:
+    """Dead letters, most recent first, with their last error."""
+    letters = _inspector(db_path).dead(limit=limit)
+    emit({"dead": letters}, as_json, _render_dead)
+
+
+def _render_dead(data: dict[str, Any]) -> RenderableType:
+    if not data["dead"]:
+        return "no dead letters"
+    table = Table("id", "event", "priority", "attempts", "died at", "last error")
+    for d in data["dead"]:
+        table.add_row(
+            str(d["id"]),
+            Text(d["event_name"]),
+            d["priority"],
+            str(d["attempts"]),
+            d["died_at"] or "",
+            Text(d["last_error"] or ""),
+        )
+    return table
+
+
+# --- repair -------------------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.argument("ids", nargs=-1, metavar="[IDS]...")
+@click.option("--all-dead", is_flag=True, help="Requeue every dead event.")
+@json_option
+def requeue(db_path: str, ids: tuple[str, ...], all_dead: bool, as_json: bool) -> None:
+    """Dead events (these ids, or --all-dead) back to pending, with fresh attempts."""
+    if bool(ids) == all_dead:
+        raise Failure("give the ids of dead events, or --all-dead (not both)")
+    wanted = None if all_dead else [_parse_id(i) for i in ids]
+    result = _inspector(db_path).requeue(wanted, now=time.time())
+    if result["refused"]:
+        raise Failure(_refusal_message(result["refused"]))
+    emit(result, as_json, lambda r: f"requeued {r['requeued']} dead event(s) to pending")
+
+
+def _refusal_message(refused: list[Refusal]) -> str:
+    reasons = [
+        f"event {r['id']} does not exist"
+        if r["status"] == "missing"
+        else f"event {r['id']} is {r['status']}"
+        for r in refused
+    ]
+    return f"nothing requeued: only dead events can be requeued, and {'; '.join(reasons)}"
+
+
+@main.command()
+@db_option
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    help="e.g. 30s, 15m, 2h, 7d [default: EVENT_RETENTION_SECONDS, else 1d]",
+)
+@json_option
+def purge(db_path: str, older_than: str | None, as_json: bool) -> None:
+    """Delete done events finished more than DURATION ago, in small transactions."""
+    inspector = _inspector(db_path)
+    seconds = inspector.config.retention_s if older_than is None else parse_duration(older_than)
+    result = inspector.purge(cutoff=time.time() - seconds)
+    emit(
+        result,
+        as_json,
+        lambda r: (
+            f"purged {r['purged']} done event(s) finished before {r['cutoff']}; "
+            f"freed {r['freed_pages']} page(s)"
+        ),
+    )
+
+
+@main.command()
+@db_option
+@json_option
+def vacuum(db_path: str, as_json: bool) -> None:
+    """Hand free pages back to the filesystem, then checkpoint and truncate the WAL."""
+    emit(_inspector(db_path).vacuum(), as_json, _render_vacuum)
+
+
+def _render_vacuum(result: dict[str, Any]) -> str:
+    text = (
+        f"freed {result['freed_pages']} page(s); WAL checkpoint: "
+        f"{result['checkpointed_frames']} of {result['wal_frames']} frame(s)"
+    )
+    if result["checkpoint_busy"]:
+        text += " (incomplete: a reader or writer holds the WAL; retry when it is done)"
+    return text
+
+
+@main.command()
+@db_option
+@click.argument("path", metavar="PATH")
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
+@json_option
+def backup(db_path: str, path: str, force: bool, as_json: bool) -> None:
+    """Write a consistent copy of the database to PATH (SQLite's backup API)."""
+    result = _inspector(db_path).backup(path, force=force)
+    emit(
+        result,
+        as_json,
+        lambda r: f"backed up {r['source']} to {r['path']} ({r['bytes']} bytes)",
+    )
+
+
+# --- SQL for debugging --------------------------------------------------------------------------
+
+
+@main.command("sql")
+@db_option
+@click.argument("query")
+@click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True)
+@json_option
+def sql_command(db_path: str, query: str, max_rows: int, as_json: bool) -> None:
+    """Run one read-only statement: SELECT, WITH, or a reading PRAGMA such as table_info."""
+    result = _inspector(db_path).sql(query, max_rows=max_rows)
+    emit(result, as_json, _render_rows)
+
+
+def _render_rows(result: dict[str, Any]) -> RenderableType:
+    caption = f"first {len(result['rows'])} rows" if result["truncated"] else None
+    table = Table(*result["columns"], caption=caption)
+    for row in result["rows"]:
+        table.add_row(*(Text("NULL", style="dim") if v is None else Text(str(v)) for v in row))
+    return table
+
+
+# --- parsing and rendering helpers --------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '15m', '2h', '7d' or plain seconds, as seconds."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    seconds = float(match[1]) * _UNIT_S[match[2]] if match else None
+    if seconds is None or seconds > _MAX_DURATION_S:
+        raise Failure(
+            f"bad duration {text!r}: give a number and a unit, e.g. 30s, 15m, 2h or 7d "
+            "(at most 36500d)"
+        )
+    return seconds
+
+
+def _parse_id(text: str) -> int:
+    if text.isascii() and text.isdigit() and 0 < int(text) <= _MAX_ID:
+        return int(text)
+    raise Failure(f"bad id {text!r}: an event id is a positive integer (see `eventqueue peek`)")
+
+
+def _pairs(values: dict[str, Any]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for name, value in values.items():
+        grid.add_row(name, Text("" if value is None else str(value)))
+    return grid
+
+
+# --- commands owned by other modules ------------------------------------------------------------
+# `demo` (eventqueue/demo.py), `listen` (eventqueue/dispatch.py) and `bench` (eventqueue/bench.py)
+# are added here by their owners, each as one small function that imports its module lazily, so
+# the inspection commands never pay for (or break on) them. The pattern:
+#
+#     @main.command()
+#     @db_option
+#     def demo(db_path: str) -> None:
+#         """Run the end-to-end demo."""
+#         import asyncio
+#
+#         from eventqueue.demo import run_demo
+#
+#         raise SystemExit(asyncio.run(run_demo(db_path)))
