@@ -167,7 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
         "intake_size",
         "EVENT_INTAKE_SIZE",
         10_000,
-        "puts waiting for the writer before puts spill (or wait)",
+        "puts waiting for the writer; beyond it non-CRITICAL puts spill to disk",
         1,
         10_000_000,
     ),
@@ -177,6 +177,20 @@ SETTINGS: tuple[Setting, ...] = (
         200.0,
         "how often consumers look for work written by other processes",
         1,
+        60_000,
+    ),
+    Setting(
+        "spill_dir",
+        "EVENT_SPILL_DIR",
+        "",
+        "the spill log's folder (default: <database>.spill); one per process that puts",
+    ),
+    Setting(
+        "spill_after_ms",
+        "EVENT_SPILL_AFTER_MS",
+        100,
+        "a put that cannot get the write lock within this spills to disk instead of waiting",
+        0,
         60_000,
     ),
 )
@@ -207,6 +221,13 @@ class Config:
     commit_max_events: int = 1000
     intake_size: int = 10_000
     poll_ms: float = 200.0
+    spill_after_ms: int = 100
+    spill_dir: str = ""
+
+    @property
+    def spill_path(self) -> str:
+        """The spill log's folder: EVENT_SPILL_DIR, or `<database>.spill` beside the database."""
+        return self.spill_dir or f"{self.db_path}.spill"
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

@@ -41,3 +41,7 @@ class PartialFailure(EventQueueError):
     def __init__(self, failed: dict[int, str]) -> None:
         super().__init__(f"{len(failed)} event(s) of the batch failed")
         self.failed = dict(failed)
+
+
+class DatabaseBusyError(StorageError):
+    """Another connection held the write lock past the allowed wait (puts spill on this)."""

@@ -12,9 +12,10 @@ from typing import Any
 
 from eventqueue.codec import encode_event
 from eventqueue.config import Config
-from eventqueue.errors import InvalidEventError, QueueClosedError
+from eventqueue.errors import DatabaseBusyError, InvalidEventError, QueueClosedError
 from eventqueue.metrics import Metrics
-from eventqueue.models import Batch, Priority, PutResult, PutStatus, QueueStats
+from eventqueue.models import Batch, Priority, PutResult, QueueStats
+from eventqueue.overflow import SPILLED, Outcome, Overflow
 from eventqueue.priority import BatchKeyFn, Classifier, batch_key, classify
 from eventqueue.store.sqlite import ClaimRules, NewEvent, SQLiteStore
 from eventqueue.writer import GroupCommitWriter, IntakeEntry
@@ -31,14 +32,18 @@ class EventQueue:
     def __init__(
         self,
         store: SQLiteStore,
+        overflow: Overflow,
         config: Config,
         *,
+        metrics: Metrics,
         classifier: Classifier = classify,
         batch_key_fn: BatchKeyFn = batch_key,
         clock: Clock = time.time,
     ) -> None:
         self.config = config
         self.store = store
+        self.overflow = overflow
+        self.metrics = metrics
         self._classify = classifier
         self._batch_key = batch_key_fn
         self._clock = clock
@@ -54,9 +59,14 @@ class EventQueue:
             self._commit, max_events=config.commit_max_events, intake_size=config.intake_size
         )
         self._writer.on_commit.append(self.notify)
+        # Puts that find the intake full go to the spill log, gathered into one fsync.
+        self._spiller = GroupCommitWriter(
+            overflow.spill_commit, max_events=config.commit_max_events, intake_size=2**62
+        )
+        overflow.on_promote.append(self.notify)
+        self._scheduled = 0  # pending + claimed after this process's last put commit
         self._changed = asyncio.Event()
         self._closed = False
-        self.metrics = Metrics()
 
     @classmethod
     def open(
@@ -94,15 +104,29 @@ class EventQueue:
             config.db_path,
             durability=config.durability,
             busy_timeout_ms=config.busy_timeout_ms,
+            lock_wait_ms=config.spill_after_ms,
             migrate=migrate,
         )
-        queue = cls(store, config, classifier=classifier, batch_key_fn=key_fn, clock=clock)
+        metrics = Metrics()
         try:
             await store.save_settings(_view_settings(config))
+            overflow = await Overflow.open(store, config, metrics, clock)
         except BaseException:
             await store.close()
             raise
+        queue = cls(
+            store,
+            overflow,
+            config,
+            metrics=metrics,
+            classifier=classifier,
+            batch_key_fn=key_fn,
+            clock=clock,
+        )
+        queue._scheduled = await store.scheduled_count()
         queue._writer.start()
+        queue._spiller.start()
+        overflow.start()
         return queue
 
     async def close(self) -> None:
@@ -110,9 +134,13 @@ class EventQueue:
         if self._closed:
             return
         self._closed = True
-        await self._writer.close()
-        await self.store.close()
-        self.notify()
+        try:
+            await self._writer.close()
+            await self._spiller.close()
+            await self.overflow.close()
+        finally:
+            await self.store.close()
+            self.notify()
 
     async def __aenter__(self) -> EventQueue:
         return self
@@ -176,11 +204,13 @@ class EventQueue:
         self, rows: list[NewEvent], source: str | None, position: str | None
     ) -> list[PutResult]:
         self._check_open()
-        await self._writer.wait_for_room(len(rows))
-        future: asyncio.Future[list[tuple[PutStatus, int]]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._writer.submit(IntakeEntry(rows, future, source, position))
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        entry = IntakeEntry(rows, future, source, position)
+        critical = any(row.priority == Priority.CRITICAL for row in rows)
+        if self._writer.has_room(len(rows)) or critical:
+            self._writer.submit(entry)  # CRITICAL is always admitted, even past the intake bound
+        else:
+            self._spiller.submit(entry)  # the writer is behind: spill rather than wait
         outcome = await future
         for status, _ in outcome:
             self.metrics.count(status.value)
@@ -191,11 +221,27 @@ class EventQueue:
 
     async def _commit(
         self, rows: Sequence[NewEvent], positions: dict[str, str | None]
-    ) -> list[tuple[PutStatus, int]]:
+    ) -> list[Outcome]:
+        """The writer's commit: admit what fits, spill the rest durably first, then commit."""
+        admitted, spilled = self.overflow.split(rows, self._scheduled)
+        if spilled:
+            # Durable before the transaction that records the stream position past them.
+            await self.overflow.append([rows[i] for i in spilled])
         ttl = self.config.dedup_ttl_s if self.config.enable_dedup else None
-        return await self.store.put(
-            rows, now=self._clock(), dedup_ttl_s=ttl, source_positions=positions
-        )
+        chosen = [rows[i] for i in admitted]
+        try:
+            commit = await self.store.put(
+                chosen, now=self._clock(), dedup_ttl_s=ttl, source_positions=positions, wait=False
+            )
+        except DatabaseBusyError:
+            # Another connection holds the write lock: spill instead of making the stream wait.
+            await self.overflow.append(chosen)
+            return [SPILLED] * len(rows)
+        self._scheduled = commit.scheduled
+        outcome: list[Outcome] = [SPILLED] * len(rows)
+        for index, result in zip(admitted, commit.outcome, strict=True):
+            outcome[index] = result
+        return outcome
 
     async def source_position(self, source: str) -> str | None:
         """Where `source` stood at its last committed event (None if never)."""
@@ -250,12 +296,14 @@ class EventQueue:
 
     async def outstanding(self) -> int:
         """Events not finished yet: pending, claimed, waiting for the writer (and spilled)."""
-        return self._writer.queued + await self.store.scheduled_count()
+        queued = self._writer.queued + self._spiller.queued + self.overflow.pending()
+        return queued + await self.store.scheduled_count()
 
     def notify(self) -> None:
-        """Wake waiting consumers: something may have become ready."""
+        """Wake waiting consumers (something may have become ready) and the promoter."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        self.overflow.wake()
 
     async def _idle_delay(self) -> float:
         # Sleep until the next batch window closes, retry comes due or lease expires; poll
@@ -335,7 +383,8 @@ class EventQueue:
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
             duplicates_suppressed=int(summary["counters"].get("duplicates_suppressed", 0)),
             ready_batches=int(summary["ready_batches"]),
-            metrics={"intake_queued": self._writer.queued},
+            spill=self.overflow.stats(),
+            metrics={"intake_queued": self._writer.queued, **self.metrics.as_dict()},
         )
 
     def _check_open(self) -> None:

@@ -487,24 +487,74 @@ class SpillLog:
 
     def _scan_quarantine(self) -> None:
         path = self._dir / _QUARANTINE
-        if not path.exists():
-            return
-        pos = 0
+        count, total = _count_quarantine(path)
+        self._quarantined_records += count
+        self._quarantined_bytes += total
+        end = count * _QHEAD.size + total
+        if path.exists() and path.stat().st_size > end:
+            # A torn entry from a crash while quarantining: drop it.
+            log.warning(
+                "spill %s: dropped a torn tail of %d bytes", path, path.stat().st_size - end
+            )
+            os.truncate(path, end)
+
+    def _sync_file(self, f: BinaryIO) -> None:
+        f.flush()
+        if self._fsync:
+            os.fsync(f.fileno())
+
+
+def inspect(
+    directory: str | os.PathLike[str], committed: Mapping[int, SpillPosition] | None = None
+) -> SpillStats:
+    """Read-only statistics of a spill folder another process may own (for `eventqueue stats`).
+
+    Counts intact records at or after each priority's committed position; repairs nothing.
+    """
+    root = Path(directory)
+    committed = committed or {}
+    records: dict[int, int] = {}
+    total_bytes = 0
+    oldest: float | None = None
+    try:
+        names = sorted(p for p in root.iterdir() if _SEGMENT.fullmatch(p.name))
+    except FileNotFoundError:
+        names = []
+    for path in names:
+        match = _SEGMENT.fullmatch(path.name)
+        assert match is not None
+        priority, segment = int(match[1]), int(match[2])
+        start = committed.get(priority, START)
+        try:
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                total_bytes += size
+                if segment < start.segment:
+                    continue
+                offset = start.offset if segment == start.segment else 0
+                for span in _walk(f, offset, size):
+                    if span.payload is not None:
+                        records[priority] = records.get(priority, 0) + 1
+                        oldest = span.spilled_at if oldest is None else min(oldest, span.spilled_at)
+        except FileNotFoundError:
+            continue  # promoted and deleted while we looked
+    quarantined, quarantined_bytes = _count_quarantine(root / _QUARANTINE)
+    return SpillStats(records, total_bytes, oldest, quarantined, quarantined_bytes)
+
+
+def _count_quarantine(path: Path) -> tuple[int, int]:
+    count = size_total = pos = 0
+    try:
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             while size - pos >= _QHEAD.size:
                 magic, _, _, _, length = _QHEAD.unpack(f.read(_QHEAD.size))
                 if magic != _QMAGIC or length > size - pos - _QHEAD.size:
                     break
-                self._quarantined_records += 1
-                self._quarantined_bytes += length
+                count += 1
+                size_total += length
                 pos += _QHEAD.size + length
                 f.seek(pos)
-        if pos < size:  # a torn entry from a crash while quarantining: drop it
-            log.warning("spill %s: dropped a torn tail of %d bytes", path, size - pos)
-            os.truncate(path, pos)
-
-    def _sync_file(self, f: BinaryIO) -> None:
-        f.flush()
-        if self._fsync:
-            os.fsync(f.fileno())
+    except FileNotFoundError:
+        pass
+    return count, size_total

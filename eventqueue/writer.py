@@ -16,7 +16,7 @@ log = logging.getLogger("eventqueue.writer")
 
 # Commits rows; returns (status, id) per row in order. Raises on a fault.
 CommitFn = Callable[
-    [Sequence[NewEvent], dict[str, str | None]], Awaitable[list[tuple[PutStatus, int]]]
+    [Sequence[NewEvent], dict[str, str | None]], Awaitable[list[tuple[PutStatus, int | None]]]
 ]
 
 
@@ -25,7 +25,7 @@ class IntakeEntry:
     """One `put` or `put_many` waiting for the writer."""
 
     rows: list[NewEvent]
-    future: asyncio.Future[list[tuple[PutStatus, int]]]
+    future: asyncio.Future[list[tuple[PutStatus, int | None]]]
     source: str | None = None
     position: str | None = None
     size: int = field(init=False)

@@ -144,6 +144,12 @@ class Inspector:
             ready_batches=ready,
         )
 
+    def spill_positions(self, spill_log: str) -> dict[int, tuple[int, int]]:
+        """How far spill log `spill_log` was promoted, per priority: (segment, offset)."""
+        with self._connect() as c, c.begin():
+            rows = c.execute(sql.select_spill_positions(), {"b_log": spill_log}).all()
+        return {int(p): (int(seg), int(off)) for p, seg, off in rows}
+
     def peek(self, *, now: float, limit: int) -> list[PeekBatch]:
         """The next batches in claim order (one per ready key), claiming nothing."""
         with self._connect() as c, c.begin():

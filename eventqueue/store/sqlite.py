@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql import ClauseElement
 
 from eventqueue.codec import decode_payload
-from eventqueue.errors import LeaseLostError, QueueClosedError, StorageError
+from eventqueue.errors import DatabaseBusyError, LeaseLostError, QueueClosedError, StorageError
 from eventqueue.models import Batch, Event, Priority, PutStatus
 from eventqueue.store import statements as sql
 from eventqueue.store.engine import pragmas
@@ -78,6 +79,8 @@ class _Q:
     counters = Prepared.of(sql.select_counters())
     source = Prepared.of(sql.select_source_position())
     setting = Prepared.of(sql.save_setting())
+    spill_save = Prepared.of(sql.save_spill_position())
+    spill_read = Prepared.of(sql.select_spill_positions())
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,14 @@ class NewEvent:
     batch_key: str
     content_hash: str
     received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PutCommit:
+    """What one put transaction did: (status, id) per row, and pending + claimed after it."""
+
+    outcome: list[tuple[PutStatus, int]]
+    scheduled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +129,23 @@ Body = Callable[[aiosqlite.Connection], Awaitable[T]]
 class SQLiteStore:
     """The durable store on one SQLite file: one connection, one transaction at a time."""
 
-    def __init__(self, path: str, db: aiosqlite.Connection) -> None:
+    def __init__(self, path: str, db: aiosqlite.Connection, *, busy_timeout_ms: int) -> None:
         self.path = path
         self._db = db
+        self._busy_timeout_s = busy_timeout_ms / 1000.0
         self._lock = asyncio.Lock()
         self._closed = False
         self._identity = _file_identity(path)
 
     @classmethod
     async def open(
-        cls, path: str, *, durability: str, busy_timeout_ms: int, migrate: bool | str = "auto"
+        cls,
+        path: str,
+        *,
+        durability: str,
+        busy_timeout_ms: int,
+        lock_wait_ms: int = 100,
+        migrate: bool | str = "auto",
     ) -> SQLiteStore:
         """Open the file, check (or bring) its schema to head, and hold one connection."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:
@@ -142,12 +160,12 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {path}: {exc}") from exc
         try:
-            for statement in pragmas(durability, busy_timeout_ms):
+            for statement in pragmas(durability, min(busy_timeout_ms, lock_wait_ms)):
                 await db.execute(statement)
         except sqlite3.Error as exc:
             await db.close()
             raise _storage_error(path, exc) from exc
-        return cls(path, db)
+        return cls(path, db, busy_timeout_ms=busy_timeout_ms)
 
     async def close(self) -> None:
         """Checkpoint the WAL and close the connection (idempotent)."""
@@ -168,30 +186,34 @@ class SQLiteStore:
 
     # --- transactions ---------------------------------------------------------------------
 
-    async def write(self, body: Body[T]) -> T:
-        """Run `body` in one BEGIN IMMEDIATE transaction (F3), shielded from cancellation."""
-        return await self._shielded(body, "BEGIN IMMEDIATE")
+    async def write(self, body: Body[T], *, wait: bool = True) -> T:
+        """Run `body` in one BEGIN IMMEDIATE transaction (F3), shielded from cancellation.
+
+        `wait`: when another connection holds the write lock, keep trying for up to
+        busy_timeout_ms; otherwise raise DatabaseBusyError after the connection's short wait.
+        """
+        return await self._shielded(body, "BEGIN IMMEDIATE", wait)
 
     async def read(self, body: Body[T]) -> T:
         """Run `body` in one short read transaction."""
-        return await self._shielded(body, "BEGIN DEFERRED")
+        return await self._shielded(body, "BEGIN DEFERRED", True)
 
-    async def _shielded(self, body: Body[T], begin: str) -> T:
+    async def _shielded(self, body: Body[T], begin: str, wait: bool) -> T:
         # Cancelling an awaited aiosqlite call does not stop its SQL (F2). A cancelled caller
         # therefore leaves the transaction to finish on its own (commit or roll back): the
         # connection is never left inside a transaction.
-        task = asyncio.ensure_future(self._run(body, begin))
+        task = asyncio.ensure_future(self._run(body, begin, wait))
         task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
 
-    async def _run(self, body: Body[T], begin: str) -> T:
+    async def _run(self, body: Body[T], begin: str, wait: bool) -> T:
         async with self._lock:
             if self._closed:
                 raise QueueClosedError("the queue is closed")
             if begin == "BEGIN IMMEDIATE":
                 self._check_file()
+            await self._begin(begin, wait)
             try:
-                await self._db.execute(begin)
                 result = await body(self._db)
                 await self._db.execute("COMMIT")
                 return result
@@ -200,6 +222,27 @@ class SQLiteStore:
                 if isinstance(exc, sqlite3.Error):
                     raise _storage_error(self.path, exc) from exc
                 raise
+
+    async def _begin(self, begin: str, wait: bool) -> None:
+        # The connection's own busy timeout is short (EVENT_SPILL_AFTER_MS) so that a put can
+        # spill instead of waiting; other transactions retry here, without blocking the event
+        # loop, until busy_timeout_ms has passed.
+        deadline = time.monotonic() + self._busy_timeout_s
+        pause = 0.005
+        while True:
+            try:
+                await self._db.execute(begin)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise _storage_error(self.path, exc) from exc
+                if not wait or time.monotonic() >= deadline:
+                    raise DatabaseBusyError(
+                        f"database {self.path} is locked by another connection "
+                        f"({exc}); retry, or raise EVENT_BUSY_TIMEOUT_MS"
+                    ) from exc
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     async def _rollback(self) -> None:
         # SQLite may already have rolled back by itself (disk full, F14): no blind ROLLBACK.
@@ -226,21 +269,43 @@ class SQLiteStore:
         now: float,
         dedup_ttl_s: float | None,
         source_positions: Mapping[str, str | None] | None = None,
-    ) -> list[tuple[PutStatus, int]]:
+        spill_positions: tuple[str, Mapping[int, tuple[int, int]]] | None = None,
+        wait: bool = True,
+    ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
-        `source_positions` (stream name -> position reached) commit with the events, so a
-        restarted listener resumes exactly after what is stored.
+        `source_positions` (stream name -> position reached) and `spill_positions` (spill log, {priority:
+        (segment, offset) promoted up to}) commit with the events, so a restart resumes exactly
+        after what is stored. `wait=False`: raise DatabaseBusyError at once when another
+        connection holds the write lock (the caller spills instead of waiting).
         """
 
-        async def body(db: aiosqlite.Connection) -> list[tuple[PutStatus, int]]:
-            outcome = await _insert(db, rows, now, dedup_ttl_s)
+        async def body(db: aiosqlite.Connection) -> PutCommit:
+            outcome = await _insert(db, rows, now, dedup_ttl_s) if rows else []
             if source_positions:
                 pairs = json.dumps([[s, p] for s, p in source_positions.items()])
                 await db.execute(_Q.positions.sql, _Q.positions.bind(b_positions=pairs, b_now=now))
-            return outcome
+            if spill_positions:
+                spill_log, reached = spill_positions
+                params = [
+                    _Q.spill_save.bind(b_log=spill_log, b_priority=p, b_segment=seg, b_offset=off)
+                    for p, (seg, off) in reached.items()
+                ]
+                await db.executemany(_Q.spill_save.sql, params)
+            scheduled = await _scalar(db, _Q.scheduled.sql, _Q.scheduled.bind())
+            return PutCommit(outcome, int(scheduled))
 
-        return await self.write(body)
+        return await self.write(body, wait=wait)
+
+    async def spill_positions(self, spill_log: str) -> dict[int, tuple[int, int]]:
+        """Per priority, how far `spill_log` was promoted (committed with the promoted rows)."""
+
+        async def body(db: aiosqlite.Connection) -> dict[int, tuple[int, int]]:
+            params = _Q.spill_read.bind(b_log=spill_log)
+            rows = await db.execute_fetchall(_Q.spill_read.sql, params)
+            return {int(p): (int(seg), int(off)) for p, seg, off in rows}
+
+        return await self.read(body)
 
     async def scheduled_count(self) -> int:
         """Pending + claimed rows (what EVENT_QUEUE_SIZE bounds)."""
@@ -509,6 +574,13 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    ) or ("locked" in str(exc).lower())
 
 
 def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:

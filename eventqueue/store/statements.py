@@ -420,17 +420,22 @@ def save_setting() -> Insert:
 
 
 def select_spill_positions() -> Select[Any]:
-    return select(spill_positions.c.priority, spill_positions.c.segment, spill_positions.c.offset)
+    """(priority, segment, offset) promoted so far from the spill log `b_log`."""
+    return select(
+        spill_positions.c.priority, spill_positions.c.segment, spill_positions.c.offset
+    ).where(spill_positions.c.log == bindparam("b_log"))
 
 
 def save_spill_position() -> Insert:
+    """Upsert how far spill log `b_log` has been promoted at one priority."""
     stmt = sqlite_insert(spill_positions).values(
+        log=bindparam("b_log"),
         priority=bindparam("b_priority"),
         segment=bindparam("b_segment"),
         offset=bindparam("b_offset"),
     )
     return stmt.on_conflict_do_update(
-        index_elements=[spill_positions.c.priority],
+        index_elements=[spill_positions.c.log, spill_positions.c.priority],
         set_={"segment": stmt.excluded.segment, "offset": stmt.excluded.offset},
     )
 

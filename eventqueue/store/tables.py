@@ -83,10 +83,12 @@ source_positions = Table(
     Column("updated_at", Float, nullable=False),
 )
 
-# How far each priority's spill log has been promoted, written in the promoting transaction.
+# How far each spill log (one per process that spills, by its directory) has been promoted,
+# per priority, written in the promoting transaction.
 spill_positions = Table(
     "spill_positions",
     metadata,
+    Column("log", Text, primary_key=True),
     Column("priority", Integer, primary_key=True),
     Column("segment", Integer, nullable=False),
     Column("offset", Integer, nullable=False),

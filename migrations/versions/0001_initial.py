@@ -115,10 +115,11 @@ def upgrade() -> None:
     )
     op.create_table(
         "spill_positions",
+        sa.Column("log", sa.Text(), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("segment", sa.Integer(), nullable=False),
         sa.Column("offset", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("priority", name=op.f("pk_spill_positions")),
+        sa.PrimaryKeyConstraint("log", "priority", name=op.f("pk_spill_positions")),
         if_not_exists=True,
     )
     op.create_table(

@@ -45,9 +45,13 @@ async def test_synchronous_is_normal_with_durability_normal(open_queue) -> None:
     assert await pragma(q, "synchronous") == 1
 
 
-async def test_busy_timeout_is_set(open_queue) -> None:
-    q = await open_queue(busy_timeout_ms=1234)
-    assert await pragma(q, "busy_timeout") == 1234
+async def test_busy_timeout_is_the_short_spill_wait(open_queue) -> None:
+    # SQLite's own wait is EVENT_SPILL_AFTER_MS (a put spills after it); other transactions
+    # retry without blocking the event loop until EVENT_BUSY_TIMEOUT_MS.
+    q = await open_queue(busy_timeout_ms=1234, spill_after_ms=50)
+    assert await pragma(q, "busy_timeout") == 50
+    q = await open_queue(busy_timeout_ms=30, spill_after_ms=50)
+    assert await pragma(q, "busy_timeout") == 30
 
 
 async def test_foreign_keys_are_on(open_queue) -> None:

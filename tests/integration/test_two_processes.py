@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import eventqueue
@@ -38,7 +39,7 @@ CONSUMER = textwrap.dedent(
 
 
 async def fill(path: str) -> list[int]:
-    async with EventQueue.open(path, batch_window_ms=0) as q:
+    async with EventQueue.open(path, batch_window_ms=0, queue_size=EVENTS) as q:
         events = [{"event_name": f"job_{i % 7}", "aggregate_id": i} for i in range(EVENTS)]
         return [r.id for r in await q.put_many(events) if r.id is not None]
 
@@ -64,6 +65,9 @@ def test_two_processes_never_receive_the_same_event(db_path: str, query) -> None
     put_ids = asyncio.run(fill(db_path))
     assert len(put_ids) == EVENTS
     consumers = [spawn(db_path, f"proc-{n}") for n in (1, 2)]
+    # A hung child must fail the test, not hang it: the handshake reads have no timeout.
+    watchdog = threading.Timer(120, lambda: [proc.kill() for proc in consumers])
+    watchdog.start()
     try:
         for proc in consumers:
             assert proc.stdout is not None
@@ -74,6 +78,7 @@ def test_two_processes_never_receive_the_same_event(db_path: str, query) -> None
             proc.stdin.flush()
         outputs = [proc.communicate(timeout=120) for proc in consumers]
     finally:
+        watchdog.cancel()
         for proc in consumers:
             if proc.poll() is None:
                 proc.kill()
