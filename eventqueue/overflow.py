@@ -22,6 +22,7 @@ from typing import Any
 
 from eventqueue.config import Config
 from eventqueue.errors import SpillError, StorageError
+from eventqueue.faults import crash_point
 from eventqueue.metrics import Metrics
 from eventqueue.models import Priority, PutStatus
 from eventqueue.spill import SpillLog, SpillPosition, SpillStats, inspect
@@ -137,6 +138,8 @@ class Overflow:
             by_priority.setdefault(row.priority, []).append(_encode(row))
         for priority in sorted(by_priority, reverse=True):
             await asyncio.to_thread(self.spill.append, priority, by_priority[priority])
+            crash_point("mid_spill")
+        crash_point("after_spill")
         self._metrics.count("spilled", len(rows))
         self.wake()
 
@@ -185,6 +188,7 @@ class Overflow:
                 {p: (pos.segment, pos.offset) for p, pos in reached.items()},
             ),
         )
+        crash_point("mid_promotion")
         for priority, position in reached.items():
             self._positions[priority] = position
             await asyncio.to_thread(self.spill.release, priority, position)

@@ -13,6 +13,7 @@ from typing import Any
 from eventqueue.codec import encode_event
 from eventqueue.config import Config
 from eventqueue.errors import DatabaseBusyError, InvalidEventError, QueueClosedError
+from eventqueue.faults import crash_point
 from eventqueue.metrics import Metrics
 from eventqueue.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.overflow import SPILLED, Outcome, Overflow
@@ -65,6 +66,8 @@ class EventQueue:
         )
         overflow.on_promote.append(self.notify)
         self._scheduled = 0  # pending + claimed after this process's last put commit
+        self._expiry_every_s = min(1.0, config.lease_s / 4)
+        self._last_expiry_check = float("-inf")
         self._changed = asyncio.Event()
         self._closed = False
 
@@ -237,6 +240,7 @@ class EventQueue:
             # Another connection holds the write lock: spill instead of making the stream wait.
             await self.overflow.append(chosen)
             return [SPILLED] * len(rows)
+        crash_point("after_commit")
         self._scheduled = commit.scheduled
         outcome: list[Outcome] = [SPILLED] * len(rows)
         for index, result in zip(admitted, commit.outcome, strict=True):
@@ -249,16 +253,40 @@ class EventQueue:
 
     # --- claim and finish -------------------------------------------------------------------
 
-    async def claim(self, consumer: str = "consumer") -> Batch | None:
-        """Lease the best ready batch now, or return None when nothing is ready."""
+    async def claim(self, consumer: str = "consumer", *, ack: Batch | None = None) -> Batch | None:
+        """Lease the best ready batch now, or return None when nothing is ready.
+
+        `ack`: a finished batch to ack in the same transaction (one commit instead of two);
+        if its lease was lost, LeaseLostError is raised and nothing is acked or claimed.
+        """
         self._check_open()
-        return await self.store.claim(
-            now=self._clock(),
+        now = self._clock()
+        batch = await self.store.claim(
+            now=now,
             consumer=consumer,
             token=secrets.token_hex(8),
             batch_id=secrets.token_hex(6),
             rules=self._rules,
+            expire=self._expiry_due(now),
+            ack=None if ack is None else (ack.token, ack.ids),
         )
+        if ack is not None:
+            self._finished(len(ack))
+        crash_point("after_claim")
+        return batch
+
+    def _expiry_due(self, now: float) -> bool:
+        # Returning expired leases costs a statement; a fraction of the lease is soon enough.
+        # A clock that jumped backwards makes it due at once rather than hours later.
+        if self._last_expiry_check <= now < self._last_expiry_check + self._expiry_every_s:
+            return False
+        self._last_expiry_check = now
+        return True
+
+    def _finished(self, events: int) -> None:
+        # Room in the scheduling set for this process's next admissions, and for promotion.
+        self._scheduled = max(0, self._scheduled - events)
+        self.notify()
 
     async def next_batch(
         self,
@@ -266,14 +294,22 @@ class EventQueue:
         *,
         timeout: float | None = None,
         stop: asyncio.Event | None = None,
+        ack: Batch | None = None,
     ) -> Batch | None:
-        """Wait for a ready batch and lease it; None after `timeout`, once `stop` is set, or on close."""
+        """Wait for a ready batch and lease it; None after `timeout`, once `stop` is set, or on close.
+
+        `ack`: a finished batch acked in the first claim's transaction (see `claim`).
+        """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        if ack is not None and (self._closed or (stop is not None and stop.is_set())):
+            await self.ack(ack)  # stopping: still finish what was handled
+            return None
         while not self._closed and not (stop is not None and stop.is_set()):
             changed = self._changed
             try:
-                batch = await self.claim(consumer)
+                batch = await self.claim(consumer, ack=ack)
+                ack = None
                 if batch is not None:
                     return batch
                 delay = await self._idle_delay()
@@ -321,10 +357,9 @@ class EventQueue:
     async def ack(self, batch: Batch, ids: Sequence[int] | None = None) -> None:
         """The batch (or these events of it) was handled: done. LeaseLostError if stale."""
         self._check_open()
-        await self.store.ack(
-            batch.token, batch.ids if ids is None else list(ids), now=self._clock()
-        )
-        self.notify()
+        chosen = batch.ids if ids is None else list(ids)
+        await self.store.ack(batch.token, chosen, now=self._clock())
+        self._finished(len(chosen))
 
     async def nack(
         self,
@@ -350,7 +385,7 @@ class EventQueue:
                     retry_in if retry_in is not None else self.backoff_s(event.attempts)
                 )
         await self.store.nack(batch.token, retry_at, dead, error=error[:10_000], now=now)
-        self.notify()
+        self._finished(len(dead))
 
     def backoff_s(self, attempts: int) -> float:
         """Exponential back-off with ±25 % jitter, capped at EVENT_BACKOFF_MAX_SECONDS."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from eventqueue.faults import crash_point
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -136,6 +138,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_settings")),
         if_not_exists=True,
     )
+    crash_point("mid_migration")  # the reliability battery kills here; the rerun must succeed
     for name, body in VIEWS.items():
         op.execute(f"CREATE VIEW IF NOT EXISTS {name} AS {body}")
 
