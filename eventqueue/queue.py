@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import secrets
 import time
@@ -12,7 +14,12 @@ from typing import Any
 
 from eventqueue.codec import encode_event
 from eventqueue.config import Config
-from eventqueue.errors import DatabaseBusyError, InvalidEventError, QueueClosedError
+from eventqueue.errors import (
+    DatabaseBusyError,
+    EventQueueError,
+    InvalidEventError,
+    QueueClosedError,
+)
 from eventqueue.faults import crash_point
 from eventqueue.metrics import Metrics
 from eventqueue.models import Batch, Priority, PutResult, QueueStats
@@ -22,6 +29,7 @@ from eventqueue.store.sqlite import ClaimRules, NewEvent, SQLiteStore
 from eventqueue.writer import GroupCommitWriter, IntakeEntry
 
 Clock = Callable[[], float]
+log = logging.getLogger("eventqueue.queue")
 # Never sleep longer than this without looking again, whatever the clock says: a wall-clock
 # jump must not leave a consumer asleep for hours.
 _MAX_IDLE_S = 1.0
@@ -70,6 +78,7 @@ class EventQueue:
         self._last_expiry_check = float("-inf")
         self._changed = asyncio.Event()
         self._closed = False
+        self._maintenance: asyncio.Task[None] | None = None
 
     @classmethod
     def open(
@@ -130,6 +139,7 @@ class EventQueue:
         queue._writer.start()
         queue._spiller.start()
         overflow.start()
+        queue._maintenance = asyncio.create_task(queue._maintain(), name="eventqueue-maintenance")
         return queue
 
     async def close(self) -> None:
@@ -137,6 +147,10 @@ class EventQueue:
         if self._closed:
             return
         self._closed = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         try:
             await self._writer.close()
             await self._spiller.close()
@@ -421,6 +435,32 @@ class EventQueue:
             spill=self.overflow.stats(),
             metrics={"intake_queued": self._writer.queued, **self.metrics.as_dict()},
         )
+
+    async def purge(self, older_than_s: float | None = None, *, chunk: int = 500) -> int:
+        """Delete done events finished more than `older_than_s` ago (default: retention), in
+        small transactions so writers never wait long; returns how many."""
+        cutoff = self._clock() - (self.config.retention_s if older_than_s is None else older_than_s)
+        total = 0
+        while True:
+            removed = await self.store.purge_done(cutoff=cutoff, limit=chunk)
+            total += removed
+            if removed < chunk:
+                return total
+
+    async def _maintain(self) -> None:
+        # Retention and a compact file without an operator: purge what retention allows and
+        # checkpoint the WAL, at a gentle pace.
+        interval = min(60.0, max(1.0, self.config.retention_s / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                purged = await self.purge()
+                await self.store.checkpoint()
+            except EventQueueError as exc:
+                log.warning("maintenance (purge, checkpoint) failed, will retry: %s", exc)
+                continue
+            if purged:
+                self.metrics.count("purged", purged)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -80,6 +80,7 @@ class _Q:
     source = Prepared.of(sql.select_source_position())
     setting = Prepared.of(sql.save_setting())
     spill_save = Prepared.of(sql.save_spill_position())
+    purge = Prepared.of(sql.purge_done())
     spill_read = Prepared.of(sql.select_spill_positions())
 
 
@@ -417,6 +418,23 @@ class SQLiteStore:
             return {"counters": counters, "oldest_pending_at": oldest, "ready_batches": ready}
 
         return await self.read(body)
+
+    async def purge_done(self, *, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` done events finished before `cutoff` (one small transaction)."""
+        params = _Q.purge.bind(b_cutoff=cutoff, b_chunk=limit)
+
+        async def body(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(_Q.purge.sql, params)
+            return int(cursor.rowcount)
+
+        return await self.write(body)
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database file so it stays small (F7); skipped when busy."""
+        async with self._lock:
+            if not self._closed:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def save_settings(self, values: Mapping[str, str]) -> None:
         """Record the opener's settings for the debugging views."""
