@@ -3,24 +3,32 @@
 from eventqueue.config import Config
 from eventqueue.errors import (
     ConfigError,
+    DatabaseBusyError,
     EventQueueError,
     InvalidEventError,
     LeaseLostError,
+    PartialFailure,
     QueueClosedError,
     SchemaError,
     SpillError,
     StorageError,
 )
 from eventqueue.models import Batch, Event, Priority, PutResult, PutStatus, QueueStats, Status
+from eventqueue.queue import EventQueue
+from eventqueue.dispatch import Dispatcher  # isort: skip  (dispatch builds on queue)
 
 __all__ = [
     "Batch",
     "Config",
     "ConfigError",
+    "DatabaseBusyError",
+    "Dispatcher",
     "Event",
+    "EventQueue",
     "EventQueueError",
     "InvalidEventError",
     "LeaseLostError",
+    "PartialFailure",
     "Priority",
     "PutResult",
     "PutStatus",
@@ -31,7 +39,3 @@ __all__ = [
     "Status",
     "StorageError",
 ]
-
-from eventqueue.queue import EventQueue
-
-__all__ += ["EventQueue"]
