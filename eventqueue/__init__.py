@@ -1,6 +1,7 @@
 """eventqueue: a durable, priority-aware, deduplicating, batching event queue on SQLite."""
 
 from eventqueue.config import Config
+from eventqueue.dispatch import Dispatcher
 from eventqueue.errors import (
     ConfigError,
     DatabaseBusyError,
@@ -15,7 +16,6 @@ from eventqueue.errors import (
 )
 from eventqueue.models import Batch, Event, Priority, PutResult, PutStatus, QueueStats, Status
 from eventqueue.queue import EventQueue
-from eventqueue.dispatch import Dispatcher  # isort: skip  (dispatch builds on queue)
 
 __all__ = [
     "Batch",
