@@ -273,21 +273,33 @@ class EventQueue:
         `ack`: a finished batch to ack in the same transaction (one commit instead of two);
         if its lease was lost, LeaseLostError is raised and nothing is acked or claimed.
         """
+        found = await self.claim_batches(consumer, 1, acks=() if ack is None else (ack,))
+        return found[0] if found else None
+
+    async def claim_batches(
+        self, consumer: str = "consumer", max_batches: int = 1, *, acks: Sequence[Batch] = ()
+    ) -> list[Batch]:
+        """Lease up to `max_batches` ready batches in one transaction, best first.
+
+        `acks`: finished batches acked in the same transaction. If any of them lost its lease,
+        LeaseLostError is raised and nothing is acked or claimed (ack them one by one then).
+        """
         self._check_open()
         now = self._clock()
-        batch = await self.store.claim(
+        batches = await self.store.claim(
             now=now,
             consumer=consumer,
             token=secrets.token_hex(8),
             batch_id=secrets.token_hex(6),
             rules=self._rules,
+            batches=max_batches,
             expire=self._expiry_due(now),
-            ack=None if ack is None else (ack.token, ack.ids),
+            acks=[(b.token, b.ids) for b in acks],
         )
-        if ack is not None:
-            self._finished(len(ack))
+        if acks:
+            self._finished(sum(len(b) for b in acks))
         crash_point("after_claim")
-        return batch
+        return batches
 
     def _expiry_due(self, now: float) -> bool:
         # Returning expired leases costs a statement; a fraction of the lease is soon enough.

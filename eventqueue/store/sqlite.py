@@ -66,7 +66,8 @@ class _Q:
     positions = Prepared.of(sql.save_source_positions())
     counter = Prepared.of(sql.add_to_counter())
     expire = Prepared.of(sql.expire_all_leases())
-    claim = Prepared.of(sql.claim_next())
+    claim = Prepared.of(sql.claim_ready())
+    ack_pairs = Prepared.of(sql.ack_pairs())
     ack = Prepared.of(sql.ack_ids())
     extend = Prepared.of(sql.extend_ids())
     release = Prepared.of(sql.release_ids())
@@ -213,8 +214,10 @@ class SQLiteStore:
                 raise QueueClosedError("the queue is closed")
             if begin == "BEGIN IMMEDIATE":
                 self._check_file()
-            await self._begin(begin, wait)
             try:
+                # Inside the try: if BEGIN took effect but its await still failed, the rollback
+                # below ends the transaction instead of wedging the connection for good.
+                await self._begin(begin, wait)
                 result = await body(self._db)
                 await self._db.execute("COMMIT")
                 return result
@@ -328,20 +331,25 @@ class SQLiteStore:
         token: str,
         batch_id: str,
         rules: ClaimRules,
+        batches: int = 1,
         expire: bool = True,
-        ack: tuple[str, Sequence[int]] | None = None,
-    ) -> Batch | None:
-        """Lease the best ready batch, or None. `ack` (token, ids) finishes a previous batch
-        in the same transaction; `expire` first returns expired leases to pending."""
+        acks: Sequence[tuple[str, Sequence[int]]] = (),
+    ) -> list[Batch]:
+        """Lease up to `batches` ready batches (best first; [] when nothing is ready).
 
-        async def body(db: aiosqlite.Connection) -> Batch | None:
-            if ack is not None:
-                await _fenced(db, _Q.ack, ack[0], ack[1], b_now=now)
+        `acks` ((token, ids) of finished batches) are acked in the same transaction: one
+        commit for the lot. If any of them lost its lease, LeaseLostError and nothing changes.
+        `expire` first returns expired leases to pending.
+        """
+
+        async def body(db: aiosqlite.Connection) -> list[Batch]:
+            if acks:
+                await _ack_pairs(db, acks, now)
             if expire:
                 await db.execute(
                     _Q.expire.sql, _Q.expire.bind(b_now=now, b_max_attempts=rules.max_attempts)
                 )
-            return await _claim(db, now, consumer, token, batch_id, rules)
+            return await _claim(db, now, consumer, token, batch_id, rules, batches)
 
         return await self.write(body)
 
@@ -519,28 +527,43 @@ async def _claim(
     token: str,
     batch_id: str,
     rules: ClaimRules,
-) -> Batch | None:
+    batches: int,
+) -> list[Batch]:
     params = _Q.claim.bind(
         **_ready_params(now, rules),
+        b_batches=batches,
         b_limit=rules.max_batch if rules.batching else 1,
         b_owner=consumer,
         b_token=token,
         b_expires=now + rules.lease_s,
         b_batch_id=batch_id,
     )
-    rows = await db.execute_fetchall(_Q.claim.sql, params)
-    found = sorted((_event(r) for r in rows), key=lambda e: (-e.priority, e.received_at, e.id))
-    if not found:
-        return None
-    return Batch(
-        id=batch_id,
-        key=found[0].batch_key,
-        token=token,
-        consumer=consumer,
-        priority=max(e.priority for e in found),
-        events=tuple(found),
-        lease_expires_at=now + rules.lease_s,
-    )
+    by_key: dict[str, list[Event]] = {}
+    for row in await db.execute_fetchall(_Q.claim.sql, params):
+        event = _event(row)
+        by_key.setdefault(event.batch_key, []).append(event)
+    claimed = [
+        Batch(
+            id=f"{batch_id}:{key}",
+            key=key,
+            token=f"{token}:{key}",
+            consumer=consumer,
+            priority=max(e.priority for e in found),
+            events=tuple(sorted(found, key=lambda e: (-e.priority, e.received_at, e.id))),
+            lease_expires_at=now + rules.lease_s,
+        )
+        for key, found in by_key.items()
+    ]
+    return sorted(claimed, key=lambda b: (-b.priority, b.events[0].received_at))
+
+
+async def _ack_pairs(
+    db: aiosqlite.Connection, acks: Sequence[tuple[str, Sequence[int]]], now: float
+) -> None:
+    pairs = [[event_id, token] for token, ids in acks for event_id in sorted(set(ids))]
+    params = _Q.ack_pairs.bind(b_pairs=json.dumps(pairs), b_now=now)
+    changed = await db.execute_fetchall(_Q.ack_pairs.sql, params)
+    _check_fence(len(list(changed)), len(pairs))
 
 
 def _event(row: Any) -> Event:

@@ -165,18 +165,46 @@ def expire_leases(*, dead: bool) -> Update:
     return update(events).where(where).values(**values)
 
 
-def _effective_priority() -> ColumnElement[int]:
-    # CRITICAL stays CRITICAL; anything else gains one level per aging period, capped at HIGH.
-    # The wait is never negative: after the wall clock steps back, an event received "in the
-    # future" must not sink below its own priority.
+def _key_summary() -> Any:
+    """Per batch key with claimable pending events: count, oldest, newest and top priority.
+
+    Only plain aggregates run per row (cheap); everything derived runs once per key.
+    """
+    return (
+        select(
+            events.c.batch_key,
+            func.count().label("n"),
+            func.min(events.c.received_at).label("oldest"),
+            func.max(events.c.received_at).label("newest"),
+            func.max(events.c.priority).label("top"),
+        )
+        .where(_status_is("pending"), _available())
+        .group_by(events.c.batch_key)
+        .subquery("keys")
+    )
+
+
+def _effective_priority(keys: Any) -> ColumnElement[int]:
+    # CRITICAL stays CRITICAL; a key's top priority gains one level per aging period its oldest
+    # event waited, capped at HIGH. The wait is never negative: after the wall clock steps
+    # back, an event received "in the future" must not sink below its own priority.
     waited: ColumnElement[float] = func.max(
-        literal_column("0.0"), bindparam("b_now") - events.c.received_at
+        literal_column("0.0"), bindparam("b_now") - keys.c.oldest
     )
-    aged = events.c.priority + cast(waited / bindparam("b_aging_s"), SAInteger)
-    return case(
-        (events.c.priority == CRITICAL, CRITICAL),
-        else_=func.min(aged, TOP_AGED_PRIORITY),
+    aged = keys.c.top + cast(waited / bindparam("b_aging_s"), SAInteger)
+    return case((keys.c.top == CRITICAL, CRITICAL), else_=func.min(aged, TOP_AGED_PRIORITY))
+
+
+def _ready_keys() -> tuple[Any, ColumnElement[int], ColumnElement[bool]]:
+    keys = _key_summary()
+    ready = or_(
+        keys.c.n >= bindparam("b_max_batch"),
+        keys.c.oldest <= bindparam("b_window_start"),
+        keys.c.newest > bindparam("b_now"),  # the clock stepped back: do not wait for it
+        keys.c.top == CRITICAL,
+        bindparam("b_no_batching") == literal(1),
     )
+    return keys, _effective_priority(keys), ready
 
 
 def select_ready_key() -> Select[Any]:
@@ -187,28 +215,16 @@ def select_ready_key() -> Select[Any]:
     after `now` counts as due: the wall clock stepped back, and waiting for it to catch up
     could hold the key for hours.
     """
-    oldest = func.min(events.c.received_at)
-    top = func.max(events.c.priority)
-    effective = func.max(_effective_priority())
-    count = func.count()
-    ready = or_(
-        count >= bindparam("b_max_batch"),
-        oldest <= bindparam("b_window_start"),
-        func.max(events.c.received_at) > bindparam("b_now"),
-        top == CRITICAL,
-        bindparam("b_no_batching") == literal(1),
-    )
+    keys, effective, ready = _ready_keys()
     return (
         select(
-            events.c.batch_key,
+            keys.c.batch_key,
             effective.label("effective"),
-            oldest.label("oldest"),
-            top.label("top"),
+            keys.c.oldest.label("oldest"),
+            keys.c.top.label("top"),
         )
-        .where(_status_is("pending"), _available())
-        .group_by(events.c.batch_key)
-        .having(ready)
-        .order_by(effective.desc(), oldest.asc())
+        .where(ready)
+        .order_by(effective.desc(), keys.c.oldest.asc())
         .limit(1)
     )
 
@@ -573,55 +589,81 @@ def expire_all_leases() -> Update:
     )
 
 
-def claim_next() -> Update:
-    """Lease the best ready batch in one statement, returning its events.
+def claim_ready() -> Update:
+    """Lease up to `b_batches` ready batches in one statement, returning their events.
 
-    The best key is the first of `select_ready_key`; when it is ready only because it holds
-    CRITICAL events, only those are taken and the rest keep filling their batch.
+    The keys are the first of `select_ready_key`'s order; each gets its next `b_limit` events
+    (priority, then FIFO). A key ready only because it holds CRITICAL events gives just those;
+    the rest keep filling their batch. Each batch's lease token and id are `b_token` and
+    `b_batch_id` followed by ":" and its key, so every batch is fenced on its own.
     """
+    keys, effective, ready_now = _ready_keys()
+    critical_only = and_(
+        keys.c.top == CRITICAL,
+        keys.c.n < bindparam("b_max_batch"),
+        keys.c.oldest > bindparam("b_window_start"),
+        keys.c.newest <= bindparam("b_now"),
+        bindparam("b_no_batching") == literal(0),
+    )
     ready = (
-        select_ready_key()
-        .add_columns(
-            case(
-                (
-                    and_(
-                        func.max(events.c.priority) == CRITICAL,
-                        func.count() < bindparam("b_max_batch"),
-                        func.min(events.c.received_at) > bindparam("b_window_start"),
-                        func.max(events.c.received_at) <= bindparam("b_now"),
-                        bindparam("b_no_batching") == literal(0),
-                    ),
-                    CRITICAL,
-                ),
-                else_=0,
-            ).label("min_priority")
+        select(
+            keys.c.batch_key,
+            case((critical_only, CRITICAL), else_=0).label("min_priority"),
         )
+        .where(ready_now)
+        .order_by(effective.desc(), keys.c.oldest.asc())
+        .limit(bindparam("b_batches"))
         .cte("ready")
     )
     pick = events.alias("pick")
-    chosen = (
-        select(pick.c.id)
+    in_key_order = func.row_number().over(
+        partition_by=pick.c.batch_key,
+        order_by=(pick.c.priority.desc(), pick.c.received_at, pick.c.id),
+    )
+    ranked = (
+        select(pick.c.id, in_key_order.label("place"))
         .join(ready, ready.c.batch_key == pick.c.batch_key)
         .where(
             pick.c.status == literal_column("'pending'"),
             _available(pick),
             pick.c.priority >= ready.c.min_priority,
         )
-        .order_by(pick.c.priority.desc(), pick.c.received_at, pick.c.id)
-        .limit(bindparam("b_limit"))
+        .subquery("ranked")
     )
+    chosen = select(ranked.c.id).where(ranked.c.place <= bindparam("b_limit"))
     return (
         update(events)
         .where(events.c.id.in_(chosen))
         .values(
             status="claimed",
             lease_owner=bindparam("b_owner"),
-            lease_token=bindparam("b_token"),
+            lease_token=bindparam("b_token") + literal(":") + events.c.batch_key,
             lease_expires_at=bindparam("b_expires"),
-            batch_id=bindparam("b_batch_id"),
+            batch_id=bindparam("b_batch_id") + literal(":") + events.c.batch_key,
             attempts=events.c.attempts + 1,
         )
         .returning(*EVENT_COLUMNS)
+    )
+
+
+def ack_pairs() -> Update:
+    """Leased events [[id, token], ...] (JSON) are done: the acks of several batches at once."""
+    pairs = _json_rows("b_pairs")
+    return (
+        update(events)
+        .where(
+            events.c.id == _field(pairs, 0),
+            _status_is("claimed"),
+            events.c.lease_token == _field(pairs, 1),
+        )
+        .values(
+            status="done",
+            finished_at=bindparam("b_now"),
+            last_error=None,
+            batch_id=None,
+            **_LEASE_CLEARED,
+        )
+        .returning(events.c.id)
     )
 
 

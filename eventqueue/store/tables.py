@@ -63,6 +63,8 @@ Index(
     events.c.batch_key,
     events.c.priority,
     events.c.received_at,
+    # available_at makes the index covering for the claim's per-key summary: no table lookups.
+    events.c.available_at,
     sqlite_where=text("status = 'pending'"),
 )
 # Expired leases are found without scanning finished rows.
