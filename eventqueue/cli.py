@@ -158,19 +158,19 @@ def stats(db_path: str, watch: float | None, as_json: bool) -> None:
 def _stats(inspector: Inspector) -> dict[str, Any]:
     """One snapshot, read in its own short transaction."""
     snapshot = inspector.stats(now=time.time())
-    spill_dir = Path(f"{inspector.path}.spill")
+    spill_dir = Path(inspector.config.spill_path)
     if spill_dir.is_dir():
-        spill = {"directory": str(spill_dir), **_spill_summary(inspector.path)}
+        spill = {"directory": str(spill_dir), **_spill_summary(inspector, str(spill_dir))}
         snapshot = dataclasses.replace(snapshot, spill=spill)
     return snapshot.as_dict()
 
 
-def _spill_summary(db_path: str) -> dict[str, Any]:
-    """HOOK: the spill section of `stats` (records waiting, bytes, oldest, quarantined).
+def _spill_summary(inspector: Inspector, directory: str) -> dict[str, Any]:
+    """The spill section of `stats`: records waiting by priority, bytes, oldest, quarantined."""
+    from eventqueue.overflow import inspect_spill, spill_log_name
 
-    Called only when `<db>.spill/` exists. Returns {} until the spill's owner wires it.
-    """
-    return {}
+    committed = inspector.spill_positions(spill_log_name(inspector.path, directory))
+    return inspect_spill(directory, committed)
 
 
 def _watch_json(read: Callable[[], dict[str, Any]], seconds: float) -> None:
@@ -439,3 +439,71 @@ def _pairs(values: dict[str, Any]) -> Table:
 #         from eventqueue.demo import run_demo
 #
 #         raise SystemExit(asyncio.run(run_demo(db_path)))
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Smaller sizes: finishes in under a minute.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="PATH",
+    help="Also write the results to PATH as a JSON list, one object per scenario.",
+)
+@click.option("--tiny", is_flag=True, hidden=True, help="Smoke sizes (a few seconds).")
+@click.option("--only", multiple=True, hidden=True, help="Run only this scenario (repeatable).")
+def bench(quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...]) -> None:
+    """Measure put, claim + ack, end-to-end, latency and memory against raw sqlite3.
+
+    Runs on fresh databases in a temporary directory, with the settings of the environment
+    (EVENT_DURABILITY ...); prints a table and the settings used. The full run takes minutes.
+    """
+    import asyncio
+
+    from eventqueue import bench as benchmark
+
+    rows = asyncio.run(benchmark.run(benchmark.sizes(quick=quick, tiny=tiny), only=only))
+    benchmark.report(rows, json_path)
+
+
+@main.command()
+@click.option(
+    "--events",
+    type=click.IntRange(1, 1_000_000),
+    default=2000,
+    show_default=True,
+    help="How many events the local server sends.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1),
+    default=2000.0,
+    show_default=True,
+    help="Events per second the server sends.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Deadline: stop gracefully and report after this long.",
+)
+@click.option(
+    "--db",
+    "db_path",
+    metavar="PATH",
+    default=None,
+    help="Keep the database here (a new file). Default: a fresh temporary folder.",
+)
+@json_option
+def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json: bool) -> None:
+    """Run a listener end to end: local SSE stream, handlers, live view, report checked by SQL.
+
+    Exits 1 if an event was lost or a count in the report differs from the database.
+    """
+    import asyncio
+
+    from eventqueue.demo import DemoOptions, run_demo
+
+    options = DemoOptions(events, rate, seconds, db_path, as_json)
+    raise SystemExit(asyncio.run(run_demo(options)))

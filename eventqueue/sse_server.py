@@ -159,19 +159,30 @@ class SSEServer:
         self._changed = asyncio.Event()
 
     async def _feed(self, events: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]]) -> None:
+        # Paced against a schedule (start + n / rate), not by a fixed sleep per item, so a busy
+        # event loop does not slow the stream below its rate.
+        start = asyncio.get_running_loop().time()
+        count = 0
         if isinstance(events, AsyncIterable):
             async for item in events:
-                await self._feed_one(item)
+                count += 1
+                await self._feed_one(item, start, count)
         else:
-            for count, item in enumerate(events, 1):
-                await self._feed_one(item, pause=count % _PUMP_BATCH == 0)
+            for item in events:
+                count += 1
+                await self._feed_one(item, start, count)
         self.finish()
 
-    async def _feed_one(self, item: dict[str, Any], *, pause: bool = False) -> None:
+    async def _feed_one(self, item: dict[str, Any], start: float, count: int) -> None:
         self.add(item)
         if self._rate_per_s:
-            await asyncio.sleep(1 / self._rate_per_s)
-        elif pause:
+            due = start + count / self._rate_per_s
+            delay = due - asyncio.get_running_loop().time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif count % _PUMP_BATCH == 0:
+                await asyncio.sleep(0)
+        elif count % _PUMP_BATCH == 0:
             await asyncio.sleep(0)
 
     # -- connections -------------------------------------------------------------------------
