@@ -410,6 +410,9 @@ class EventQueue:
                 retry_at[event.id] = now + (
                     retry_in if retry_in is not None else self.backoff_s(event.attempts)
                 )
+        # Ids that are not this batch's are not held under its claim: the fence refuses them
+        # (LeaseLostError), as `ack` does, instead of quietly ignoring them.
+        retry_at.update((i, now) for i in chosen - set(batch.ids))
         await self.store.nack(batch.token, retry_at, dead, error=error[:10_000], now=now)
         self._finished(len(dead))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from eventqueue import Priority
 
 MakeEvent = Callable[..., dict[str, Any]]
@@ -153,6 +155,34 @@ async def test_put_many_with_explicit_priority_applies_it_to_all(
 ) -> None:
     q = await open_queue(max_batch_size=10, batch_window_ms=60_000)
     ids = await put_n(q, make_event, 2, priority=Priority.CRITICAL)
+
+    batch = await q.claim()
+
+    assert batch is not None
+    assert batch.ids == ids
+
+
+async def test_environment_variables_configure_the_queue(
+    open_queue, make_event: MakeEvent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_BATCHING", "false")
+    monkeypatch.setenv("BATCH_WINDOW_MS", "60000")
+    q = await open_queue()
+    ids = await put_n(q, make_event, 2)
+
+    first = await q.claim()
+
+    assert q.config.enable_batching is False
+    assert first is not None
+    assert first.ids == ids[:1]
+
+
+async def test_keyword_settings_beat_environment_variables(
+    open_queue, make_event: MakeEvent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_BATCHING", "false")
+    q = await open_queue(enable_batching=True, batch_window_ms=0)
+    ids = await put_n(q, make_event, 2)
 
     batch = await q.claim()
 

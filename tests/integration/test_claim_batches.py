@@ -93,3 +93,15 @@ async def test_purge_removes_done_events_past_retention_only(
 
     names = query("select json_extract(payload, '$.event_name'), status from events order by id")
     assert names == [("young", "done"), ("waiting", "pending")]
+
+
+async def test_nack_of_an_id_outside_the_batch_is_refused_and_changes_nothing(
+    open_queue: OpenQueue, query: Query
+) -> None:
+    q = await open_queue(batch_window_ms=0)
+    await q.put(event("a"))
+    batch = await q.claim("w")
+    assert batch is not None
+    with pytest.raises(LeaseLostError):
+        await q.nack(batch, "boom", ids=[*batch.ids, 999])
+    assert query("select status, attempts from events") == [("claimed", 1)]

@@ -209,3 +209,25 @@ async def test_put_many_of_nothing_returns_nothing(open_queue) -> None:
     q = await open_queue()
 
     assert await q.put_many([]) == []
+
+
+async def test_enable_dedup_false_in_the_environment_turns_dedup_off(
+    open_queue, make_event: MakeEvent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENABLE_DEDUP", "false")
+    q = await open_queue()
+
+    results = [await q.put(make_event()) for _ in range(2)]
+
+    assert [r.status for r in results] == [PutStatus.ACCEPTED] * 2
+
+
+async def test_dedup_ttl_from_the_environment_is_used(
+    open_queue, clock, make_event: MakeEvent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEDUP_TTL_SECONDS", "10")
+    q = await open_queue()
+    await q.put(make_event())
+    clock.advance(11)
+
+    assert (await q.put(make_event())).status is PutStatus.ACCEPTED

@@ -340,4 +340,10 @@ def test_any_value_is_encoded_or_refused_with_invalid_event_error(attributes: An
         encoded = encode({"attributes": attributes}, max_bytes=4096, max_depth=8)
     except InvalidEventError:
         return
-    assert json.loads(encoded.payload_json) == json.loads(encoded.payload_json)
+    # What is accepted is strict JSON (no NaN/Infinity tokens) in encodable UTF-8.
+    json.loads(encoded.payload_json, parse_constant=refuse_constant)
+    encoded.payload_json.encode("utf-8")
+
+
+def refuse_constant(name: str) -> Any:
+    raise AssertionError(f"{name} in canonical JSON")
