@@ -18,14 +18,22 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from eventqueue.config import Config
-from eventqueue.errors import SpillError, StorageError
+from eventqueue.errors import DatabaseBusyError, SpillError, StorageError
 from eventqueue.faults import crash_point
 from eventqueue.metrics import Metrics
 from eventqueue.models import Priority, PutStatus
-from eventqueue.spill import SpillLog, SpillPosition, SpillStats, inspect
+from eventqueue.spill import (
+    SpillLog,
+    SpillPosition,
+    SpillRecord,
+    SpillStats,
+    has_segments,
+    inspect,
+)
 from eventqueue.store.sqlite import NewEvent, SQLiteStore
 
 log = logging.getLogger("eventqueue.overflow")
@@ -33,6 +41,23 @@ log = logging.getLogger("eventqueue.overflow")
 Outcome = tuple[PutStatus, int | None]
 SPILLED: Outcome = (PutStatus.SPILLED, None)
 _SLOTS = 64
+# How often a running queue looks for spill folders left behind by processes that are gone.
+_ADOPT_EVERY_S = 10.0
+
+
+@dataclass(slots=True)
+class _Log:
+    """A spill folder this process holds the lock of: its own, or one it adopted."""
+
+    spill: SpillLog
+    directory: str
+    name: str  # the key of its promotion positions in the database
+    lock_fd: int
+    positions: dict[int, SpillPosition]  # promoted (and committed) up to here, per priority
+
+    def close(self) -> None:
+        self.spill.close()
+        os.close(self.lock_fd)
 
 
 class Overflow:
@@ -40,24 +65,25 @@ class Overflow:
 
     def __init__(
         self,
-        spill: SpillLog,
-        name: str,
-        lock_fd: int,
+        own: _Log,
         store: SQLiteStore,
         config: Config,
         metrics: Metrics,
         clock: Callable[[], float],
-        positions: dict[int, SpillPosition],
     ) -> None:
-        self.spill = spill
-        self.name = name
-        self._lock_fd = lock_fd
+        self.spill = own.spill
+        self.name = own.name
+        self._own = own
+        # Folders left by processes that are gone (each appends only to its own): promoted
+        # from here, never appended to, closed and unlocked once drained.
+        self._adopted: list[_Log] = []
+        self._next_adoption = 0.0
         self._store = store
         self._config = config
         self._metrics = metrics
         self._clock = clock
-        self._positions = positions
         self._wanted = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.on_promote: list[Callable[[], None]] = []
@@ -66,23 +92,19 @@ class Overflow:
     async def open(
         cls, store: SQLiteStore, config: Config, metrics: Metrics, clock: Callable[[], float]
     ) -> Overflow:
-        """Lock and recover the spill directory; promotion resumes where the database says."""
+        """Lock and recover the spill directory; promotion resumes where the database says.
+
+        Spill folders of the same database that no live process holds are adopted too.
+        """
         directory, lock_fd = await asyncio.to_thread(_lock_spill, config)
-        name = spill_log_name(config.db_path, directory)
+        own = await _recover(store, config, directory, lock_fd)
+        overflow = cls(own, store, config, metrics, clock)
         try:
-            saved = await store.spill_positions(name)
-            committed = {p: SpillPosition(*pos) for p, pos in saved.items()}
-            spill = await asyncio.to_thread(SpillLog.open, directory, committed=committed)
+            await overflow._adopt()
         except BaseException:
-            os.close(lock_fd)
+            overflow._close_logs()
             raise
-        if spill.stats().quarantined_records:
-            log.warning(
-                "spill log %s: %d damaged record(s) quarantined",
-                directory,
-                spill.stats().quarantined_records,
-            )
-        return cls(spill, name, lock_fd, store, config, metrics, clock, dict(committed))
+        return overflow
 
     def start(self) -> None:
         """Start promoting (recovered records first)."""
@@ -92,12 +114,46 @@ class Overflow:
     async def close(self) -> None:
         """Stop promoting and close the spill log (what is spilled stays for the next start)."""
         self._closing = True
+        self._stopping.set()
         self._wanted.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.spill.close()
-        os.close(self._lock_fd)
+        self._close_logs()
+
+    def _close_logs(self) -> None:
+        for held in [*self._adopted, self._own]:
+            held.close()
+        self._adopted.clear()
+
+    async def _adopt(self) -> None:
+        """Lock and recover every default spill folder of this database that no process holds."""
+        self._next_adoption = time.monotonic() + _ADOPT_EVERY_S
+        for directory in await asyncio.to_thread(_orphans, self._config, self._held()):
+            try:
+                lock_fd = await asyncio.to_thread(_try_lock, directory)
+                if lock_fd is None:
+                    continue  # its owner is alive (or another process adopted it first)
+                held = await _recover(self._store, self._config, directory, lock_fd)
+            except (OSError, SpillError) as exc:  # never a reason to stop this queue
+                log.warning("cannot adopt spill folder %s (will retry): %s", directory, exc)
+                continue
+            if held.spill.total_pending():
+                log.warning(
+                    "adopted spill folder %s (%d events) left by a process that is gone",
+                    directory,
+                    held.spill.total_pending(),
+                )
+                self._adopted.append(held)
+            else:
+                held.close()  # nothing waits there (recovery deleted what was promoted)
+        self.wake()
+
+    def _held(self) -> set[str]:
+        return {os.path.abspath(held.directory) for held in self._logs()}
+
+    def _logs(self) -> list[_Log]:
+        return [self._own, *self._adopted]
 
     def wake(self) -> None:
         """Room may have freed, or something was spilled: look at promotion again."""
@@ -125,11 +181,13 @@ class Overflow:
         return admitted, spilled
 
     def _waiting_at_or_above(self, priority: int) -> bool:
-        return any(self.spill.pending(p) for p in Priority if p >= priority)
+        return any(
+            held.spill.pending(p) for held in self._logs() for p in Priority if p >= priority
+        )
 
     def pending(self) -> int:
-        """Events waiting in the spill log."""
-        return self.spill.total_pending()
+        """Events waiting in the spill log (and in folders adopted from processes that are gone)."""
+        return sum(held.spill.total_pending() for held in self._logs())
 
     async def append(self, rows: Sequence[NewEvent]) -> None:
         """Write rows to the spill log durably (fsynced) before returning."""
@@ -140,7 +198,7 @@ class Overflow:
             await asyncio.to_thread(self.spill.append, priority, by_priority[priority])
             crash_point("mid_spill")
         crash_point("after_spill")
-        self._metrics.count("spilled", len(rows))
+        # Not counted here: each put counts its own outcome ("spilled") when it returns.
         self.wake()
 
     async def spill_commit(
@@ -154,61 +212,77 @@ class Overflow:
 
     async def _promote_loop(self) -> None:
         poll_s = self._config.poll_ms / 1000.0
+        busy = False
         while not self._closing:
-            # Acks in other processes free room too: look again after a poll interval.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), poll_s if self.pending() else None)
+            if busy:
+                # The write lock is held elsewhere: back off a poll interval whatever spills
+                # meanwhile (each attempt holds this process's store for up to spill_after_ms).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), poll_s)
+            else:
+                # Acks in other processes free room too: look again after a poll interval.
+                with contextlib.suppress(TimeoutError):
+                    idle_s = poll_s if self.pending() else _ADOPT_EVERY_S
+                    await asyncio.wait_for(self._wanted.wait(), idle_s)
             self._wanted.clear()
+            busy = False
             try:
+                if time.monotonic() >= self._next_adoption and not self._closing:
+                    await self._adopt()
                 while not self._closing and await self.promote_once():
                     pass
+            except DatabaseBusyError:
+                busy = True  # expected while another connection writes; promotion resumes after
             except (StorageError, SpillError) as exc:
                 log.error("promotion from the spill log failed (retrying): %s", exc)
 
     async def promote_once(self) -> int:
         """Move one chunk of spilled events into the table if there is room; return how many."""
-        if not self.pending():
+        held = self._next_log()
+        if held is None:
             return 0
         scheduled = await self._store.scheduled_count()
         low_water = self._config.queue_size // 2
         if scheduled > low_water:
             return 0
         limit = min(self._config.queue_size - scheduled, self._config.commit_max_events)
-        records, reached = await asyncio.to_thread(self._read, limit)
+        records, reached = await asyncio.to_thread(_read, held, limit)
         if not records:
             return 0
         rows = [_decode(record.data) for record in records]
         ttl = self._config.dedup_ttl_s if self._config.enable_dedup else None
+        # wait=False: waiting for another connection's write lock here would hold this
+        # process's store, and with it every put that should be spilling meanwhile.
         commit = await self._store.put(
             rows,
             now=self._clock(),
             dedup_ttl_s=ttl,
             spill_positions=(
-                self.name,
+                held.name,
                 {p: (pos.segment, pos.offset) for p, pos in reached.items()},
             ),
+            wait=False,
         )
         crash_point("mid_promotion")
         for priority, position in reached.items():
-            self._positions[priority] = position
-            await asyncio.to_thread(self.spill.release, priority, position)
+            held.positions[priority] = position
+            await asyncio.to_thread(held.spill.release, priority, position)
+        if held is not self._own and not held.spill.total_pending():
+            self._adopted.remove(held)
+            held.close()  # drained: unlock it for whichever process needs a folder next
         self._count(commit.outcome)
         for callback in self.on_promote:
             callback()
         return len(rows)
 
-    def _read(self, limit: int) -> tuple[list[Any], dict[int, SpillPosition]]:
-        records: list[Any] = []
-        reached: dict[int, SpillPosition] = {}
-        for priority in sorted(Priority, reverse=True):
-            if len(records) >= limit:
-                break
-            start = self._positions.get(priority, SpillPosition(0, 0))
-            found = self.spill.read(priority, start, limit - len(records))
-            if found:
-                records.extend(found)
-                reached[priority] = found[-1].next
-        return records, reached
+    def _next_log(self) -> _Log | None:
+        """The held log whose best waiting event has the highest priority (own log on ties)."""
+        best: tuple[int, _Log] | None = None
+        for held in self._logs():
+            top = next((p for p in sorted(Priority, reverse=True) if held.spill.pending(p)), 0)
+            if top and (best is None or top > best[0]):
+                best = (top, held)
+        return None if best is None else best[1]
 
     def _count(self, outcome: list[tuple[PutStatus, int]]) -> None:
         self._metrics.count("promoted", len(outcome))
@@ -218,7 +292,55 @@ class Overflow:
 
     def stats(self) -> dict[str, Any]:
         """Spilled events by priority, bytes on disk, oldest spilled age, quarantined records."""
-        return _describe(self.spill.stats(), self._clock())
+        return _describe(_combine([held.spill.stats() for held in self._logs()]), self._clock())
+
+
+async def _recover(store: SQLiteStore, config: Config, directory: str, lock_fd: int) -> _Log:
+    """Open a locked spill folder at the positions its promotions committed."""
+    name = spill_log_name(config.db_path, directory)
+    try:
+        saved = await store.spill_positions(name)
+        committed = {p: SpillPosition(*pos) for p, pos in saved.items()}
+        spill = await asyncio.to_thread(SpillLog.open, directory, committed=committed)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    if spill.stats().quarantined_records:
+        log.warning(
+            "spill log %s: %d damaged record(s) quarantined",
+            directory,
+            spill.stats().quarantined_records,
+        )
+    return _Log(spill, directory, name, lock_fd, dict(committed))
+
+
+def _read(held: _Log, limit: int) -> tuple[list[SpillRecord], dict[int, SpillPosition]]:
+    records: list[SpillRecord] = []
+    reached: dict[int, SpillPosition] = {}
+    for priority in sorted(Priority, reverse=True):
+        if len(records) >= limit:
+            break
+        start = held.positions.get(priority, SpillPosition(0, 0))
+        found = held.spill.read(priority, start, limit - len(records))
+        if found:
+            records.extend(found)
+            reached[priority] = found[-1].next
+    return records, reached
+
+
+def _combine(parts: list[SpillStats]) -> SpillStats:
+    records: dict[int, int] = {}
+    for part in parts:
+        for priority, n in part.records.items():
+            records[priority] = records.get(priority, 0) + n
+    oldest = [p.oldest_spilled_at for p in parts if p.oldest_spilled_at is not None]
+    return SpillStats(
+        records=records,
+        bytes_on_disk=sum(p.bytes_on_disk for p in parts),
+        oldest_spilled_at=min(oldest, default=None),
+        quarantined_records=sum(p.quarantined_records for p in parts),
+        quarantined_bytes=sum(p.quarantined_bytes for p in parts),
+    )
 
 
 def inspect_spill(directory: str, committed: Mapping[int, tuple[int, int]]) -> dict[str, Any]:
@@ -269,14 +391,26 @@ def _lock_spill(config: Config) -> tuple[str, int]:
                 f"spill folder {config.spill_dir} (EVENT_SPILL_DIR) is in use by another process"
             )
         return config.spill_dir, fd
-    for slot in range(1, _SLOTS + 1):
-        directory = f"{config.db_path}.spill" + ("" if slot == 1 else f"-{slot}")
+    for directory in _slot_directories(config):
         fd = _try_lock(directory)
         if fd is not None:
             return directory, fd
     raise SpillError(
         f"all {_SLOTS} spill folders of {config.db_path} are in use by other processes"
     )
+
+
+def _slot_directories(config: Config) -> list[str]:
+    return [f"{config.db_path}.spill" + ("" if s == 1 else f"-{s}") for s in range(1, _SLOTS + 1)]
+
+
+def _orphans(config: Config, held: set[str]) -> list[str]:
+    """Default spill folders of the database holding segments, other than those held here."""
+    return [
+        directory
+        for directory in _slot_directories(config)
+        if os.path.abspath(directory) not in held and has_segments(directory)
+    ]
 
 
 def _try_lock(directory: str) -> int | None:

@@ -542,6 +542,14 @@ def inspect(
     return SpillStats(records, total_bytes, oldest, quarantined, quarantined_bytes)
 
 
+def has_segments(directory: str | os.PathLike[str]) -> bool:
+    """True when the folder holds any segment file (a spill that may still have records)."""
+    try:
+        return any(_SEGMENT.fullmatch(name) for name in os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def _count_quarantine(path: Path) -> tuple[int, int]:
     count = size_total = pos = 0
     try:

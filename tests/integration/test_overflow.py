@@ -48,7 +48,8 @@ async def until(condition: Callable[[], Awaitable[bool]], deadline_s: float = 30
     """Wait (bounded) for a cheap condition that is itself the thing under test."""
 
     async def poll() -> None:
-        while not await condition():
+        # Polling is the point here: the condition is what the test waits for, and has no event.
+        while not await condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), deadline_s)
@@ -228,7 +229,9 @@ async def test_spill_left_by_a_closed_queue_is_recovered_and_promoted_on_reopen(
     assert q.metrics.outcomes["promoted"] == left
     rows = query("SELECT payload, priority, received_at FROM events")
     stored = {json.loads(p)["attributes"]["event_id"]: (pr, at) for p, pr, at in rows}
-    assert {i: stored[i] for i in spilled} == {i: (priority_of(i), clock.now - 3600) for i in spilled}
+    assert {i: stored[i] for i in spilled} == {
+        i: (priority_of(i), clock.now - 3600) for i in spilled
+    }
 
 
 async def test_reopened_queue_with_room_promotes_the_spill_without_a_consumer(
@@ -263,7 +266,7 @@ async def test_spill_left_in_another_slot_is_adopted_by_the_next_queue_to_open(
     ids = list(range(40))
     results = await second.put_many([payload(i) for i in ids])
     spilled = [i for i, r in zip(ids, results, strict=True) if r.spilled]
-    assert len(spilled) >= 20 and Path(f"{db_path}.spill-2").is_dir()
+    assert len(spilled) >= 20 and second.overflow.name == f"{Path(db_path).name}.spill-2"
     await second.close()
     await first.close()
     left = len(spilled) - second.metrics.outcomes["promoted"]
@@ -309,3 +312,21 @@ async def test_promotion_and_admission_share_the_queue_size_bound(
     assert {r.priority for r in results} == {Priority.HIGH}
     scheduled = query("SELECT count(*) FROM events WHERE status IN ('pending', 'claimed')")
     assert scheduled[0][0] <= 10, f"{scheduled[0][0]} non-CRITICAL events in a queue of 10"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "cli.py: `stats` reads only the first spill folder (<db>.spill, or EVENT_SPILL_DIR); "
+        "events spilled by a second process on the same file (<db>.spill-2, ...) are not shown"
+    ),
+)
+async def test_cli_stats_counts_the_spill_folders_of_every_process(
+    open_queue: Any, db_path: str
+) -> None:
+    await open_queue(queue_size=10)  # holds <db>.spill
+    second = await open_queue(queue_size=10)  # spills into <db>.spill-2
+    await second.put_many([payload(i) for i in range(40)])
+    waiting = second.overflow.pending()
+    assert waiting > 0
+    assert (await cli_stats(db_path))["spill"]["total"] == waiting

@@ -1,0 +1,1 @@
+"""The reliability battery: crash, contention, faults, bad input, clocks, storage loss."""
