@@ -13,7 +13,6 @@ import re
 import shlex
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -158,19 +157,18 @@ def stats(db_path: str, watch: float | None, as_json: bool) -> None:
 def _stats(inspector: Inspector) -> dict[str, Any]:
     """One snapshot, read in its own short transaction."""
     snapshot = inspector.stats(now=time.time())
-    spill_dir = Path(inspector.config.spill_path)
-    if spill_dir.is_dir():
-        spill = {"directory": str(spill_dir), **_spill_summary(inspector, str(spill_dir))}
+    spill = _spill_summary(inspector)
+    if spill["directories"]:
+        spill = {"directory": spill["directories"][0], **spill}
         snapshot = dataclasses.replace(snapshot, spill=spill)
     return snapshot.as_dict()
 
 
-def _spill_summary(inspector: Inspector, directory: str) -> dict[str, Any]:
-    """The spill section of `stats`: records waiting by priority, bytes, oldest, quarantined."""
-    from eventqueue.overflow import inspect_spill, spill_log_name
+def _spill_summary(inspector: Inspector) -> dict[str, Any]:
+    """The spill section of `stats`, over the spill folders of every process on the database."""
+    from eventqueue.overflow import inspect_spills
 
-    committed = inspector.spill_positions(spill_log_name(inspector.path, directory))
-    return inspect_spill(directory, committed)
+    return inspect_spills(inspector.config, inspector.spill_positions)
 
 
 def _watch_json(read: Callable[[], dict[str, Any]], seconds: float) -> None:
@@ -507,3 +505,59 @@ def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json:
 
     options = DemoOptions(events, rate, seconds, db_path, as_json)
     raise SystemExit(asyncio.run(run_demo(options)))
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--handlers",
+    required=True,
+    metavar="MODULE:ATTR",
+    help='A dict mapping event names (and "*" for the rest) to async batch handlers.',
+)
+@db_option
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=4, show_default=True)
+@click.option(
+    "--handler-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="A handler call running longer fails (nack: retried, then dead).  [default: none]",
+)
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGINT/SIGTERM, how long in-flight batches may finish before they are released.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["skip", "stop"]),
+    default="skip",
+    show_default=True,
+    help="A bad line or message: report and skip it, or report it and stop.",
+)
+def listen(
+    source: str,
+    handlers: str,
+    db_path: str,
+    concurrency: int,
+    handler_timeout: float | None,
+    shutdown_grace: float,
+    on_error: str,
+) -> None:
+    """Run handlers on SOURCE: an http(s) SSE URL, a JSON-lines file, or - for stdin.
+
+    Runs until the source ends (files) or SIGINT/SIGTERM (streams; a second signal forces),
+    shuts down gracefully, and prints a summary. A restart resumes after the stored position.
+    """
+    import asyncio
+
+    from eventqueue.listen import ListenOptions
+    from eventqueue.listen import listen as run_listen
+
+    options = ListenOptions(
+        source, handlers, db_path, concurrency, handler_timeout, shutdown_grace, on_error
+    )
+    asyncio.run(run_listen(options))

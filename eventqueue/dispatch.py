@@ -1,33 +1,102 @@
-"""The listener runtime: source -> queue -> handlers, with bounded concurrency and clean shutdown."""
+"""The listener runtime: source -> queue -> handlers, with bounded concurrency and clean shutdown.
+
+Reading never waits for handlers: a reader task fills a bounded buffer in source order; a
+committer task stores it with one `put_many` at a time, with the position of its last event, so
+the stored position never passes an event not yet stored (concurrent puts may commit out of
+order, or one spill while the next commits); `concurrency` consumers claim, handle and settle.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eventqueue.errors import EventQueueError, InvalidEventError, LeaseLostError, PartialFailure
+from eventqueue.errors import (
+    ConfigError,
+    EventQueueError,
+    InvalidEventError,
+    LeaseLostError,
+    PartialFailure,
+    QueueClosedError,
+)
 from eventqueue.models import Batch, Event
 from eventqueue.queue import EventQueue
 
 log = logging.getLogger("eventqueue.dispatch")
 
+Handler = Callable[..., Awaitable[Any]]
 BatchHandler = Callable[[list[Event]], Awaitable[Any]]
 EventHandler = Callable[[Event], Awaitable[Any]]
 CATCH_ALL = "*"
-# Puts the reader keeps in flight: enough to fill a group commit, bounded so memory stays flat.
-_PUTS_IN_FLIGHT = 512
+ON_INVALID_CHOICES = ("skip", "stop")
+# Events per put_many: validating one costs ~20 µs of loop time, so a chunk holds the loop (and
+# with it the handlers of CRITICAL events) for a few ms at most.
+_CHUNK_EVENTS = 128
+# Events read but not yet stored: how far reading may run ahead of the disk.
+_BUFFER_EVENTS = 1024
+Item = tuple[Any, str | None]  # an event as read, and the source position it came from
 
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    handler: Callable[..., Awaitable[Any]]
+    handler: Handler
     per_event: bool
     timeout_s: float | None
+
+
+_Task = asyncio.Task[None]
+
+
+@dataclass(slots=True)
+class _Tasks:
+    """The tasks of one run."""
+
+    consumers: list[_Task]
+    reader: _Task | None = None
+    committer: _Task | None = None
+
+    def all(self) -> list[_Task]:
+        return [*self.consumers, *(t for t in (self.reader, self.committer) if t is not None)]
+
+
+class _Buffer:
+    """Events read and not yet stored, oldest first; bounded, so a slow disk slows reading."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Item] = deque()
+        self._limit = limit
+        self._closed = False
+        self._has_items = asyncio.Event()
+        self._has_room = asyncio.Event()
+
+    async def add(self, item: Item) -> None:
+        """Append, then wait for room: a reader cancelled while it waits keeps what it read."""
+        self._items.append(item)
+        self._has_items.set()
+        while len(self._items) >= self._limit:
+            self._has_room.clear()
+            await self._has_room.wait()
+
+    def close(self) -> None:
+        """Nothing more will be added."""
+        self._closed = True
+        self._has_items.set()
+
+    async def take(self, limit: int) -> list[Item]:
+        """Up to `limit` items, oldest first, once there is one; [] when closed and empty."""
+        while not self._items and not self._closed:
+            self._has_items.clear()
+            await self._has_items.wait()
+        taken = [self._items.popleft() for _ in range(min(limit, len(self._items)))]
+        self._has_room.set()
+        return taken
 
 
 class Dispatcher:
@@ -40,33 +109,33 @@ class Dispatcher:
         concurrency: int = 4,
         handler_timeout_s: float | None = None,
         shutdown_grace_s: float = 10.0,
+        on_invalid: str = "skip",
         name: str = "dispatcher",
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        _check_settings(concurrency, handler_timeout_s, shutdown_grace_s, on_invalid)
         self.queue = queue
         self.concurrency = concurrency
         self.handler_timeout_s = handler_timeout_s
         self.shutdown_grace_s = shutdown_grace_s
+        self.on_invalid = on_invalid
         self.name = name
         self.metrics = queue.metrics
         self._routes: dict[str, _Route] = {}
         self._stopping = asyncio.Event()
+        # Set by force_stop(), or when the grace period after stop() runs out.
         self._forced = asyncio.Event()
-        self._source_done = False
-        self._in_flight: set[asyncio.Task[Any]] = set()
 
     # --- registration -----------------------------------------------------------------------
 
     def handler(
         self, event_name: str, *, per_event: bool = False, timeout_s: float | None = None
-    ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    ) -> Callable[[Handler], Handler]:
         """Decorator: handle events named `event_name` ("*" for the rest).
 
         Batch handlers get a list of Events; `per_event=True` handlers get one Event per call.
         """
 
-        def register(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        def register(fn: Handler) -> Handler:
             self.add_handler(event_name, fn, per_event=per_event, timeout_s=timeout_s)
             return fn
 
@@ -75,17 +144,17 @@ class Dispatcher:
     def add_handler(
         self,
         event_name: str,
-        fn: Callable[..., Awaitable[Any]],
+        fn: Handler,
         *,
         per_event: bool = False,
         timeout_s: float | None = None,
     ) -> None:
-        """Register `fn` for events named `event_name` ("*" catches every other name)."""
-        if not callable(fn):
-            raise TypeError(f"handler for {event_name!r} is not callable")
+        """Register async `fn` for events named `event_name` ("*" catches every other name)."""
+        if not is_async_callable(fn):
+            raise TypeError(f"the handler for {event_name!r} must be an `async def` function")
         self._routes[event_name] = _Route(fn, per_event, timeout_s)
 
-    def add_handlers(self, handlers: Mapping[str, Callable[..., Awaitable[Any]]]) -> None:
+    def add_handlers(self, handlers: Mapping[str, Handler]) -> None:
         """Register a mapping of event name -> batch handler."""
         for name, fn in handlers.items():
             self.add_handler(name, fn)
@@ -93,143 +162,260 @@ class Dispatcher:
     # --- running ----------------------------------------------------------------------------
 
     async def run(
-        self, source: AsyncIterable[dict[str, Any]] | None = None, *, handle_signals: bool = False
+        self,
+        source: AsyncIterable[Any] | None = None,
+        *,
+        handle_signals: bool = False,
+        resume: bool = True,
     ) -> None:
-        """Run until the source is exhausted and all its events are handled, or until `stop()`."""
-        self._stopping.clear()
-        self._source_done = source is None
+        """Run until the source is exhausted and everything is handled or dead, or `stop()`.
+
+        With `resume`, a source with `name` and `resume_from` continues after the position
+        stored with its last committed event. Without a source, run until the queue is empty.
+        """
         restore = self._install_signals() if handle_signals else None
-        consumers = [
-            asyncio.create_task(self._consume(f"{self.name}-{i}"), name=f"eventqueue-consumer-{i}")
-            for i in range(self.concurrency)
-        ]
-        reader = (
-            asyncio.create_task(self._read(source), name="eventqueue-reader") if source else None
-        )
         try:
-            await self._until_finished(reader)
+            if source is not None and resume:
+                await self._resume(source)
+            await self._run(source)
         finally:
-            self._stopping.set()
-            self.queue.notify()
-            await self._shutdown(reader, consumers)
             if restore is not None:
                 restore()
+            self._stopping, self._forced = asyncio.Event(), asyncio.Event()
 
     def stop(self) -> None:
-        """Begin a graceful shutdown: stop reading, finish in-flight batches, release the rest."""
+        """Graceful stop: stop reading, store what was read, let in-flight batches finish
+        within `shutdown_grace_s`, release the rest back to pending."""
         self._stopping.set()
         self.queue.notify()
 
     def force_stop(self) -> None:
-        """Stop now: in-flight handlers are cancelled; their leases are released where possible."""
+        """Stop now: in-flight handlers are cancelled and their batches released."""
         self._forced.set()
         self.stop()
 
-    async def _until_finished(self, reader: asyncio.Task[None] | None) -> None:
-        stop_wait = asyncio.create_task(self._stopping.wait())
-        try:
-            if reader is not None:
-                await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if reader.done():
-                    reader.result()  # a failed read (storage fault, bad input with stop) ends the run
-            self._source_done = True
-            while not self._stopping.is_set():
-                changed = self.queue.changed_event()
-                if await self.queue.outstanding() == 0:
-                    return
-                # Re-checked on every change in this process; the timeout covers other processes.
-                waiter = asyncio.ensure_future(changed.wait())
-                await asyncio.wait(
-                    {stop_wait, waiter}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-        finally:
-            stop_wait.cancel()
+    async def _resume(self, source: AsyncIterable[Any]) -> None:
+        name, resume_from = _name_of(source), getattr(source, "resume_from", None)
+        if name is None or not callable(resume_from):
+            return
+        position = await self.queue.source_position(name)
+        if position is not None:
+            log.info("%s: resuming after position %s", name, position)
+            resume_from(position)
 
-    async def _read(self, source: AsyncIterable[dict[str, Any]]) -> None:
-        name = getattr(source, "name", None)
-        slots = asyncio.Semaphore(_PUTS_IN_FLIGHT)
+    async def _run(self, source: AsyncIterable[Any] | None) -> None:
+        tasks = _Tasks(
+            [
+                asyncio.create_task(
+                    self._consume(f"{self.name}-{i}"), name=f"eventqueue-consumer-{i}"
+                )
+                for i in range(self.concurrency)
+            ]
+        )
+        if source is not None:
+            tasks.reader, tasks.committer = self._start_intake(source)
+        grace = asyncio.create_task(self._keep_grace(), name="eventqueue-grace")
+        try:
+            await self._supervise(tasks)
+        finally:
+            await self._shutdown(tasks)
+            grace.cancel()
+
+    def _start_intake(self, source: AsyncIterable[Any]) -> tuple[_Task, _Task]:
+        buffer = _Buffer(_BUFFER_EVENTS)
+        reader = asyncio.create_task(self._read(source, buffer), name="eventqueue-reader")
+        reader.add_done_callback(lambda _: buffer.close())  # also if cancelled before it ran
+        name = _name_of(source)
+        committer = asyncio.create_task(self._store_all(buffer, name), name="eventqueue-committer")
+        return reader, committer
+
+    async def _supervise(self, tasks: _Tasks) -> None:
+        """Until stop, or until all that was read is stored and nothing is outstanding."""
+        while not self._stopping.is_set():
+            if tasks.committer is not None and not tasks.committer.done():
+                await self._watch(tasks)
+            elif await self._drained(tasks):
+                return
+
+    async def _drained(self, tasks: _Tasks) -> bool:
+        """True when nothing is outstanding; otherwise False after the next change."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        changed = self.queue.changed_event()  # taken before the count: no change is missed
+        if await self.queue.outstanding() == 0:
+            return True
+        # The count is a read that grows with the backlog: spend at most a tenth of the time on it.
+        pace_s = 9 * (loop.time() - started)
+        await self._watch(tasks, changed, timeout=self.queue.config.poll_ms / 1000)
+        await self._watch(tasks, timeout=pace_s)
+        return False
+
+    async def _watch(
+        self, tasks: _Tasks, changed: asyncio.Event | None = None, *, timeout: float | None = None
+    ) -> None:
+        """Wait for the stop, a task's end or `changed`; raise what a task failed with."""
+        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        if changed is not None:
+            waiters.append(asyncio.ensure_future(changed.wait()))
+        running = [t for t in tasks.all() if not t.done()]
+        try:
+            await asyncio.wait(
+                [*waiters, *running], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        for task in tasks.all():
+            if task.done() and (error := _failure(task)) is not None:
+                raise error
+        if not self._stopping.is_set() and any(t.done() for t in tasks.consumers):
+            raise QueueClosedError("the queue was closed while the dispatcher was running")
+
+    async def _shutdown(self, tasks: _Tasks) -> None:
+        """Stop reading, store what was read, finish or release in-flight batches."""
+        self.stop()
+        if tasks.reader is not None:
+            tasks.reader.cancel()
+            await asyncio.wait({tasks.reader})
+        if tasks.committer is not None:
+            await asyncio.wait({tasks.committer})
+        await asyncio.gather(*tasks.consumers, return_exceptions=True)
+        if tasks.committer is not None and (error := _failure(tasks.committer)) is not None:
+            raise error  # events were read but could not be stored
+
+    async def _keep_grace(self) -> None:
+        await self._stopping.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._forced.wait(), self.shutdown_grace_s)
+        self._forced.set()
+
+    # --- reading and storing ----------------------------------------------------------------
+
+    async def _read(self, source: AsyncIterable[Any], buffer: _Buffer) -> None:
+        """Source to buffer, in order; closes the source when reading ends."""
         iterator = aiter(source)
         try:
-            while not self._stopping.is_set():
+            while True:
                 try:
                     event = await anext(iterator)
                 except StopAsyncIteration:
-                    break
-                position = getattr(source, "position", None)
-                await slots.acquire()
-                task = asyncio.create_task(self._put(event, name, position))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-                task.add_done_callback(lambda _t: slots.release())
+                    return
+                self.metrics.count("read")
+                await buffer.add((event, getattr(source, "position", None)))
         finally:
-            # Reading stops here; what was read is committed before the run returns.
-            results = await asyncio.gather(*self._in_flight, return_exceptions=True)
-            closer = getattr(iterator, "aclose", None)
-            if closer is not None:
-                await closer()
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            await _close(iterator)
 
-    async def _put(self, event: dict[str, Any], source: str | None, position: str | None) -> None:
-        try:
-            result = await self.queue.put(event, source=source, position=position)
-        except InvalidEventError as exc:
-            # Bad input from a stream is reported and counted, never silently dropped; it is not
-            # a reason to stop listening.
-            self.metrics.count("invalid")
-            log.error("rejected event from %s at %s: %s", source, position, exc)
+    async def _store_all(self, buffer: _Buffer, source: str | None) -> None:
+        """Buffer to queue: one put_many at a time, so positions are stored in source order."""
+        while chunk := await buffer.take(min(_CHUNK_EVENTS, self.queue.config.commit_max_events)):
+            try:
+                await self._put(chunk, source)
+            except InvalidEventError:
+                await self._put_valid(chunk, source)  # rare: find the bad ones, store the rest
+
+    async def _put(self, items: list[Item], source: str | None, last: Item | None = None) -> None:
+        """Store `items`; the position of `last` (default: the last item) commits with them."""
+        if not items:
             return
-        if result.spilled:
-            self.queue.notify()
+        position = (last or items[-1])[1]
+        # A None position would overwrite the stored one: store no position then.
+        await self.queue.put_many(
+            [event for event, _ in items],
+            source=source if position is not None else None,
+            position=position,
+        )
+
+    async def _put_valid(self, chunk: list[Item], source: str | None) -> None:
+        valid: list[Item] = []
+        for event, position in chunk:
+            try:
+                self.queue.prepare(event)
+            except InvalidEventError as exc:
+                if self.on_invalid == "stop":
+                    await self._put(valid, source)  # what came before the bad event is kept
+                self._rejected(exc, source, position)
+                continue
+            valid.append((event, position))
+        await self._put(valid, source, last=chunk[-1])
+
+    def _rejected(self, error: InvalidEventError, source: str | None, position: str | None) -> None:
+        """Count and report an event the queue refused; raise it when `on_invalid` is stop."""
+        self.metrics.count("invalid")
+        where = f"{source or 'the source'}" + (f" at position {position}" if position else "")
+        log.error("rejected an event from %s: %s", where, error)
+        if self.on_invalid == "stop":
+            raise InvalidEventError(f"rejected an event from {where}: {error}") from error
+
+    # --- consuming --------------------------------------------------------------------------
 
     async def _consume(self, consumer: str) -> None:
-        while not self._stopping.is_set():
-            batch = await self.queue.next_batch(consumer, stop=self._stopping)
-            if batch is None:
+        finished: Batch | None = None  # handled in full: acked in the next claim's transaction
+        while (batch := await self._next(consumer, finished)) is not None:
+            finished = None
+            if self._stopping.is_set():
+                await self._release(batch)  # claimed as the stop began: hand it straight back
+                return
+            finished = await self._handle(batch)
+
+    async def _next(self, consumer: str, finished: Batch | None) -> Batch | None:
+        """The next batch, acking `finished` on the way; None once stopping (or closed)."""
+        while True:
+            try:
+                batch = await self.queue.next_batch(consumer, stop=self._stopping, ack=finished)
+            except EventQueueError as exc:
+                if finished is not None:
+                    await self._ack(finished)  # the folded ack was refused: alone, it says why
+                    finished = None
+                if isinstance(exc, QueueClosedError):
+                    return None
+                if not isinstance(exc, LeaseLostError) and not await self._pause(exc):
+                    return None
                 continue
-            await self._handle(batch)
+            if finished is not None:
+                self.metrics.count("handled", len(finished))
+            return batch
 
-    async def _handle(self, batch: Batch) -> None:
-        now = self.queue.now()
-        for event in batch.events:
-            self.metrics.latency(event.priority, max(0.0, now - event.received_at))
-        self.metrics.batch(batch.key, len(batch))
+    async def _pause(self, error: EventQueueError) -> bool:
+        """After a failed claim: wait a poll interval (or the stop); False when stopping."""
+        log.error("claiming a batch failed (retrying): %s", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.queue.config.poll_ms / 1000)
+        return not self._stopping.is_set()
+
+    async def _handle(self, batch: Batch) -> Batch | None:
+        """Run the handlers and settle the batch; returns it when it is to be acked whole."""
+        self._record_start(batch)
         renewer = asyncio.create_task(self._renew(batch))
-        work = asyncio.create_task(self._run_handlers(batch))
         try:
-            failed = await self._await_work(work)
+            failed = await self._outcome(batch)
         except asyncio.CancelledError:
-            await self._finish(batch, None, release=True)
+            await _cancel(renewer)
+            await self._release(batch)
             raise
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-        await self._finish(batch, failed, release=False)
+        await _cancel(renewer)
+        return await self._settle(batch, failed)
 
-    async def _await_work(self, work: asyncio.Task[dict[int, str]]) -> dict[int, str] | None:
-        """The handler's result; None when shutdown ran out of grace and the work was cancelled."""
-        forced = asyncio.create_task(self._grace_expired())
+    def _record_start(self, batch: Batch) -> None:
+        now = self.queue.now()
+        self.metrics.batch(batch.key, len(batch))
+        for event in batch.events:
+            if event.attempts == 1:  # later attempts would count back-off or downtime
+                self.metrics.latency(event.priority, max(0.0, now - event.received_at))
+
+    async def _outcome(self, batch: Batch) -> dict[int, str] | None:
+        """Failed event id -> error; None when the handlers were cancelled (out of grace)."""
+        work = asyncio.create_task(self._run_handlers(batch))
+        forced = asyncio.create_task(self._forced.wait())
         try:
             await asyncio.wait({work, forced}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             forced.cancel()
-        if work.done():
-            return work.result()
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await work
-        return None
-
-    async def _grace_expired(self) -> None:
-        await self._stopping.wait()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._forced.wait(), self.shutdown_grace_s)
+            if not work.done():
+                work.cancel()
+                await asyncio.wait({work})
+        return None if work.cancelled() else work.result()
 
     async def _run_handlers(self, batch: Batch) -> dict[int, str]:
-        """Run every handler the batch needs; returns failed event id -> error."""
         failed: dict[int, str] = {}
         for route, events in self._routes_for(batch.events, failed):
             failed.update(await self._call(route, events))
@@ -249,99 +435,110 @@ class Dispatcher:
 
     async def _call(self, route: _Route, events: list[Event]) -> dict[int, str]:
         timeout = route.timeout_s if route.timeout_s is not None else self.handler_timeout_s
-        if route.per_event:
-            failed: dict[int, str] = {}
-            for event in events:
-                failed.update(await self._invoke(route.handler, event, [event], timeout))
-            return failed
-        return await self._invoke(route.handler, events, events, timeout)
+        if not route.per_event:
+            return await self._invoke(route.handler, events, events, timeout)
+        failed: dict[int, str] = {}
+        for event in events:
+            failed.update(await self._invoke(route.handler, event, [event], timeout))
+        return failed
 
     async def _invoke(
-        self,
-        fn: Callable[..., Awaitable[Any]],
-        argument: Any,
-        events: list[Event],
-        timeout: float | None,
+        self, fn: Handler, argument: Any, events: list[Event], timeout: float | None
     ) -> dict[int, str]:
+        """Call one handler: {} on return, failed id -> error on an exception or timeout."""
+        scope = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with scope:
                 await fn(argument)
         except PartialFailure as exc:
-            known = {e.id for e in events}
-            return {i: err for i, err in exc.failed.items() if i in known}
-        except TimeoutError:
-            return {e.id: f"handler timed out after {timeout}s" for e in events}
-        except (
-            Exception
-        ) as exc:  # a handler's failure is the event's outcome, retried or dead-lettered
-            log.warning("handler failed for %d event(s): %r", len(events), exc)
-            return {e.id: f"{type(exc).__name__}: {exc}" for e in events}
+            return _partial(exc, events)
+        except Exception as exc:  # a handler's failure is its events' outcome: retry or dead
+            if isinstance(exc, TimeoutError) and scope.expired():
+                error = f"handler timed out after {timeout} s"
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+            log.warning("handler failed for %d event(s): %s", len(events), error)
+            return {e.id: error for e in events}
         return {}
 
     async def _renew(self, batch: Batch) -> None:
-        # Long handlers keep their lease: renew at a third of it, well before expiry.
-        interval = max(0.01, self.queue.config.lease_s / 3)
+        # Long handlers keep their lease: renewed at a third of it, well before it expires.
+        interval = self.queue.config.lease_s / 3
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.queue.extend(batch)
             except LeaseLostError:
-                log.warning("lease of batch %s lost while its handler ran", batch.id)
+                log.warning("batch %s: lease lost while its handler ran", batch.id)
                 return
+            except EventQueueError as exc:
+                log.warning("batch %s: lease renewal failed (retrying): %s", batch.id, exc)
 
-    async def _finish(self, batch: Batch, failed: dict[int, str] | None, *, release: bool) -> None:
+    # --- settling ---------------------------------------------------------------------------
+
+    async def _settle(self, batch: Batch, failed: dict[int, str] | None) -> Batch | None:
+        """Release (failed is None), or ack the handled events and nack the failed ones.
+
+        A batch handled in full is returned instead: the next claim acks it in its transaction.
+        """
+        if failed is None:
+            await self._release(batch)
+            return None
+        if not failed:
+            return batch
+        done = [e.id for e in batch.events if e.id not in failed]
         try:
-            if release or failed is None:
-                await self.queue.release(batch)
-                self.metrics.count("released", len(batch))
-                return
-            done = [e.id for e in batch.events if e.id not in failed]
-            if done:
+            if done:  # acked first: a crash before the nack redelivers only the failed ones
                 await self.queue.ack(batch, done)
                 self.metrics.count("handled", len(done))
-            if failed:
-                await self._nack_failed(batch, failed)
-        except LeaseLostError:
-            # Another consumer holds these events now (our lease expired): it will finish them.
-            self.metrics.count("lease_lost", len(batch))
-            log.warning("batch %s: lease lost before it could be finished", batch.id)
+            await self._nack(batch, failed)
         except EventQueueError as exc:
-            self.metrics.count("finish_failed", len(batch))
-            log.error(
-                "batch %s could not be finished (%s); it is redelivered after its lease",
-                batch.id,
-                exc,
-            )
+            self._unsettled(batch, len(failed), exc)
+        return None
 
-    async def _nack_failed(self, batch: Batch, failed: dict[int, str]) -> None:
+    async def _nack(self, batch: Batch, failed: dict[int, str]) -> None:
         errors = sorted(set(failed.values()))
         error = errors[0] if len(errors) == 1 else "; ".join(errors)[:2000]
-        dead = [
-            e
-            for e in batch.events
-            if e.id in failed and e.attempts >= self.queue.config.max_attempts
-        ]
+        max_attempts = self.queue.config.max_attempts
+        dead = sum(1 for e in batch.events if e.id in failed and e.attempts >= max_attempts)
         await self.queue.nack(batch, error, ids=list(failed))
-        self.metrics.count("dead", len(dead))
-        self.metrics.count("retried", len(failed) - len(dead))
+        self.metrics.count("dead", dead)
+        self.metrics.count("retried", len(failed) - dead)
 
-    async def _shutdown(
-        self, reader: asyncio.Task[None] | None, consumers: list[asyncio.Task[None]]
+    async def _ack(self, batch: Batch) -> None:
+        await self._finish(batch, self.queue.ack, "handled")
+
+    async def _release(self, batch: Batch) -> None:
+        await self._finish(batch, self.queue.release, "released")
+
+    async def _finish(
+        self, batch: Batch, action: Callable[[Batch], Awaitable[None]], outcome: str
     ) -> None:
-        if reader is not None and not reader.done():
-            reader.cancel()
-        if reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(reader, return_exceptions=True)
-        await asyncio.gather(*consumers, return_exceptions=True)
+        try:
+            await action(batch)
+            self.metrics.count(outcome, len(batch))
+        except EventQueueError as exc:
+            self._unsettled(batch, len(batch), exc)
+
+    def _unsettled(self, batch: Batch, events: int, error: EventQueueError) -> None:
+        if isinstance(error, LeaseLostError):
+            # Our lease expired and another consumer holds these events now: it settles them.
+            self.metrics.count("lease_lost", events)
+            log.warning("batch %s: lease lost before it was settled", batch.id)
+            return
+        self.metrics.count("settle_failed", events)
+        log.error("batch %s not settled (%s); redelivered after its lease", batch.id, error)
+
+    # --- signals ----------------------------------------------------------------------------
 
     def _install_signals(self) -> Callable[[], None] | None:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.getsignal(sig) for sig in signals}
 
         def on_signal(signum: int) -> None:
             if self._stopping.is_set():
-                log.warning("second signal: stopping now")
+                log.warning("signal %d again: stopping now", signum)
                 self.force_stop()
             else:
                 log.warning("signal %d: shutting down gracefully (again to force)", signum)
@@ -350,11 +547,65 @@ class Dispatcher:
         try:
             for sig in signals:
                 loop.add_signal_handler(sig, on_signal, sig)
-        except (NotImplementedError, RuntimeError):
-            return None
+        except (NotImplementedError, RuntimeError, ValueError):
+            return None  # not the main thread, or no signals here: stop() still works
 
         def restore() -> None:
-            for sig in signals:
+            for sig, handler in previous.items():
                 loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)  # e.g. asyncio.run's own SIGINT handler
 
         return restore
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for an `async def` function, a partial of one, or an object with `async __call__`."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004
+    )
+
+
+def _partial(failure: PartialFailure, events: list[Event]) -> dict[int, str]:
+    known = {e.id for e in events}
+    unknown = [i for i in failure.failed if i not in known]
+    if unknown:
+        log.warning("PartialFailure names ids not in this call (ignored): %s", unknown[:10])
+    return {i: str(error) for i, error in failure.failed.items() if i in known}
+
+
+def _name_of(source: object) -> str | None:
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else None
+
+
+async def _close(iterator: AsyncIterator[Any]) -> None:
+    closer = getattr(iterator, "aclose", None)
+    if closer is None:
+        return
+    try:
+        await closer()
+    except Exception as exc:  # closing is cleanup: it must not hide why reading ended
+        log.warning("closing the source failed: %s", exc)
+
+
+def _failure(task: asyncio.Task[Any]) -> BaseException | None:
+    return None if task.cancelled() else task.exception()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.wait({task})
+
+
+def _check_settings(
+    concurrency: int, handler_timeout_s: float | None, shutdown_grace_s: float, on_invalid: str
+) -> None:
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+    if handler_timeout_s is not None and not handler_timeout_s > 0:
+        raise ConfigError(f"handler_timeout_s must be positive or None, got {handler_timeout_s}")
+    if not shutdown_grace_s >= 0:
+        raise ConfigError(f"shutdown_grace_s must be 0 or more, got {shutdown_grace_s}")
+    if on_invalid not in ON_INVALID_CHOICES:
+        raise ConfigError(f"on_invalid must be one of {ON_INVALID_CHOICES}, got {on_invalid!r}")

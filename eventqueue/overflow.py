@@ -34,7 +34,7 @@ from eventqueue.spill import (
     has_segments,
     inspect,
 )
-from eventqueue.store.sqlite import NewEvent, SQLiteStore
+from eventqueue.store.sqlite import NewEvent, PutCommit, SQLiteStore
 
 log = logging.getLogger("eventqueue.overflow")
 
@@ -87,6 +87,11 @@ class Overflow:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.on_promote: list[Callable[[], None]] = []
+        # Held while the table's room is counted and filled (by a put group or a promotion),
+        # so the two never fill the same room twice.
+        self.admission = asyncio.Lock()
+        # Told pending + claimed after every promotion (the writer's admission count).
+        self.on_scheduled: Callable[[int], None] = lambda _n: None
 
     @classmethod
     async def open(
@@ -241,28 +246,16 @@ class Overflow:
         held = self._next_log()
         if held is None:
             return 0
-        scheduled = await self._store.scheduled_count()
-        low_water = self._config.queue_size // 2
-        if scheduled > low_water:
-            return 0
-        limit = min(self._config.queue_size - scheduled, self._config.commit_max_events)
-        records, reached = await asyncio.to_thread(_read, held, limit)
-        if not records:
-            return 0
-        rows = [_decode(record.data) for record in records]
-        ttl = self._config.dedup_ttl_s if self._config.enable_dedup else None
-        # wait=False: waiting for another connection's write lock here would hold this
-        # process's store, and with it every put that should be spilling meanwhile.
-        commit = await self._store.put(
-            rows,
-            now=self._clock(),
-            dedup_ttl_s=ttl,
-            spill_positions=(
-                held.name,
-                {p: (pos.segment, pos.offset) for p, pos in reached.items()},
-            ),
-            wait=False,
-        )
+        async with self.admission:
+            scheduled = await self._store.scheduled_count()
+            if scheduled > self._config.queue_size // 2:  # the low-water mark
+                return 0
+            limit = min(self._config.queue_size - scheduled, self._config.commit_max_events)
+            records, reached = await asyncio.to_thread(_read, held, limit)
+            if not records:
+                return 0
+            commit = await self._promote(held, records, reached)
+            self.on_scheduled(commit.scheduled)
         crash_point("mid_promotion")
         for priority, position in reached.items():
             held.positions[priority] = position
@@ -273,7 +266,34 @@ class Overflow:
         self._count(commit.outcome)
         for callback in self.on_promote:
             callback()
-        return len(rows)
+        return len(records)
+
+    async def _promote(
+        self, held: _Log, records: list[SpillRecord], reached: dict[int, SpillPosition]
+    ) -> PutCommit:
+        rows = [_decode(record.data) for record in records]
+        ttl = self._config.dedup_ttl_s if self._config.enable_dedup else None
+        try:
+            # wait=False: waiting for another connection's write lock here would hold this
+            # process's store, and with it every put that should be spilling meanwhile.
+            return await self._store.put(
+                rows,
+                now=self._clock(),
+                dedup_ttl_s=ttl,
+                spill_positions=(
+                    held.name,
+                    {p: (pos.segment, pos.offset) for p, pos in reached.items()},
+                ),
+                wait=False,
+            )
+        except BaseException:
+            # The commit may have happened even though the call failed (F2): the database,
+            # not memory, says how far promotion got, so nothing is promoted twice.
+            with contextlib.suppress(StorageError):
+                saved = await self._store.spill_positions(held.name)
+                for priority, (segment, offset) in saved.items():
+                    held.positions[priority] = SpillPosition(segment, offset)
+            raise
 
     def _next_log(self) -> _Log | None:
         """The held log whose best waiting event has the highest priority (own log on ties)."""
@@ -343,10 +363,24 @@ def _combine(parts: list[SpillStats]) -> SpillStats:
     )
 
 
-def inspect_spill(directory: str, committed: Mapping[int, tuple[int, int]]) -> dict[str, Any]:
-    """Read-only spill statistics (safe while the owning queue runs), as `stats` shows them."""
-    positions = {p: SpillPosition(*pos) for p, pos in committed.items()}
-    return _describe(inspect(directory, positions), time.time())
+def inspect_spills(
+    config: Config, positions: Callable[[str], Mapping[int, tuple[int, int]]]
+) -> dict[str, Any]:
+    """Read-only statistics over every spill folder of a database (safe while queues run).
+
+    `positions(name)` gives how far the folder keyed `name` was promoted (from the database).
+    """
+    folders = [d for d in _candidate_directories(config) if os.path.isdir(d)]
+    parts = []
+    for directory in folders:
+        saved = positions(spill_log_name(config.db_path, directory))
+        parts.append(inspect(directory, {p: SpillPosition(*pos) for p, pos in saved.items()}))
+    return {"directories": folders, **_describe(_combine(parts), time.time())}
+
+
+def _candidate_directories(config: Config) -> list[str]:
+    extra = [config.spill_dir] if config.spill_dir else []
+    return [*extra, *_slot_directories(config)]
 
 
 def _describe(st: SpillStats, now: float) -> dict[str, Any]:

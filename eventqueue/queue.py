@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import secrets
@@ -63,16 +64,25 @@ class EventQueue:
             batching=config.enable_batching,
             lease_s=config.lease_s,
             max_attempts=config.max_attempts,
+            lease_horizon_s=config.lease_s + 1.0,
+            retry_horizon_s=config.backoff_max_s + 1.0,
         )
         self._writer = GroupCommitWriter(
             self._commit, max_events=config.commit_max_events, intake_size=config.intake_size
         )
         self._writer.on_commit.append(self.notify)
+        # A stream position commits only when every earlier put is durable: a put still being
+        # spilled must not be passed by a later one's position (a crash would skip it). The
+        # position then simply commits with a later group.
+        self._tickets = 0
+        self._spilling: set[int] = set()
+        self._writer.may_record = lambda e: not any(t < e.ticket for t in self._spilling)
         # Puts that find the intake full go to the spill log, gathered into one fsync.
         self._spiller = GroupCommitWriter(
             overflow.spill_commit, max_events=config.commit_max_events, intake_size=2**62
         )
         overflow.on_promote.append(self.notify)
+        overflow.on_scheduled = self._set_scheduled
         self._scheduled = 0  # pending + claimed after this process's last put commit
         self._expiry_every_s = min(1.0, config.lease_s / 4)
         self._last_expiry_check = float("-inf")
@@ -222,12 +232,15 @@ class EventQueue:
     ) -> list[PutResult]:
         self._check_open()
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        entry = IntakeEntry(rows, future, source, position)
+        self._tickets += 1
+        entry = IntakeEntry(rows, future, source, position, ticket=self._tickets)
         critical = any(row.priority == Priority.CRITICAL for row in rows)
         if self._writer.has_room(len(rows)) or critical:
             self._writer.submit(entry)  # CRITICAL is always admitted, even past the intake bound
         else:
             self._spiller.submit(entry)  # the writer is behind: spill rather than wait
+            self._spilling.add(entry.ticket)
+            future.add_done_callback(lambda _f: self._spilling.discard(entry.ticket))
         outcome = await future
         for status, _ in outcome:
             self.metrics.count(status.value)
@@ -240,22 +253,27 @@ class EventQueue:
         self, rows: Sequence[NewEvent], positions: dict[str, str | None]
     ) -> list[Outcome]:
         """The writer's commit: admit what fits, spill the rest durably first, then commit."""
-        admitted, spilled = self.overflow.split(rows, self._scheduled)
-        if spilled:
-            # Durable before the transaction that records the stream position past them.
-            await self.overflow.append([rows[i] for i in spilled])
-        ttl = self.config.dedup_ttl_s if self.config.enable_dedup else None
-        chosen = [rows[i] for i in admitted]
-        try:
-            commit = await self.store.put(
-                chosen, now=self._clock(), dedup_ttl_s=ttl, source_positions=positions, wait=False
-            )
-        except DatabaseBusyError:
-            # Another connection holds the write lock: spill instead of making the stream wait.
-            await self.overflow.append(chosen)
-            return [SPILLED] * len(rows)
+        async with self.overflow.admission:
+            admitted, spilled = self.overflow.split(rows, self._scheduled)
+            if spilled:
+                # Durable before the transaction that records the stream position past them.
+                await self.overflow.append([rows[i] for i in spilled])
+            ttl = self.config.dedup_ttl_s if self.config.enable_dedup else None
+            chosen = [rows[i] for i in admitted]
+            try:
+                commit = await self.store.put(
+                    chosen,
+                    now=self._clock(),
+                    dedup_ttl_s=ttl,
+                    source_positions=positions,
+                    wait=False,
+                )
+            except DatabaseBusyError:
+                # Another connection holds the write lock: spill instead of making the stream wait.
+                await self.overflow.append(chosen)
+                return [SPILLED] * len(rows)
+            self._scheduled = commit.scheduled
         crash_point("after_commit")
-        self._scheduled = commit.scheduled
         outcome: list[Outcome] = [SPILLED] * len(rows)
         for index, result in zip(admitted, commit.outcome, strict=True):
             outcome[index] = result
@@ -300,6 +318,9 @@ class EventQueue:
             self._finished(sum(len(b) for b in acks))
         crash_point("after_claim")
         return batches
+
+    def _set_scheduled(self, count: int) -> None:
+        self._scheduled = count
 
     def _expiry_due(self, now: float) -> bool:
         # Returning expired leases costs a statement; a fraction of the lease is soon enough.
@@ -397,6 +418,9 @@ class EventQueue:
     ) -> None:
         """The batch (or these events) failed: retry after back-off, or dead after max attempts."""
         self._check_open()
+        if retry_in is not None and retry_in + 1.0 > self._rules.retry_horizon_s:
+            # A long explicit delay is not a clock step.
+            self._rules = dataclasses.replace(self._rules, retry_horizon_s=retry_in + 1.0)
         chosen = set(batch.ids if ids is None else ids)
         now = self._clock()
         retry_at: dict[int, float] = {}
@@ -424,8 +448,10 @@ class EventQueue:
     async def extend(self, batch: Batch, seconds: float | None = None) -> None:
         """Renew the batch's lease for `seconds` (default EVENT_LEASE_SECONDS) from now."""
         self._check_open()
-        until = self._clock() + (seconds if seconds is not None else self.config.lease_s)
-        await self.store.extend(batch.token, batch.ids, expires_at=until)
+        length = seconds if seconds is not None else self.config.lease_s
+        if length + 1.0 > self._rules.lease_horizon_s:  # a long lease is not a clock step
+            self._rules = dataclasses.replace(self._rules, lease_horizon_s=length + 1.0)
+        await self.store.extend(batch.token, batch.ids, expires_at=self._clock() + length)
 
     async def release(self, batch: Batch) -> None:
         """Give an unfinished batch back to pending at once (e.g. on shutdown)."""

@@ -28,6 +28,7 @@ class IntakeEntry:
     future: asyncio.Future[list[tuple[PutStatus, int | None]]]
     source: str | None = None
     position: str | None = None
+    ticket: int = 0  # submission order across the writer and the spill writer
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,6 +54,8 @@ class GroupCommitWriter:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.on_commit: list[Callable[[], None]] = []
+        # Whether an entry's stream position may be committed now (see EventQueue._put_rows).
+        self.may_record: Callable[[IntakeEntry], bool] = lambda _entry: True
 
     @property
     def queued(self) -> int:
@@ -114,7 +117,9 @@ class GroupCommitWriter:
 
     async def _commit_group(self, group: list[IntakeEntry]) -> None:
         rows = [row for entry in group for row in entry.rows]
-        positions = {e.source: e.position for e in group if e.source is not None}
+        positions = {
+            e.source: e.position for e in group if e.source is not None and self.may_record(e)
+        }
         try:
             results = await self._commit(rows, positions)
         except Exception as exc:  # every waiting put gets the fault; the writer keeps going

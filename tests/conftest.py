@@ -132,9 +132,13 @@ class Worker:
             ),
         }
         self.stderr_path = stderr_path
+        # A silent worker is asked for its stacks (SIGUSR1) before the test fails.
+        prelude = (
+            "import faulthandler, signal\nfaulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+        )
         with open(stderr_path, "w") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", script, *args],
+                [sys.executable, "-c", prelude + script, *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -162,6 +166,12 @@ class Worker:
         try:
             line = self.lines.get(timeout=timeout)
         except queue_module.Empty:
+            import signal
+            import time
+
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1)  # diagnostics only: let faulthandler write the stacks
             raise AssertionError(
                 f"worker {self.pid} silent for {timeout}s: {self.stderr()}"
             ) from None

@@ -30,7 +30,7 @@ from eventqueue.models import Priority, QueueStats, Status
 from eventqueue.store import migrations
 from eventqueue.store import statements as sql
 from eventqueue.store.engine import BEGIN_MODE, install_hooks, is_locked_error, pragmas
-from eventqueue.store.sqlite import ClaimRules
+from eventqueue.store.sqlite import ClaimRules, ready_params
 
 SchemaState = Literal["current", "behind", "missing", "unknown"]
 # One event in a list: id, event_name, priority, attempts, then what the list is about.
@@ -135,7 +135,7 @@ class Inspector:
             counts = _dense_counts(c.execute(sql.count_by_status_priority()).all())
             counters = {name: int(value) for name, value in c.execute(sql.select_counters())}
             oldest = c.execute(sql.oldest_pending()).scalar()
-            params = _ready_params(now, self._rules(c))
+            params = ready_params(now, self._rules(c))
             ready = int(c.execute(sql.count_ready_keys(), params).scalar_one())
         return QueueStats(
             counts=counts,
@@ -154,7 +154,7 @@ class Inspector:
         """The next batches in claim order (one per ready key), claiming nothing."""
         with self._connect() as c, c.begin():
             rules = self._rules(c)
-            keys = c.execute(sql.select_ready_keys(limit), _ready_params(now, rules)).all()
+            keys = c.execute(sql.select_ready_keys(limit), ready_params(now, rules)).all()
             return [_peek_batch(c, row, now, rules) for row in keys]
 
     def show(self, event_id: int) -> EventInfo | None:
@@ -411,22 +411,12 @@ def _driver(connection: Any) -> sqlite3.Connection:
     return cast(sqlite3.Connection, connection.driver_connection)
 
 
-def _ready_params(now: float, rules: ClaimRules) -> dict[str, Any]:
-    # The same parameters as the claim's select_ready_key (store/sqlite.py).
-    return {
-        "b_now": now,
-        "b_max_batch": rules.max_batch,
-        "b_window_start": now - rules.window_s,
-        "b_no_batching": 0 if rules.batching else 1,
-        "b_aging_s": rules.aging_s,
-    }
-
-
 def _peek_batch(c: Connection, row: Any, now: float, rules: ClaimRules) -> PeekBatch:
     key, effective, oldest, top = row
     size = rules.max_batch if rules.batching else 1
     events = c.execute(
-        sql.select_pending_for_key(), {"b_key": key, "b_now": now, "b_limit": size}
+        sql.select_pending_for_key(),
+        {"b_key": key, "b_limit": size, **ready_params(now, rules)},
     ).all()
     # As the claim does: a key ready only because of CRITICAL events leases just those.
     due = not rules.batching or oldest <= now - rules.window_s

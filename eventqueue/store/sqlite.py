@@ -35,6 +35,10 @@ T = TypeVar("T")
 _DIALECT = sqlite_dialect.dialect()
 # RETURNING (3.35) and UPDATE ... FROM (3.33) are used on the hot paths.
 MIN_SQLITE = (3, 35, 0)
+# With less free space than this, the WAL is checkpointed and truncated after every write.
+# Otherwise it grows to SQLite's auto-checkpoint size (1000 pages, ~4 MiB) before any
+# checkpoint, and on a nearly full disk it takes the space that returns before one can run (F14).
+LOW_DISK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,10 @@ class ClaimRules:
     batching: bool
     lease_s: float
     max_attempts: int
+    # The longest a lease or a retry back-off can legitimately run; stored times further ahead
+    # than that mean the wall clock stepped back, and count as due.
+    lease_horizon_s: float = 86_400.0
+    retry_horizon_s: float = 604_800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +146,8 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
         self._closed = False
         self._identity = _file_identity(path)
+        self._wal_identity = _file_identity(path + "-wal")
+        self._directory = os.path.dirname(os.path.abspath(path))
 
     @classmethod
     async def open(
@@ -209,44 +219,62 @@ class SQLiteStore:
         return await asyncio.shield(task)
 
     async def _run(self, body: Body[T], begin: str, wait: bool) -> T:
-        async with self._lock:
-            if self._closed:
-                raise QueueClosedError("the queue is closed")
-            if begin == "BEGIN IMMEDIATE":
-                self._check_file()
-            try:
-                # Inside the try: if BEGIN took effect but its await still failed, the rollback
-                # below ends the transaction instead of wedging the connection for good.
-                await self._begin(begin, wait)
-                result = await body(self._db)
-                await self._db.execute("COMMIT")
-                return result
-            except BaseException as exc:
-                await self._rollback()
-                if isinstance(exc, sqlite3.Error):
-                    raise _storage_error(self.path, exc) from exc
-                raise
-
-    async def _begin(self, begin: str, wait: bool) -> None:
         # The connection's own busy timeout is short (EVENT_SPILL_AFTER_MS) so that a put can
-        # spill instead of waiting; other transactions retry here, without blocking the event
-        # loop, until busy_timeout_ms has passed.
+        # spill instead of waiting. Other transactions retry BEGIN until busy_timeout_ms has
+        # passed, sleeping *outside* this process's lock so that its puts go on (and spill)
+        # meanwhile instead of queueing behind a claim that waits for another process.
         deadline = time.monotonic() + self._busy_timeout_s
         pause = 0.005
         while True:
-            try:
-                await self._db.execute(begin)
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise _storage_error(self.path, exc) from exc
-                if not wait or time.monotonic() >= deadline:
-                    raise DatabaseBusyError(
-                        f"database {self.path} is locked by another connection "
-                        f"({exc}); retry, or raise EVENT_BUSY_TIMEOUT_MS"
-                    ) from exc
+            async with self._lock:
+                began, result = await self._attempt(body, begin, wait, deadline)
+                if began:
+                    return result  # type: ignore[return-value]
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
+
+    async def _attempt(
+        self, body: Body[T], begin: str, wait: bool, deadline: float
+    ) -> tuple[bool, T | None]:
+        """One try at the transaction: (False, None) when the write lock is held elsewhere."""
+        if self._closed:
+            raise QueueClosedError("the queue is closed")
+        writing = begin == "BEGIN IMMEDIATE"
+        if writing:
+            self._check_file()
+        try:
+            # Inside the try: if BEGIN took effect but its await still failed, the rollback
+            # below ends the transaction instead of wedging the connection for good.
+            if not await self._begin(begin, retry=wait and time.monotonic() < deadline):
+                return False, None
+            result = await body(self._db)
+            await self._db.execute("COMMIT")
+        except BaseException as exc:
+            await self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise _storage_error(self.path, exc) from exc
+            raise
+        if writing:
+            # Deleted while this transaction ran: it committed into an unlinked file (F13),
+            # so its work must not be reported as stored.
+            self._check_file()
+            await self._relieve_disk()
+        return True, result
+
+    async def _begin(self, begin: str, *, retry: bool) -> bool:
+        """BEGIN; False when another connection holds the write lock and `retry` allows waiting."""
+        try:
+            await self._db.execute(begin)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise _storage_error(self.path, exc) from exc
+            if retry:
+                return False
+            raise DatabaseBusyError(
+                f"database {self.path} is locked by another connection "
+                f"({exc}); retry, or raise EVENT_BUSY_TIMEOUT_MS"
+            ) from exc
+        return True
 
     async def _rollback(self) -> None:
         # SQLite may already have rolled back by itself (disk full, F14): no blind ROLLBACK.
@@ -255,13 +283,29 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 await self._db.execute("ROLLBACK")
 
+    async def _relieve_disk(self) -> None:
+        # Outside any transaction, under the lock: an optimisation, so failures are ignored.
+        try:
+            st = os.statvfs(self._directory)
+        except OSError:
+            return
+        if st.f_bavail * st.f_frsize < LOW_DISK_BYTES:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def _check_file(self) -> None:
         # A database file deleted or replaced under an open WAL connection keeps accepting
         # writes into the unlinked inode: fail loudly rather than acknowledge lost events (F13).
-        if _file_identity(self.path) != self._identity:
+        # Likewise the WAL: SQLite never deletes it while a connection is open, so once seen, a
+        # missing or different -wal was deleted under us (commits would go where no other
+        # connection looks, and a crash would lose them).
+        wal = _file_identity(self.path + "-wal")
+        if self._wal_identity is None:
+            self._wal_identity = wal
+        if _file_identity(self.path) != self._identity or wal != self._wal_identity:
             raise StorageError(
-                f"database file {self.path} was deleted or replaced while open; events written "
-                "now would be lost. Restore the file or restart the process."
+                f"database file {self.path} (or its -wal) was deleted or replaced while open; "
+                "events written now would be lost. Restore the file or restart the process."
             )
 
     # --- put ------------------------------------------------------------------------------
@@ -346,9 +390,12 @@ class SQLiteStore:
             if acks:
                 await _ack_pairs(db, acks, now)
             if expire:
-                await db.execute(
-                    _Q.expire.sql, _Q.expire.bind(b_now=now, b_max_attempts=rules.max_attempts)
+                params = _Q.expire.bind(
+                    b_now=now,
+                    b_max_attempts=rules.max_attempts,
+                    b_lease_horizon=rules.lease_horizon_s,
                 )
+                await db.execute(_Q.expire.sql, params)
             return await _claim(db, now, consumer, token, batch_id, rules, batches)
 
         return await self.write(body)
@@ -421,7 +468,7 @@ class SQLiteStore:
             }
             oldest = await _scalar(db, _Q.oldest.sql, _Q.oldest.bind())
             ready = await _scalar(
-                db, _Q.ready_keys.sql, _Q.ready_keys.bind(**_ready_params(now, rules))
+                db, _Q.ready_keys.sql, _Q.ready_keys.bind(**ready_params(now, rules))
             )
             return {"counters": counters, "oldest_pending_at": oldest, "ready_batches": ready}
 
@@ -463,7 +510,8 @@ async def _insert(
         return [(PutStatus.ACCEPTED, row_id) for row_id in sorted(r[0] for r in returned)]
     hashes = json.dumps(sorted({r.content_hash for r in rows}))
     await db.execute(
-        _Q.release_dedup.sql, _Q.release_dedup.bind(b_hashes=hashes, b_cutoff=now - dedup_ttl_s)
+        _Q.release_dedup.sql,
+        _Q.release_dedup.bind(b_hashes=hashes, b_cutoff=now - dedup_ttl_s, b_now=now),
     )
     returned = await db.execute_fetchall(_Q.put_dedup.sql, _Q.put_dedup.bind(b_rows=payload))
     outcome = _dedup_outcome(rows, list(returned))
@@ -510,13 +558,15 @@ def _dedup_outcome(rows: Sequence[NewEvent], returned: list[Any]) -> list[tuple[
     return outcome
 
 
-def _ready_params(now: float, rules: ClaimRules) -> dict[str, Any]:
+def ready_params(now: float, rules: ClaimRules) -> dict[str, Any]:
+    """The parameters of every statement that decides readiness (claims, ready counts, peek)."""
     return {
         "b_now": now,
         "b_max_batch": rules.max_batch,
         "b_window_start": now - rules.window_s,
         "b_no_batching": 0 if rules.batching else 1,
         "b_aging_s": rules.aging_s,
+        "b_retry_horizon": rules.retry_horizon_s,
     }
 
 
@@ -530,7 +580,7 @@ async def _claim(
     batches: int,
 ) -> list[Batch]:
     params = _Q.claim.bind(
-        **_ready_params(now, rules),
+        **ready_params(now, rules),
         b_batches=batches,
         b_limit=rules.max_batch if rules.batching else 1,
         b_owner=consumer,
@@ -633,6 +683,11 @@ def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
         hint = "the disk is full; free space and retry (nothing of this transaction was written)"
     elif "readonly" in lowered or "read-only" in lowered:
         hint = "the database is read-only; check the file's permissions"
+    elif "disk i/o error" in lowered:
+        hint = (
+            "the file could not be read or written: it may have been made read-only or "
+            "removed, or the disk is failing; check it, then retry"
+        )
     else:
         hint = "see the cause below"
     return StorageError(f"database {path}: {message} ({hint})")

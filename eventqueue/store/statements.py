@@ -55,9 +55,12 @@ def _status_is(status: str) -> ColumnElement[bool]:
 
 def _available(table: Any = events) -> ColumnElement[bool]:
     # Claimable now: its retry time has come, or it never had one (a put sets available_at to
-    # received_at), so events put before the wall clock stepped back are not held up by it.
+    # received_at). A retry time further ahead than any back-off can be means the wall clock
+    # stepped back since the nack: due now, rather than hours late.
     return or_(
-        table.c.available_at <= bindparam("b_now"), table.c.available_at == table.c.received_at
+        table.c.available_at <= bindparam("b_now"),
+        table.c.available_at == table.c.received_at,
+        table.c.available_at > bindparam("b_now") + bindparam("b_retry_horizon"),
     )
 
 
@@ -548,7 +551,14 @@ def release_expired_dedup_keys() -> Update:
     return (
         update(events)
         .where(events.c.dedup_key.in_(select(hashes.c.value)))
-        .where(events.c.received_at < bindparam("b_cutoff"))
+        .where(
+            or_(
+                events.c.received_at < bindparam("b_cutoff"),
+                # Received "in the future": the wall clock stepped back since. The window
+                # cannot be measured any more; it ends rather than lasting hours longer.
+                events.c.received_at > bindparam("b_now"),
+            )
+        )
         .values(dedup_key=None)
     )
 
@@ -573,7 +583,15 @@ def expire_all_leases() -> Update:
     used_up = events.c.attempts >= bindparam("b_max_attempts")
     return (
         update(events)
-        .where(_status_is("claimed"), events.c.lease_expires_at <= bindparam("b_now"))
+        .where(
+            _status_is("claimed"),
+            or_(
+                events.c.lease_expires_at <= bindparam("b_now"),
+                # Further ahead than any lease runs: the wall clock stepped back since the
+                # claim. Expired now, rather than hours late (the holder's ack is then fenced).
+                events.c.lease_expires_at > bindparam("b_now") + bindparam("b_lease_horizon"),
+            ),
+        )
         .values(
             status=case((used_up, literal_column("'dead'")), else_=literal_column("'pending'")),
             last_error=case(

@@ -170,15 +170,6 @@ async def test_held_write_lock_makes_puts_spill_at_once_then_they_are_promoted(
     assert (await cli_stats(db_path))["spill"]["total"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "store/sqlite.py: SQLiteStore._run holds the store's asyncio lock while _begin retries "
-        "BEGIN IMMEDIATE for up to busy_timeout_ms, so a claim (or ack, nack, extend) waiting "
-        "for another connection's write lock blocks every put of the process behind it; the "
-        "put's own wait=False never gets to run, and it does not spill"
-    ),
-)
 async def test_put_spills_at_once_while_a_claim_of_the_same_process_waits_for_the_lock(
     open_queue: Any, db_path: str
 ) -> None:
@@ -280,16 +271,6 @@ async def test_spill_left_in_another_slot_is_adopted_by_the_next_queue_to_open(
     assert q.overflow.stats()["total"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "queue.py: admission (EventQueue._scheduled, a snapshot refreshed only by the writer's "
-        "commits and lowered by acks) and promotion (Overflow.promote_once, a fresh count) each "
-        "fill the same room: after a promotion the writer still sees the old count and admits "
-        "a full queue_size more; likewise a promotion that runs while a put group is being "
-        "spilled fills the room the group's admitted rows are about to take"
-    ),
-)
 async def test_promotion_and_admission_share_the_queue_size_bound(
     open_queue: Any, query: Any
 ) -> None:
@@ -314,13 +295,6 @@ async def test_promotion_and_admission_share_the_queue_size_bound(
     assert scheduled[0][0] <= 10, f"{scheduled[0][0]} non-CRITICAL events in a queue of 10"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "cli.py: `stats` reads only the first spill folder (<db>.spill, or EVENT_SPILL_DIR); "
-        "events spilled by a second process on the same file (<db>.spill-2, ...) are not shown"
-    ),
-)
 async def test_cli_stats_counts_the_spill_folders_of_every_process(
     open_queue: Any, db_path: str
 ) -> None:

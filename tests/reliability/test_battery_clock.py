@@ -20,8 +20,6 @@ import collections
 import time
 from typing import Any
 
-import pytest
-
 from eventqueue import EventQueue, PutStatus
 from eventqueue.dispatch import Dispatcher
 from eventqueue.models import Event
@@ -143,13 +141,6 @@ async def test_a_backward_jump_does_not_stretch_a_live_lease_renewal(open_queue,
     assert again is not None and again.ids == batch.ids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (statements.expire_all_leases / queue.claim): lease_expires_at is an absolute "
-    "wall time, so after the clock steps back 2 h an abandoned lease is held 2 h + lease_s "
-    "instead of lease_s ('nothing stuck beyond lease + poll'). Fix idea: treat (or re-base) "
-    "lease_expires_at > now + lease_s as a clock step, as claim already does for received_at.",
-)
 async def test_a_backward_jump_does_not_hold_an_abandoned_lease_for_hours(
     open_queue, clock
 ) -> None:
@@ -162,12 +153,6 @@ async def test_a_backward_jump_does_not_hold_an_abandoned_lease_for_hours(
     assert again is not None and again.ids == [put.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (statements.nack_items / _available): available_at (the retry time) is an "
-    "absolute wall time, so after the clock steps back 2 h a nacked event waits 2 h + its "
-    "back-off. Fix idea: treat available_at > now + backoff_max_s as due (a clock step).",
-)
 async def test_a_backward_jump_does_not_hold_a_retry_for_hours(open_queue, clock) -> None:
     q = await open_queue(batch_window_ms=0, backoff_max_s=60)
     put = await q.put({"event_name": "job"})
@@ -180,13 +165,6 @@ async def test_a_backward_jump_does_not_hold_a_retry_for_hours(open_queue, clock
     assert again is not None and again.ids == [put.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (statements.release_expired_dedup_keys): the TTL cutoff compares received_at "
-    "with now - ttl, so after the clock steps back 2 h the original suppresses its content for "
-    "2 h + DEDUP_TTL_SECONDS ('TTLs keep their length'). Fix idea: an original received after "
-    "`now` (a clock step) is measured from now, or releases its key.",
-)
 async def test_a_backward_jump_does_not_stretch_the_dedup_ttl(open_queue, clock) -> None:
     q = await open_queue(dedup_ttl_s=300)
     await q.put({"event_name": "job"})

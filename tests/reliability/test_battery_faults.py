@@ -313,24 +313,15 @@ async def test_a_spill_write_or_fsync_failing_at_the_nth_call(
 # --- promotion from the spill: a statement failing at the Nth call ---------------------------
 
 
-async def test_promotion_with_a_statement_failing_before_it_runs(
-    open_queue, clock, query, monkeypatch, tmp_path: Path
-) -> None:
-    await check_promotion_faults(open_queue, clock, query, monkeypatch, tmp_path, after=False)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG, latent (overflow.py, Overflow.promote_once): when the promotion's transaction "
-    "commits but the call still fails (F2: an error is not 'not written'), the in-memory "
-    "promotion positions are not advanced, so the next attempt inserts the same spilled records "
-    "again: a second row, delivered with attempts 1 (dedup off, or past its TTL). Fix idea: "
-    "after a failed promotion, reload the committed positions (store.spill_positions).",
+@pytest.mark.parametrize(
+    "after", [False, True], ids=["fails-before-running", "fails-after-running"]
 )
-async def test_promotion_with_a_statement_failing_after_it_ran(
-    open_queue, clock, query, monkeypatch, tmp_path: Path
+async def test_promotion_with_a_statement_failing_at_the_nth_call(
+    open_queue, clock, query, monkeypatch, tmp_path: Path, after: bool
 ) -> None:
-    await check_promotion_faults(open_queue, clock, query, monkeypatch, tmp_path, after=True)
+    # After running: the promotion committed, yet the call failed (F2). Its positions must come
+    # from the database, or the next attempt promotes the same records a second time.
+    await check_promotion_faults(open_queue, clock, query, monkeypatch, tmp_path, after=after)
 
 
 async def check_promotion_faults(

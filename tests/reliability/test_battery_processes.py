@@ -28,7 +28,7 @@ PER_PRODUCER = 400
 LEASE_S = 2.0
 
 # argv: path, name, count, log path. Puts `count` events from 4 concurrent tasks, logs one JSON
-# line per acknowledged put, waits until its own spill log is promoted, prints "done".
+# line per acknowledged put, waits until its own spill log is promoted, prints what is left.
 PRODUCER = textwrap.dedent(
     """
     import asyncio, contextlib, json, sys, time

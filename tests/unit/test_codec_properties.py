@@ -147,7 +147,9 @@ def _valid_fields(event: dict[str, Any]) -> bool:
         if event.get(name) is not None and not isinstance(event[name], str):
             return False
     aggregate = event.get("aggregate_id")
-    if aggregate is not None and (isinstance(aggregate, bool) or not isinstance(aggregate, str | int)):
+    if aggregate is not None and (
+        isinstance(aggregate, bool) or not isinstance(aggregate, str | int)
+    ):
         return False
     return event.get("attributes") is None or isinstance(event["attributes"], dict)
 
@@ -185,7 +187,9 @@ def inject(
     target: Any = event.setdefault("attributes", {})
     while True:
         children = [
-            c for c in (target.values() if isinstance(target, dict) else target) if isinstance(c, dict | list)
+            c
+            for c in (target.values() if isinstance(target, dict) else target)
+            if isinstance(c, dict | list)
         ]
         if not children or rnd.random() < 0.4:
             break
