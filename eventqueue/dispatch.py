@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, M
 from dataclasses import dataclass
 from typing import Any
 
+from eventqueue.claims import ClaimPool
 from eventqueue.errors import (
     ConfigError,
     EventQueueError,
@@ -59,11 +60,13 @@ class _Tasks:
     """The tasks of one run."""
 
     consumers: list[_Task]
+    claimer: _Task
     reader: _Task | None = None
     committer: _Task | None = None
 
     def all(self) -> list[_Task]:
-        return [*self.consumers, *(t for t in (self.reader, self.committer) if t is not None)]
+        others = (self.claimer, self.reader, self.committer)
+        return [*self.consumers, *(t for t in others if t is not None)]
 
 
 class _Buffer:
@@ -121,6 +124,7 @@ class Dispatcher:
         self.name = name
         self.metrics = queue.metrics
         self._routes: dict[str, _Route] = {}
+        self._pool: ClaimPool  # made by each run
         self._stopping = asyncio.Event()
         # Set by force_stop(), or when the grace period after stop() runs out.
         self._forced = asyncio.Event()
@@ -204,13 +208,19 @@ class Dispatcher:
             resume_from(position)
 
     async def _run(self, source: AsyncIterable[Any] | None) -> None:
+        self._pool = ClaimPool(
+            self.queue,
+            self.name,
+            stopping=self._stopping,
+            metrics=self.metrics,
+            ack_alone=self._ack,
+        )
         tasks = _Tasks(
             [
-                asyncio.create_task(
-                    self._consume(f"{self.name}-{i}"), name=f"eventqueue-consumer-{i}"
-                )
+                asyncio.create_task(self._consume(), name=f"eventqueue-consumer-{i}")
                 for i in range(self.concurrency)
-            ]
+            ],
+            claimer=asyncio.create_task(self._pool.run(), name="eventqueue-claimer"),
         )
         if source is not None:
             tasks.reader, tasks.committer = self._start_intake(source)
@@ -268,7 +278,7 @@ class Dispatcher:
         for task in tasks.all():
             if task.done() and (error := _failure(task)) is not None:
                 raise error
-        if not self._stopping.is_set() and any(t.done() for t in tasks.consumers):
+        if not self._stopping.is_set() and any(t.done() for t in [*tasks.consumers, tasks.claimer]):
             raise QueueClosedError("the queue was closed while the dispatcher was running")
 
     async def _shutdown(self, tasks: _Tasks) -> None:
@@ -280,6 +290,8 @@ class Dispatcher:
         if tasks.committer is not None:
             await asyncio.wait({tasks.committer})
         await asyncio.gather(*tasks.consumers, return_exceptions=True)
+        self._pool.close()  # acks what the consumers finished last
+        await asyncio.gather(tasks.claimer, return_exceptions=True)
         if tasks.committer is not None and (error := _failure(tasks.committer)) is not None:
             raise error  # events were read but could not be stored
 
@@ -348,39 +360,14 @@ class Dispatcher:
 
     # --- consuming --------------------------------------------------------------------------
 
-    async def _consume(self, consumer: str) -> None:
+    async def _consume(self) -> None:
         finished: Batch | None = None  # handled in full: acked in the next claim's transaction
-        while (batch := await self._next(consumer, finished)) is not None:
+        while (batch := await self._pool.next(finished)) is not None:
             finished = None
             if self._stopping.is_set():
                 await self._release(batch)  # claimed as the stop began: hand it straight back
                 return
             finished = await self._handle(batch)
-
-    async def _next(self, consumer: str, finished: Batch | None) -> Batch | None:
-        """The next batch, acking `finished` on the way; None once stopping (or closed)."""
-        while True:
-            try:
-                batch = await self.queue.next_batch(consumer, stop=self._stopping, ack=finished)
-            except EventQueueError as exc:
-                if finished is not None:
-                    await self._ack(finished)  # the folded ack was refused: alone, it says why
-                    finished = None
-                if isinstance(exc, QueueClosedError):
-                    return None
-                if not isinstance(exc, LeaseLostError) and not await self._pause(exc):
-                    return None
-                continue
-            if finished is not None:
-                self.metrics.count("handled", len(finished))
-            return batch
-
-    async def _pause(self, error: EventQueueError) -> bool:
-        """After a failed claim: wait a poll interval (or the stop); False when stopping."""
-        log.error("claiming a batch failed (retrying): %s", error)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self.queue.config.poll_ms / 1000)
-        return not self._stopping.is_set()
 
     async def _handle(self, batch: Batch) -> Batch | None:
         """Run the handlers and settle the batch; returns it when it is to be acked whole."""

@@ -359,7 +359,7 @@ class EventQueue:
                 ack = None
                 if batch is not None:
                     return batch
-                delay = await self._idle_delay()
+                delay = await self.idle_delay()
             except QueueClosedError:
                 return None  # closed while we looked: the documented answer is None
             if deadline is not None:
@@ -388,7 +388,8 @@ class EventQueue:
         changed.set()
         self.overflow.wake()
 
-    async def _idle_delay(self) -> float:
+    async def idle_delay(self) -> float:
+        """Seconds until something not ready now may become ready (capped by the poll)."""
         # Sleep until the next batch window closes, retry comes due or lease expires; poll
         # anyway for work committed by other processes.
         now = self._clock()
