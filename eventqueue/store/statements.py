@@ -168,23 +168,69 @@ def expire_leases(*, dead: bool) -> Update:
     return update(events).where(where).values(**values)
 
 
-def _key_summary() -> Any:
-    """Per batch key with claimable pending events: count, oldest, newest and top priority.
+_PRIORITIES = (4, 3, 2, 1)  # every priority the CHECK constraint allows, highest first
 
-    Only plain aggregates run per row (cheap); everything derived runs once per key.
+
+def _pending_keys() -> Any:
+    """The distinct batch keys with pending events, one index seek each (a loose index scan).
+
+    A recursive CTE: each step asks ix_events_pending for the smallest key after the last one,
+    so the cost is O(keys x log n), not a walk over every pending row as a GROUP BY would be.
     """
-    return (
-        select(
-            events.c.batch_key,
-            func.count().label("n"),
-            func.min(events.c.received_at).label("oldest"),
-            func.max(events.c.received_at).label("newest"),
-            func.max(events.c.priority).label("top"),
+    anchor = select(func.min(events.c.batch_key).label("batch_key")).where(_status_is("pending"))
+    found = anchor.cte("pending_keys", recursive=True)
+    after = events.alias("after")
+    step = (
+        select(func.min(after.c.batch_key))
+        .where(
+            after.c.status == literal_column("'pending'"),
+            after.c.batch_key > found.c.batch_key,
         )
-        .where(_status_is("pending"), _available())
-        .group_by(events.c.batch_key)
-        .subquery("keys")
+        .scalar_subquery()
     )
+    return found.union_all(select(step).where(found.c.batch_key.is_not(None)))
+
+
+def _key_summary() -> Any:
+    """Per batch key with claimable pending events: full_batch, oldest, newest, top priority.
+
+    Each value is a few index seeks on ix_events_pending, never an aggregate over the key's
+    rows, so a claim costs the same at a backlog of a thousand events or a million:
+    - top: the first claimable event in index order (priority DESC);
+    - full_batch: whether a `b_max_batch`-th claimable event exists (a walk of that many at
+      most), which is all readiness asks of the count;
+    - oldest / newest: per priority, the first / last claimable event by received_at, then
+      the min / max over the priorities (absent priorities count as +/- infinity; a key with
+      no claimable event at all has no top and is left out, as the GROUP BY left it out).
+    Events in retry back-off are skipped over by the `_available` test on the index itself.
+    MATERIALIZED: the readiness test and the order use these columns several times; inlined,
+    SQLite would run the seeks again for each use.
+    """
+    keys = _pending_keys()
+    key = keys.c.batch_key
+
+    def claimable(column: Any, *where: ColumnElement[bool]) -> Select[Any]:
+        return select(column).where(
+            _status_is("pending"), events.c.batch_key == key, _available(), *where
+        )
+
+    def received(p: int, order: Any) -> Any:
+        same = events.c.priority == p
+        return claimable(events.c.received_at, same).order_by(order).limit(1).scalar_subquery()
+
+    firsts = [received(p, events.c.received_at.asc()) for p in _PRIORITIES]
+    lasts = [received(p, events.c.received_at.desc()) for p in _PRIORITIES]
+    top = claimable(events.c.priority).order_by(events.c.priority.desc()).limit(1).scalar_subquery()
+    nth = claimable(events.c.id).limit(1).offset(bindparam("b_max_batch") - 1).scalar_subquery()
+    far: ColumnElement[float] = literal_column("9e999")  # SQLite reads it as +infinity
+    summary = select(
+        key.label("batch_key"),
+        nth.is_not(None).label("full_batch"),
+        func.min(*(func.coalesce(o, far) for o in firsts)).label("oldest"),
+        func.max(*(func.coalesce(n, -far) for n in lasts)).label("newest"),
+        top.label("top"),
+    ).where(key.is_not(None))
+    return summary.cte("key_summary").prefix_with("MATERIALIZED")
 
 
 def _effective_priority(keys: Any) -> ColumnElement[int]:
@@ -200,12 +246,15 @@ def _effective_priority(keys: Any) -> ColumnElement[int]:
 
 def _ready_keys() -> tuple[Any, ColumnElement[int], ColumnElement[bool]]:
     keys = _key_summary()
-    ready = or_(
-        keys.c.n >= bindparam("b_max_batch"),
-        keys.c.oldest <= bindparam("b_window_start"),
-        keys.c.newest > bindparam("b_now"),  # the clock stepped back: do not wait for it
-        keys.c.top == CRITICAL,
-        bindparam("b_no_batching") == literal(1),
+    ready = and_(
+        keys.c.top.is_not(None),  # some claimable event: not all in retry back-off
+        or_(
+            keys.c.full_batch,
+            keys.c.oldest <= bindparam("b_window_start"),
+            keys.c.newest > bindparam("b_now"),  # the clock stepped back: do not wait for it
+            keys.c.top == CRITICAL,
+            bindparam("b_no_batching") == literal(1),
+        ),
     )
     return keys, _effective_priority(keys), ready
 
@@ -618,7 +667,7 @@ def claim_ready() -> Update:
     keys, effective, ready_now = _ready_keys()
     critical_only = and_(
         keys.c.top == CRITICAL,
-        keys.c.n < bindparam("b_max_batch"),
+        ~keys.c.full_batch,
         keys.c.oldest > bindparam("b_window_start"),
         keys.c.newest <= bindparam("b_now"),
         bindparam("b_no_batching") == literal(0),
@@ -633,22 +682,28 @@ def claim_ready() -> Update:
         .limit(bindparam("b_batches"))
         .cte("ready")
     )
+    # Each ready key's next events: a LIMITed walk of ix_events_pending in claim order (its
+    # columns are that order), so a key costs its batch, not its backlog. SQLite has no
+    # LATERAL join; a correlated scalar subquery per ready key gathers the walk's ids into a
+    # JSON array instead, and json_each unpacks them.
     pick = events.alias("pick")
-    in_key_order = func.row_number().over(
-        partition_by=pick.c.batch_key,
-        order_by=(pick.c.priority.desc(), pick.c.received_at, pick.c.id),
-    )
-    ranked = (
-        select(pick.c.id, in_key_order.label("place"))
-        .join(ready, ready.c.batch_key == pick.c.batch_key)
+    walk = (
+        select(pick.c.id)
         .where(
             pick.c.status == literal_column("'pending'"),
+            pick.c.batch_key == ready.c.batch_key,
             _available(pick),
             pick.c.priority >= ready.c.min_priority,
         )
-        .subquery("ranked")
+        .order_by(pick.c.priority.desc(), pick.c.received_at, pick.c.id)
+        .limit(bindparam("b_limit"))
+        .correlate(ready)
+        .subquery("walk")
     )
-    chosen = select(ranked.c.id).where(ranked.c.place <= bindparam("b_limit"))
+    batch = select(func.json_group_array(walk.c.id)).scalar_subquery()
+    batches = select(batch.label("ids")).select_from(ready).cte("batches")
+    picked = func.json_each(batches.c.ids).table_valued("value").alias("picked")
+    chosen = select(picked.c.value).select_from(batches).join(picked, true())
     return (
         update(events)
         .where(events.c.id.in_(chosen))

@@ -57,13 +57,17 @@ events = Table(
 )
 
 # The scheduler's index: claims only ever look at pending rows, so the index covers just those
-# and every claim stays proportional to the pending set, never to history.
+# and never history. A claim only seeks in it (statements.claim_ready), so its cost does not
+# grow with the pending set either: the column order is each key's claim order (priority
+# DESC, received_at, id), so a LIMITed walk stops after one batch with no sort step, and per
+# key and priority the oldest and newest event are one seek each. available_at makes it
+# covering for the `_available` test: no table lookups.
 Index(
     "ix_events_pending",
     events.c.batch_key,
-    events.c.priority,
+    events.c.priority.desc(),
     events.c.received_at,
-    # available_at makes the index covering for the claim's per-key summary: no table lookups.
+    events.c.id,
     events.c.available_at,
     sqlite_where=text("status = 'pending'"),
 )

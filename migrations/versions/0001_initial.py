@@ -88,7 +88,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_events_pending",
         "events",
-        ["batch_key", "priority", "received_at", "available_at"],
+        ["batch_key", sa.text("priority DESC"), "received_at", "id", "available_at"],
         sqlite_where=sa.text("status = 'pending'"),
         if_not_exists=True,
     )
