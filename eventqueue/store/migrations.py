@@ -52,6 +52,17 @@ def is_known_revision(revision: str) -> bool:
         return False
 
 
+def schema_state(engine: Engine) -> tuple[str | None, bool]:
+    """(revision, whether the file holds any tables), read in one transaction.
+
+    BEGIN IMMEDIATE (the engine's default) waits for a process that is creating the schema
+    right now, so the two answers can never straddle its commit.
+    """
+    with engine.begin() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision(), bool(inspect(connection).get_table_names())
+
+
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None for a database eventqueue never migrated)."""
     with engine.connect() as connection:
@@ -114,8 +125,8 @@ def ensure_schema(path: str, busy_timeout_ms: int, migrate: bool | str) -> None:
         raise StorageError(f"cannot open database {path}: folder {directory} does not exist")
     engine = make_migration_engine(path, busy_timeout_ms=busy_timeout_ms)
     try:
-        current = current_revision(engine)
-        fresh = current is None and not has_tables(engine)
+        current, has_any_table = schema_state(engine)
+        fresh = current is None and not has_any_table
     except DBAPIError as exc:
         raise StorageError(f"cannot open database {path}: {exc.orig}") from exc
     finally:

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,12 @@ from eventqueue.store import migrations
 
 HOUR_S = 3600.0
 # Events are put an hour "ago" through an injected clock: ages and cutoffs are deterministic.
-T0 = time.time() - HOUR_S
+
+
+def an_hour_ago() -> Callable[[], float]:
+    """A frozen clock an hour behind now, read when the fixture runs (not at import)."""
+    frozen = time.time() - HOUR_S
+    return lambda: frozen
 
 
 def ev(name: str, aggregate_id: str = "a1", **attributes: Any) -> dict[str, Any]:
@@ -84,7 +90,7 @@ async def db(tmp_path: Path) -> dict[str, Any]:
     """A database with one event in each state, a duplicate and a few pending batches."""
     path = str(tmp_path / "events.db")
     ids: dict[str, Any] = {"path": path}
-    async with EventQueue.open(path, batch_window_ms=0, max_attempts=1, clock=lambda: T0) as q:
+    async with EventQueue.open(path, batch_window_ms=0, max_attempts=1, clock=an_hour_ago()) as q:
         ids["done"] = (await q.put(ev("order_shipped"))).id
         await q.ack(await _claim(q))
         ids["dead"] = (await q.put(ev("payment_failed"))).id
@@ -379,7 +385,7 @@ def test_purge_refuses_bad_durations(db: dict[str, Any], bad: str) -> None:
 async def big_db(tmp_path: Path) -> str:
     """1,200 done events of about 1 KB each: more than two purge chunks, many pages."""
     path = str(tmp_path / "big.db")
-    async with EventQueue.open(path, clock=lambda: T0, queue_size=5000) as q:
+    async with EventQueue.open(path, clock=an_hour_ago(), queue_size=5000) as q:
         await q.put_many([ev("bulk", str(n), pad="x" * 1000) for n in range(1200)])
     return path
 

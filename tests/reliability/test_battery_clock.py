@@ -9,8 +9,8 @@ What a jump does, as documented by these tests:
   (attempts 2) and its first ack is refused; batch windows close at once; the dedup TTL is
   measured in wall time, so content re-sent after a jump past the TTL is accepted as new.
 - backward: events received "in the future" count as due (their batch window is not held
-  open); a live consumer's lease is renewed from the new time. The xfail tests below record
-  what still stretches by the size of the jump.
+  open); a live consumer's lease is renewed from the new time; an abandoned lease, a retry
+  back-off and the dedup TTL keep their length instead of stretching by the size of the jump.
 """
 
 from __future__ import annotations

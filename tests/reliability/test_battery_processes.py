@@ -8,6 +8,7 @@ and the fence are exercised under contention too.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import itertools
@@ -21,6 +22,11 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from eventqueue import EventQueue
+from eventqueue.store import migrations
 
 PRODUCERS = 3
 CONSUMERS = 3
@@ -63,16 +69,17 @@ PRODUCER = textwrap.dedent(
 # closes; logs claim / ack / lost lines with the lease of each event.
 CONSUMER = textwrap.dedent(
     """
-    import asyncio, json, sys, time
+    import asyncio, json, sys, threading, time
     from eventqueue import EventQueue, EventQueueError, LeaseLostError
 
     async def main(path, name, log_path, stall_every, lease):
         log = open(log_path, "w")
         stop = asyncio.Event()
-        async def watch_stdin():
-            await asyncio.to_thread(sys.stdin.read)
-            stop.set()
-        watcher = asyncio.create_task(watch_stdin())
+        loop = asyncio.get_running_loop()
+        def watch_stdin():  # a daemon thread: never holds up the exit of a failed worker
+            sys.stdin.read()
+            loop.call_soon_threadsafe(stop.set)
+        threading.Thread(target=watch_stdin, daemon=True).start()
         async with EventQueue.open(path, batch_window_ms=20, lease_s=lease, poll_ms=20,
                                    queue_size=300) as q:
             print("ready", flush=True)
@@ -103,7 +110,6 @@ CONSUMER = textwrap.dedent(
                     continue
                 log.write(json.dumps(["ack", batch.ids, batch.token, time.time()]) + "\\n")
         log.close()
-        watcher.cancel()
 
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
     """
@@ -135,6 +141,11 @@ class CliLoop:
             self.runs.append((done.returncode, done.stdout, done.stderr))
             with contextlib.suppress(FileNotFoundError):
                 self.wal_max = max(self.wal_max, os.path.getsize(self.db_path + "-wal"))
+
+
+async def create(db_path: str) -> None:
+    async with EventQueue.open(db_path):
+        pass
 
 
 def read_log(path: Path) -> list[Any]:
@@ -172,6 +183,9 @@ def check_leases(claims: list[Any], acked_tokens: set[tuple[int, str]]) -> None:
 def test_three_producers_three_consumers_and_a_cli_reader(
     db_path: str, spawn, tmp_path: Path
 ) -> None:
+    # The schema exists before the workers start (several processes creating a new file at
+    # once is test_several_processes_creating_a_new_database_at_once).
+    asyncio.run(create(db_path))
     consumers = [
         spawn(
             CONSUMER,
@@ -245,3 +259,18 @@ def test_three_producers_three_consumers_and_a_cli_reader(
     wal = Path(db_path + "-wal")
     assert not wal.exists() or wal.stat().st_size == 0, wal.stat().st_size
     assert cli.wal_max < 64 * 1024 * 1024
+
+
+def test_several_processes_creating_a_new_database_at_once(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deterministic interleaving: another process's complete creation lands between this
+    # process's two reads.
+    has_tables = migrations.has_tables
+
+    def another_process_creates_it_meanwhile(engine: Any) -> bool:
+        migrations.upgrade(db_path)
+        return has_tables(engine)
+
+    monkeypatch.setattr(migrations, "has_tables", another_process_creates_it_meanwhile)
+    migrations.ensure_schema(db_path, 5000, "auto")
