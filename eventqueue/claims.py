@@ -63,6 +63,9 @@ class ClaimPool:
         while True:
             self._wake.clear()
             stopping = self._stopping.is_set() or self._closing
+            if not stopping:
+                await self._queue.urgent_puts_settled(self._queue.config.poll_ms / 1000)
+                stopping = self._stopping.is_set() or self._closing
             changed = self._queue.changed_event()  # before the claim: no change is missed
             batches = await self._claim(0 if stopping else self._live_waiters())
             if batches is None:  # the queue is closed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,20 @@ class EncodedEvent:
     content_hash: str
 
 
+_sha256 = hashlib.sha256
+_isfinite = math.isfinite
+# The encoder's C core, made once (JSONEncoder.encode makes a new one per call): the same
+# settings, so its output is canonical_json's, chunk by chunk.
+_dump_str: Any = json.encoder.encode_basestring
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    _iterencode: Any = _c_make_encoder(
+        None, _encoder.default, _dump_str, None, ":", ",", True, False, False
+    )
+else:  # pragma: no cover - CPython always has the accelerator
+    _iterencode = _encoder.iterencode
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 text; the value must already be validated."""
     return _encoder.encode(value)
@@ -42,9 +57,12 @@ def encode_event(event: Any, *, max_bytes: int, max_depth: int) -> EncodedEvent:
             f"an event must be a JSON object (dict), got {type(event).__name__}"
         )
     _check_fields(event)
-    _check_value(event, max_depth)
+    plain = _plain(event, max_depth)
+    if not plain:
+        # Something unusual (or wrong): the full walk says exactly what, or accepts it.
+        _check_value(event, max_depth)
     try:
-        text = canonical_json(event)
+        text, hashed = _encode_plain(event) if plain else (canonical_json(event), None)
     except RecursionError:
         # The C encoder recurses once per level on the caller's stack: an event within
         # EVENT_MAX_DEPTH can still be too deep for a caller that is itself deep (F15).
@@ -62,14 +80,40 @@ def encode_event(event: Any, *, max_bytes: int, max_depth: int) -> EncodedEvent:
             f"event is {len(raw)} bytes as JSON, over the limit of {max_bytes} (EVENT_MAX_BYTES)"
         )
     # Hashes a part of what was just encoded: valid text, no deeper than the whole.
-    return EncodedEvent(event, text, content_hash(event))
+    if hashed is None:
+        return EncodedEvent(event, text, content_hash(event))
+    return EncodedEvent(event, text, _sha256(hashed.encode("utf-8")).hexdigest())
+
+
+def _encode_plain(event: dict[str, Any]) -> tuple[str, str]:
+    """canonical_json(event) and the text content_hash(event) hashes, from one encoding of
+    each top-level value (the attributes are in both; `_plain` vouched for every type)."""
+    parts = {key: _dump(value) for key, value in event.items()}
+    text = "{" + ",".join([f"{_dump_str(key)}:{parts[key]}" for key in sorted(parts)]) + "}"
+    # The keys of the hashed object in sorted order: aggregate_id, attributes, event_name,
+    # event_type; a missing field is null, missing or empty attributes are {}.
+    attributes = parts["attributes"] if event.get("attributes") else "{}"
+    hashed = (
+        f'{{"aggregate_id":{parts.get("aggregate_id", "null")},"attributes":{attributes},'
+        f'"event_name":{parts.get("event_name", "null")},'
+        f'"event_type":{parts.get("event_type", "null")}}}'
+    )
+    return text, hashed
+
+
+def _dump(value: Any) -> str:
+    """canonical_json(value) for a value of exact JSON types."""
+    if type(value) is str:
+        text: str = _dump_str(value)
+        return text
+    return "".join(_iterencode(value, 0))
 
 
 def content_hash(event: dict[str, Any]) -> str:
     """SHA-256 hex of canonical JSON over event_type, event_name, aggregate_id and attributes."""
     content = {name: event.get(name) for name in HASHED_FIELDS}
     content["attributes"] = event.get("attributes") or {}
-    return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
+    return _sha256(canonical_json(content).encode("utf-8")).hexdigest()
 
 
 def decode_payload(text: str) -> dict[str, Any]:
@@ -97,6 +141,43 @@ def _check_fields(event: dict[str, Any]) -> None:
         raise InvalidEventError(
             f"attributes must be a JSON object, got {type(attributes).__name__}"
         )
+
+
+def _plain(root: Any, max_depth: int) -> bool:
+    """True when `root` surely passes `_check_value`: exact JSON types only (no subclasses),
+    string keys, integers in range, finite floats, containers within `max_depth`.
+
+    The common case, checked cheaply: no paths are built and scalars are never stacked. False
+    means "not sure": the caller runs the full walk, which reports the first problem.
+    """
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        container, depth = stack.pop()
+        if depth >= max_depth:
+            return False
+        if type(container) is dict:
+            for key in container:
+                if type(key) is not str:
+                    return False
+            values: Any = container.values()
+        else:
+            values = container
+        depth += 1
+        for value in values:
+            kind = type(value)
+            if kind is str or value is None or kind is bool:
+                continue
+            if kind is int:
+                if not INT64_MIN <= value <= INT64_MAX:
+                    return False
+            elif kind is float:
+                if not _isfinite(value):
+                    return False
+            elif kind is dict or kind is list or kind is tuple:
+                stack.append((value, depth))
+            else:
+                return False
+    return True
 
 
 def _check_value(root: Any, max_depth: int) -> None:

@@ -42,7 +42,9 @@ ON_INVALID_CHOICES = ("skip", "stop")
 _CHUNK_EVENTS = 128
 # Events read but not yet stored: how far reading may run ahead of the disk.
 _BUFFER_EVENTS = 1024
-Item = tuple[Any, str | None]  # an event as read, and the source position it came from
+# An event as read, the source position it came from, and for a CRITICAL event the put already
+# started for it (stored ahead of the ordered chunks, without a position).
+Item = tuple[Any, str | None, "asyncio.Task[Any] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +306,15 @@ class Dispatcher:
     # --- reading and storing ----------------------------------------------------------------
 
     async def _read(self, source: AsyncIterable[Any], buffer: _Buffer) -> None:
-        """Source to buffer, in order; closes the source when reading ends."""
+        """Source to buffer, in order; closes the source when reading ends.
+
+        A CRITICAL event is put at once, on its own and without a position, instead of waiting
+        behind the chunks before it; it keeps its place in the buffer, so the committer stores
+        no position past it before its put is committed. With on_invalid="stop" nothing after
+        an invalid event may be stored, so there every event keeps to the ordered chunks.
+        """
         iterator = aiter(source)
+        bypass = self.on_invalid != "stop"
         try:
             while True:
                 try:
@@ -313,33 +322,58 @@ class Dispatcher:
                 except StopAsyncIteration:
                     return
                 self.metrics.count("read")
-                await buffer.add((event, getattr(source, "position", None)))
+                early = None
+                if bypass and self.queue.is_critical(event):
+                    early = asyncio.create_task(self.queue.put(event), name="eventqueue-critical")
+                    early.add_done_callback(_retrieve)
+                await buffer.add((event, getattr(source, "position", None), early))
         finally:
             await _close(iterator)
 
     async def _store_all(self, buffer: _Buffer, source: str | None) -> None:
         """Buffer to queue: one put_many at a time, so positions are stored in source order."""
         while chunk := await buffer.take(min(_CHUNK_EVENTS, self.queue.config.commit_max_events)):
+            await self._stored_early(chunk, source)
+            ordered = [item for item in chunk if item[2] is None]
             try:
-                await self._put(chunk, source)
+                await self._put(ordered, source, last=chunk[-1])
             except InvalidEventError:
-                await self._put_valid(chunk, source)  # rare: find the bad ones, store the rest
+                # rare: find the bad ones, store the rest
+                await self._put_valid(ordered, source, last=chunk[-1])
+
+    async def _stored_early(self, chunk: list[Item], source: str | None) -> None:
+        """Wait for the CRITICAL events of `chunk` put ahead: committed before its position."""
+        for _event, position, early in chunk:
+            if early is None:
+                continue
+            try:
+                await asyncio.shield(early)  # cancelling the committer must not cancel the put
+            except InvalidEventError as exc:
+                self._rejected(exc, source, position)
 
     async def _put(self, items: list[Item], source: str | None, last: Item | None = None) -> None:
         """Store `items`; the position of `last` (default: the last item) commits with them."""
-        if not items:
+        if last is None:
+            if not items:
+                return
+            last = items[-1]
+        position = last[1]
+        if not items:  # only events stored early: their position still has to be recorded
+            if position is not None and source is not None:
+                await self.queue.record_position(source, position)
             return
-        position = (last or items[-1])[1]
         # A None position would overwrite the stored one: store no position then.
         await self.queue.put_many(
-            [event for event, _ in items],
+            [item[0] for item in items],
             source=source if position is not None else None,
             position=position,
         )
 
-    async def _put_valid(self, chunk: list[Item], source: str | None) -> None:
+    async def _put_valid(
+        self, chunk: list[Item], source: str | None, last: Item | None = None
+    ) -> None:
         valid: list[Item] = []
-        for event, position in chunk:
+        for event, position, early in chunk:
             try:
                 self.queue.prepare(event)
             except InvalidEventError as exc:
@@ -347,8 +381,8 @@ class Dispatcher:
                     await self._put(valid, source)  # what came before the bad event is kept
                 self._rejected(exc, source, position)
                 continue
-            valid.append((event, position))
-        await self._put(valid, source, last=chunk[-1])
+            valid.append((event, position, early))
+        await self._put(valid, source, last=last or (chunk[-1] if chunk else None))
 
     def _rejected(self, error: InvalidEventError, source: str | None, position: str | None) -> None:
         """Count and report an event the queue refused; raise it when `on_invalid` is stop."""
@@ -574,6 +608,12 @@ async def _close(iterator: AsyncIterator[Any]) -> None:
         await closer()
     except Exception as exc:  # closing is cleanup: it must not hide why reading ended
         log.warning("closing the source failed: %s", exc)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # The committer reports an early put's failure; this only keeps asyncio from warning.
+    if not task.cancelled():
+        task.exception()
 
 
 def _failure(task: asyncio.Task[Any]) -> BaseException | None:

@@ -34,6 +34,8 @@ log = logging.getLogger("eventqueue.queue")
 # Never sleep longer than this without looking again, whatever the clock says: a wall-clock
 # jump must not leave a consumer asleep for hours.
 _MAX_IDLE_S = 1.0
+_CRITICAL = int(Priority.CRITICAL)
+_PRIORITIES = {int(p): p for p in Priority}
 
 
 class EventQueue:
@@ -201,6 +203,19 @@ class EventQueue:
         rows = [self.prepare(event, priority, index=i) for i, event in enumerate(events)]
         return await self._put_rows(rows, source, position) if rows else []
 
+    async def record_position(self, source: str, position: str) -> None:
+        """Store where `source` stands, with no event (its events are already stored)."""
+        await self._put_rows([], source, position)
+
+    def is_critical(self, event: Any) -> bool:
+        """Whether `event` would be put as CRITICAL (False when it cannot be classified)."""
+        if not isinstance(event, dict):
+            return False
+        try:
+            return bool(self._classify(event) == Priority.CRITICAL)
+        except Exception:
+            return False  # put() reports what is wrong with it
+
     def prepare(
         self,
         event: Mapping[str, Any],
@@ -213,11 +228,12 @@ class EventQueue:
             encoded = encode_event(
                 event, max_bytes=self.config.max_event_bytes, max_depth=self.config.max_depth
             )
-            chosen = (
-                Priority.parse(priority)
-                if priority is not None
-                else Priority(self._classify(encoded.payload))
-            )
+            if priority is not None:
+                chosen = Priority.parse(priority)
+            else:
+                chosen = self._classify(encoded.payload)
+                if type(chosen) is not Priority:
+                    chosen = Priority(chosen)
             key = self._batch_key(encoded.payload)
         except InvalidEventError as exc:
             raise InvalidEventError(f"event {index}: {exc}") if index is not None else exc from None
@@ -233,8 +249,13 @@ class EventQueue:
         self._check_open()
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         self._tickets += 1
-        entry = IntakeEntry(rows, future, source, position, ticket=self._tickets)
-        critical = any(row.priority == Priority.CRITICAL for row in rows)
+        if len(rows) == 1:  # the common case, without a generator
+            critical = rows[0].priority == _CRITICAL
+        else:
+            critical = any(row.priority == _CRITICAL for row in rows)
+        entry = IntakeEntry(
+            rows, future, source, position, ticket=self._tickets, urgent=critical and source is None
+        )
         if self._writer.has_room(len(rows)) or critical:
             self._writer.submit(entry)  # CRITICAL is always admitted, even past the intake bound
         else:
@@ -242,10 +263,11 @@ class EventQueue:
             self._spilling.add(entry.ticket)
             future.add_done_callback(lambda _f: self._spilling.discard(entry.ticket))
         outcome = await future
+        count = self.metrics.count
         for status, _ in outcome:
-            self.metrics.count(status.value)
+            count(status.value)
         return [
-            PutResult(status, row_id, Priority(row.priority), row.content_hash)
+            PutResult(status, row_id, _PRIORITIES[row.priority], row.content_hash)
             for row, (status, row_id) in zip(rows, outcome, strict=True)
         ]
 
@@ -254,7 +276,15 @@ class EventQueue:
     ) -> list[Outcome]:
         """The writer's commit: admit what fits, spill the rest durably first, then commit."""
         async with self.overflow.admission:
-            admitted, spilled = self.overflow.split(rows, self._scheduled)
+            if (
+                not self.overflow.pending()
+                and len(rows) <= self.config.queue_size - self._scheduled
+            ):
+                # What split() answers when nothing is spilled and all fit (it costs a look
+                # at every spill lane per row).
+                admitted, spilled = list(range(len(rows))), list[int]()
+            else:
+                admitted, spilled = self.overflow.split(rows, self._scheduled)
             if spilled:
                 # Durable before the transaction that records the stream position past them.
                 await self.overflow.append([rows[i] for i in spilled])
@@ -368,6 +398,18 @@ class EventQueue:
                     return None
             await _wait_any(changed, stop, delay)
         return None
+
+    async def urgent_puts_settled(self, timeout: float) -> None:
+        """Wait (at most `timeout`) for the CRITICAL puts in progress to commit.
+
+        A claim that starts while one is being put cannot see it, and holds the connection
+        that put waits for: claiming just after it gets the CRITICAL event out sooner.
+        """
+        if not self._writer.urgent_open:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._writer.urgent_settled()
 
     def changed_event(self) -> asyncio.Event:
         """An event set at the next change (commit, ack, nack, release) in this process."""

@@ -13,6 +13,8 @@ from eventqueue.models import PutStatus
 from eventqueue.store.sqlite import NewEvent
 
 log = logging.getLogger("eventqueue.writer")
+# Loop turns the writer waits after an urgent commit (the claimer needs a few to start its claim).
+_YIELDS_AFTER_URGENT = 4
 
 # Commits rows; returns (status, id) per row in order. Raises on a fault.
 CommitFn = Callable[
@@ -29,6 +31,9 @@ class IntakeEntry:
     source: str | None = None
     position: str | None = None
     ticket: int = 0  # submission order across the writer and the spill writer
+    # Committed ahead of the entries queued before it, in a group of its own kind (a CRITICAL
+    # put with no stream position: taking it early cannot move a position past anything).
+    urgent: bool = False
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,6 +52,10 @@ class GroupCommitWriter:
         self._max_events = max_events
         self._capacity = intake_size
         self._entries: deque[IntakeEntry] = deque()
+        self._urgent: deque[IntakeEntry] = deque()
+        self._urgent_open = 0  # urgent entries submitted and not yet committed (or failed)
+        self._urgent_clear = asyncio.Event()
+        self._urgent_clear.set()
         self._queued = 0
         self._has_work = asyncio.Event()
         self._has_room = asyncio.Event()
@@ -72,11 +81,26 @@ class GroupCommitWriter:
 
     def submit(self, entry: IntakeEntry) -> None:
         """Queue an entry (the caller checked room or chose to exceed it)."""
-        self._entries.append(entry)
+        if entry.urgent:
+            self._urgent.append(entry)
+            self._urgent_open += 1
+            self._urgent_clear.clear()
+        else:
+            self._entries.append(entry)
         self._queued += entry.size
         if self._queued >= self._capacity:
             self._has_room.clear()
         self._has_work.set()
+
+    @property
+    def urgent_open(self) -> int:
+        """Urgent entries submitted and not yet committed (or failed)."""
+        return self._urgent_open
+
+    async def urgent_settled(self) -> None:
+        """Wait until every urgent entry submitted so far is committed (or has failed)."""
+        while self._urgent_open:
+            await self._urgent_clear.wait()
 
     async def wait_for_room(self, rows: int) -> None:
         """Back-pressure: wait until `rows` more fit in the intake."""
@@ -94,7 +118,7 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         while True:
-            if not self._entries:
+            if not self._entries and not self._urgent:
                 if self._stopping:
                     return
                 self._has_work.clear()
@@ -102,20 +126,38 @@ class GroupCommitWriter:
                 continue
             group = self._take_group()
             await self._commit_group(group)
+            if group[0].urgent and not self._urgent:
+                # Let the consumers' claim, woken by this commit, reach the connection before
+                # the next group does: the CRITICAL event just stored is what it will lease.
+                for _ in range(_YIELDS_AFTER_URGENT):
+                    await asyncio.sleep(0)
 
     def _take_group(self) -> list[IntakeEntry]:
+        # Urgent entries first, so a CRITICAL put is not queued behind the puts before it; the
+        # group is then filled up with those, in order, as usual (no transaction of its own).
         group: list[IntakeEntry] = []
         rows = 0
-        while self._entries and (not group or rows + self._entries[0].size <= self._max_events):
-            entry = self._entries.popleft()
-            group.append(entry)
-            rows += entry.size
+        for entries in (self._urgent, self._entries):
+            while entries and (not group or rows + entries[0].size <= self._max_events):
+                entry = entries.popleft()
+                group.append(entry)
+                rows += entry.size
         self._queued -= rows
         if self.has_room(1):
             self._has_room.set()
         return group
 
     async def _commit_group(self, group: list[IntakeEntry]) -> None:
+        try:
+            await self._commit_entries(group)
+        finally:
+            urgent = sum(1 for entry in group if entry.urgent)
+            if urgent:
+                self._urgent_open -= urgent
+                if not self._urgent_open:
+                    self._urgent_clear.set()
+
+    async def _commit_entries(self, group: list[IntakeEntry]) -> None:
         rows = [row for entry in group for row in entry.rows]
         positions = {
             e.source: e.position for e in group if e.source is not None and self.may_record(e)
