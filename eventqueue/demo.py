@@ -546,7 +546,7 @@ def _batch_table(batches: dict[str, Any]) -> Table:
 def _latency_table(latency: dict[str, dict[str, Any]]) -> Table:
     table = Table("priority", "deliveries", "p50 ms", "p99 ms", "max ms", show_edge=False)
     table.title = "latency, receipt to handler"
-    table.caption = "every delivery counts; a retry's is measured from the first receipt"
+    table.caption = "first deliveries only: a retry's wait would measure its back-off"
     for name, row in latency.items():
         cells = ("-" if row[k] is None else f"{row[k]:.1f}" for k in ("p50_ms", "p99_ms", "max_ms"))
         table.add_row(name, str(row["n"]), *cells)
