@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 # 64 MiB: after a checkpoint the WAL file is truncated back to this, so a burst cannot leave a
@@ -32,23 +31,6 @@ def pragmas(durability: str, busy_timeout_ms: int) -> list[str]:
         "PRAGMA foreign_keys=ON",
         f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}",
     ]
-
-
-def make_engine(
-    path: str, *, durability: str, busy_timeout_ms: int, read_only: bool = False
-) -> AsyncEngine:
-    """An async engine on one SQLite file with eventqueue's connection settings."""
-    if read_only:
-        url = f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"
-        statements = [f"PRAGMA busy_timeout={int(busy_timeout_ms)}", "PRAGMA query_only=ON"]
-    else:
-        url = f"sqlite+aiosqlite:///{path}"
-        statements = pragmas(durability, busy_timeout_ms)
-    # NullPool: each process keeps exactly the connections it opened and closes them on
-    # dispose; a pooled aiosqlite connection left open keeps a thread alive (F1, F6).
-    engine = create_async_engine(url, poolclass=NullPool)
-    install_hooks(engine.sync_engine, statements)
-    return engine
 
 
 def make_migration_engine(path: str, *, busy_timeout_ms: int) -> Engine:

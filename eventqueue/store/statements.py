@@ -5,7 +5,6 @@ Only `store/sqlite.py` executes these; nothing else in the package names a table
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -20,7 +19,6 @@ from sqlalchemy import (
     cast,
     delete,
     func,
-    insert,
     literal,
     literal_column,
     null,
@@ -79,32 +77,6 @@ EVENT_COLUMNS = (
 # --- put ------------------------------------------------------------------------------------
 
 
-def select_dedup_holders(keys: Sequence[str]) -> Select[Any]:
-    """Rows currently holding any of these dedup keys."""
-    return select(events.c.id, events.c.dedup_key, events.c.received_at).where(
-        events.c.dedup_key.in_(keys)
-    )
-
-
-def release_dedup_keys() -> Update:
-    """An expired original gives up its dedup key so the same content can be accepted again."""
-    return update(events).where(events.c.id == bindparam("b_id")).values(dedup_key=None)
-
-
-def insert_events() -> Insert:
-    """Insert accepted events (executemany), returning their ids in parameter order."""
-    return insert(events).returning(events.c.id, sort_by_parameter_order=True)
-
-
-def count_duplicates() -> Update:
-    """Add suppressed duplicates to the original row's count."""
-    return (
-        update(events)
-        .where(events.c.id == bindparam("b_id"))
-        .values(duplicates=events.c.duplicates + bindparam("b_n"))
-    )
-
-
 def add_to_counter() -> Insert:
     """Upsert: counter += n."""
     stmt = sqlite_insert(counters).values(name=bindparam("b_name"), value=bindparam("b_n"))
@@ -115,19 +87,6 @@ def add_to_counter() -> Insert:
 
 def select_counters() -> Select[Any]:
     return select(counters.c.name, counters.c.value)
-
-
-def save_source_position() -> Insert:
-    """Upsert the stream position reached by the events of this transaction."""
-    stmt = sqlite_insert(source_positions).values(
-        source=bindparam("b_source"),
-        position=bindparam("b_position"),
-        updated_at=bindparam("b_now"),
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[source_positions.c.source],
-        set_={"position": stmt.excluded.position, "updated_at": stmt.excluded.updated_at},
-    )
 
 
 def select_source_position() -> Select[Any]:
@@ -144,28 +103,6 @@ def count_scheduled() -> Select[Any]:
 
 
 # --- claim ----------------------------------------------------------------------------------
-
-
-def expire_leases(*, dead: bool) -> Update:
-    """Expired leases: back to pending, or dead when the attempts are used up."""
-    where = and_(
-        _status_is("claimed"),
-        events.c.lease_expires_at <= bindparam("b_now"),
-        (events.c.attempts >= bindparam("b_max_attempts"))
-        if dead
-        else (events.c.attempts < bindparam("b_max_attempts")),
-    )
-    values: dict[str, object] = {
-        "status": "dead" if dead else "pending",
-        "lease_owner": None,
-        "lease_token": None,
-        "lease_expires_at": None,
-        "batch_id": None,
-    }
-    if dead:
-        values["last_error"] = func.coalesce(events.c.last_error, "lease expired")
-        values["finished_at"] = bindparam("b_now")
-    return update(events).where(where).values(**values)
 
 
 _PRIORITIES = (4, 3, 2, 1)  # every priority the CHECK constraint allows, highest first
@@ -281,37 +218,6 @@ def select_ready_key() -> Select[Any]:
     )
 
 
-def claim_batch(*, critical_only: bool) -> Update:
-    """Lease the key's next events (priority, then FIFO) in one statement, returning them."""
-    conditions = [
-        _status_is("pending"),
-        events.c.batch_key == bindparam("b_key"),
-        _available(),
-    ]
-    if critical_only:
-        conditions.append(events.c.priority == CRITICAL)
-    chosen = (
-        select(events.c.id)
-        .where(*conditions)
-        .order_by(events.c.priority.desc(), events.c.received_at, events.c.id)
-        .limit(bindparam("b_limit"))
-        .scalar_subquery()
-    )
-    return (
-        update(events)
-        .where(events.c.id.in_(chosen))
-        .values(
-            status="claimed",
-            lease_owner=bindparam("b_owner"),
-            lease_token=bindparam("b_token"),
-            lease_expires_at=bindparam("b_expires"),
-            batch_id=bindparam("b_batch_id"),
-            attempts=events.c.attempts + 1,
-        )
-        .returning(*EVENT_COLUMNS)
-    )
-
-
 def next_wakeup() -> Select[Any]:
     """When something not yet ready may become ready: oldest pending, next retry, next expiry."""
     oldest = (
@@ -336,74 +242,7 @@ def next_wakeup() -> Select[Any]:
 
 # --- ack, nack, extend, release ---------------------------------------------------------------
 
-
-def _leased(ids_param: str = "b_ids") -> list[ColumnElement[bool]]:
-    return [
-        events.c.id.in_(bindparam(ids_param, expanding=True)),
-        _status_is("claimed"),
-        events.c.lease_token == bindparam("b_token"),
-    ]
-
-
-def count_leased() -> Select[Any]:
-    """How many of these ids are still claimed under this token (the fence)."""
-    return select(func.count()).select_from(events).where(*_leased())
-
-
 _LEASE_CLEARED = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
-
-
-def ack_events() -> Update:
-    """Leased events are done."""
-    return (
-        update(events)
-        .where(*_leased())
-        .values(status="done", finished_at=bindparam("b_now"), last_error=None, **_LEASE_CLEARED)
-    )
-
-
-def nack_event() -> Update:
-    """One leased event back to pending after its back-off (executemany: per-event times)."""
-    return (
-        update(events)
-        .where(events.c.id == bindparam("b_id"), events.c.lease_token == bindparam("b_token"))
-        .values(
-            status="pending",
-            available_at=bindparam("b_available_at"),
-            last_error=bindparam("b_error"),
-            batch_id=None,
-            **_LEASE_CLEARED,
-        )
-    )
-
-
-def bury_event() -> Update:
-    """One leased event is dead: attempts used up."""
-    return (
-        update(events)
-        .where(events.c.id == bindparam("b_id"), events.c.lease_token == bindparam("b_token"))
-        .values(
-            status="dead",
-            last_error=bindparam("b_error"),
-            finished_at=bindparam("b_now"),
-            **_LEASE_CLEARED,
-        )
-    )
-
-
-def select_attempts() -> Select[Any]:
-    return select(events.c.id, events.c.attempts).where(*_leased())
-
-
-def extend_lease() -> Update:
-    return update(events).where(*_leased()).values(lease_expires_at=bindparam("b_expires"))
-
-
-def release_events() -> Update:
-    """Unfinished claims back to pending at once (graceful shutdown), not after their lease."""
-    return (
-        update(events).where(*_leased()).values(status="pending", batch_id=None, **_LEASE_CLEARED)
-    )
 
 
 # --- inspection and repair ------------------------------------------------------------------
