@@ -1,8 +1,7 @@
 """eventqueue: a durable, priority-aware, deduplicating, batching event queue on SQLite."""
 
-from eventqueue.config import Config
-from eventqueue.dispatch import Dispatcher
-from eventqueue.errors import (
+from eventqueue.core.config import Config
+from eventqueue.core.errors import (
     ConfigError,
     DatabaseBusyError,
     EventQueueError,
@@ -14,8 +13,9 @@ from eventqueue.errors import (
     SpillError,
     StorageError,
 )
-from eventqueue.models import Batch, Event, Priority, PutResult, PutStatus, QueueStats, Status
-from eventqueue.queue import EventQueue
+from eventqueue.core.models import Batch, Event, Priority, PutResult, PutStatus, QueueStats, Status
+from eventqueue.runtime.dispatch.dispatcher import Dispatcher
+from eventqueue.runtime.queue import EventQueue
 
 __all__ = [
     "Batch",

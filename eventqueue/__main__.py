@@ -1,6 +1,6 @@
 """`python -m eventqueue`: the same as the `eventqueue` command."""
 
-from eventqueue.cli import main
+from eventqueue.tools.cli import main
 
 if __name__ == "__main__":
     main(prog_name="eventqueue")

@@ -6,9 +6,9 @@ import os
 
 from alembic import context
 
-from eventqueue.store.engine import make_migration_engine
-from eventqueue.store.migrations import VERSION_TABLE
-from eventqueue.store.tables import metadata
+from eventqueue.store.sqlite.migrations import VERSION_TABLE
+from eventqueue.store.sqlite.pragmas import make_migration_engine
+from eventqueue.store.sqlite.schema import metadata
 
 config = context.config
 

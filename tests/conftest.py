@@ -17,7 +17,7 @@ if importlib.util.find_spec("eventqueue") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eventqueue import EventQueue
-from eventqueue.config import SETTINGS
+from eventqueue.core.config import SETTINGS
 
 START = 1_700_000_000.0  # a realistic unix time, so the SQL views show sensible ages
 

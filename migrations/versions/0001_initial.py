@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from eventqueue.faults import crash_point
+from eventqueue.runtime.faults import crash_point
 
 revision = "0001"
 down_revision = None

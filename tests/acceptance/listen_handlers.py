@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from eventqueue.models import Event
+from eventqueue.core.models import Event
 
 HANDLED: list[dict[str, Any]] = []
 

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from eventqueue import EventQueue, cli
-from eventqueue.store import migrations
+from eventqueue import EventQueue
+from eventqueue.store.sqlite import migrations
+from eventqueue.tools import cli
 
 HOUR_S = 3600.0
 # Events are put an hour "ago" through an injected clock: ages and cutoffs are deterministic.

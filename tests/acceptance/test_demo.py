@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from eventqueue import cli, demo
+from eventqueue.tools import cli, demo
 
 SMALL = ("--events", "300", "--rate", "5000")
 

@@ -23,8 +23,8 @@ import listen_handlers
 import pytest
 from click.testing import CliRunner, Result
 
-from eventqueue import cli
-from eventqueue.sse_server import SSEServer
+from eventqueue.tools import cli
+from eventqueue.tools.sse_server import SSEServer
 
 HERE = Path(__file__).resolve().parent
 PACKAGE_ROOT = HERE.parents[1]

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from eventqueue import Dispatcher, EventQueue, InvalidEventError, PartialFailure, Priority
-from eventqueue.models import Event
-from eventqueue.sources import jsonl_source
+from eventqueue.core.models import Event
+from eventqueue.runtime.sources import jsonl_source
 
 DEADLINE_S = 20  # a bound on every run, so a hang fails the test instead of stalling it
 MakeEvent = Callable[..., dict[str, Any]]

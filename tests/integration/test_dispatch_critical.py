@@ -10,7 +10,7 @@ import pytest
 from test_dispatch import Calls, MakeEvent, from_list, q, run, write_lines
 
 from eventqueue import Dispatcher, EventQueue, InvalidEventError, Priority
-from eventqueue.sources import jsonl_source
+from eventqueue.runtime.sources import jsonl_source
 
 __all__ = ["q"]  # the fixture, shared with test_dispatch
 

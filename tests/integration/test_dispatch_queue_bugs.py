@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventqueue.store.sqlite import NewEvent
+from eventqueue.store.sqlite.store import NewEvent
 
 
 async def test_a_stored_position_never_passes_an_event_that_is_not_stored_yet(

@@ -7,9 +7,9 @@ from collections import Counter
 from typing import Any
 
 from eventqueue import Dispatcher, EventQueue
-from eventqueue.models import Event
-from eventqueue.sources import sse_source
-from eventqueue.sse_server import SSEServer
+from eventqueue.core.models import Event
+from eventqueue.runtime.sources import sse_source
+from eventqueue.tools.sse_server import SSEServer
 
 DEADLINE_S = 20
 

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from eventqueue.errors import EventQueueError, InvalidEventError
-from eventqueue.sources import JSONLSource, Source, SSESource, jsonl_source, sse_source
-from eventqueue.sse_server import SSEServer
+from eventqueue.core.errors import EventQueueError, InvalidEventError
+from eventqueue.runtime.sources import JSONLSource, Source, SSESource, jsonl_source, sse_source
+from eventqueue.tools.sse_server import SSEServer
 
 # A bound on every wait, so a broken reconnect fails the test instead of hanging it.
 DEADLINE_S = 10

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from eventqueue import EventQueue, Priority, QueueClosedError, SchemaError, Status, StorageError
-from eventqueue.store import migrations
-from eventqueue.store.engine import JOURNAL_SIZE_LIMIT
-from eventqueue.store.tables import VIEWS
+from eventqueue.store.sqlite import migrations
+from eventqueue.store.sqlite.pragmas import JOURNAL_SIZE_LIMIT
+from eventqueue.store.sqlite.schema import VIEWS
 
 MakeEvent = Callable[..., dict[str, Any]]
 

@@ -18,9 +18,9 @@ from alembic.runtime.migration import MigrationContext
 
 import eventqueue
 from eventqueue import EventQueue
-from eventqueue.store import migrations
-from eventqueue.store.engine import make_migration_engine
-from eventqueue.store.tables import VIEWS, metadata
+from eventqueue.store.sqlite import migrations
+from eventqueue.store.sqlite.pragmas import make_migration_engine
+from eventqueue.store.sqlite.schema import VIEWS, metadata
 
 Query = Callable[..., list[Any]]
 OWN_TABLES = {"events", "source_positions", "spill_positions", "counters", "settings"}

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import eventqueue
-from eventqueue.overflow import spill_log_name
-from eventqueue.spill import SpillPosition, inspect
+from eventqueue.runtime.overflow.log import SpillPosition, inspect
+from eventqueue.runtime.overflow.promoter import spill_log_name
 
 from .workload import digest, payload, priority_of, put_order
 

@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 from eventqueue import EventQueue, LeaseLostError
-from eventqueue.models import Batch
+from eventqueue.core.models import Batch
 
 OPERATIONS = 1_000
 LEASE_S = 30.0

@@ -21,8 +21,8 @@ import time
 from typing import Any
 
 from eventqueue import EventQueue, PutStatus
-from eventqueue.dispatch import Dispatcher
-from eventqueue.models import Event
+from eventqueue.core.models import Event
+from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 
 HOUR = 3600.0
 EVENTS = 150

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-import eventqueue.spill as spill_module
+import eventqueue.runtime.overflow.log as spill_module
 from eventqueue import EventQueue, EventQueueError, SpillError, StorageError
-from eventqueue.models import Batch
-from eventqueue.spill import SpillPosition
-from eventqueue.spill import inspect as inspect_spill
+from eventqueue.core.models import Batch
+from eventqueue.runtime.overflow.log import SpillPosition
+from eventqueue.runtime.overflow.log import inspect as inspect_spill
 
 LEASE_S = 30.0
 MAX_N = 40  # far more statements than any one operation runs

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from eventqueue import EventQueue
-from eventqueue.store import migrations
+from eventqueue.store.sqlite import migrations
 
 PRODUCERS = 3
 CONSUMERS = 3

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from eventqueue.store.migrations import VERSION_TABLE, head_revision
+from eventqueue.store.sqlite.migrations import VERSION_TABLE, head_revision
 
 from .harness import RUNTIME_POINTS, CrashHarness, Outcome, run_killable
 

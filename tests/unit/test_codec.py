@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventqueue.codec import content_hash, decode_payload, encode_event
-from eventqueue.errors import EventQueueError, InvalidEventError
+from eventqueue.core.codec import content_hash, decode_payload, encode_event
+from eventqueue.core.errors import EventQueueError, InvalidEventError
 
 LIMITS = {"max_bytes": 1_048_576, "max_depth": 64}
 

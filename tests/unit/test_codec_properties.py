@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventqueue.codec import HASHED_FIELDS, content_hash, decode_payload, encode_event
-from eventqueue.errors import InvalidEventError
+from eventqueue.core.codec import HASHED_FIELDS, content_hash, decode_payload, encode_event
+from eventqueue.core.errors import InvalidEventError
 
 MAX_BYTES = 2048
 MAX_DEPTH = 6

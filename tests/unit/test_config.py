@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eventqueue.config import SETTINGS, Config, Setting
-from eventqueue.errors import ConfigError, EventQueueError
+from eventqueue.core.config import SETTINGS, Config, Setting
+from eventqueue.core.errors import ConfigError, EventQueueError
 
 NUMERIC = [
     s for s in SETTINGS if isinstance(s.default, int | float) and not isinstance(s.default, bool)

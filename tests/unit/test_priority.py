@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from eventqueue.models import Priority
-from eventqueue.priority import batch_key, classify
+from eventqueue.core.models import Priority
+from eventqueue.core.priority import batch_key, classify
 
 
 def ev(name: str = "thing", event_type: str = "entity_event", **attributes: Any) -> dict[str, Any]:

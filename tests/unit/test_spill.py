@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from eventqueue.errors import SpillError
-from eventqueue.spill import START, SpillLog, SpillPosition, SpillRecord
+from eventqueue.core.errors import SpillError
+from eventqueue.runtime.overflow.log import START, SpillLog, SpillPosition, SpillRecord
 
 HEAD = 20  # magic + u32 length + f64 spilled_at + u32 crc
 

@@ -16,17 +16,17 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eventqueue.claims import ClaimPool
-from eventqueue.errors import (
+from eventqueue.core.errors import (
     ConfigError,
     EventQueueError,
     LeaseLostError,
     PartialFailure,
     QueueClosedError,
 )
-from eventqueue.intake import Intake, name_of
-from eventqueue.models import Batch, Event
-from eventqueue.queue import EventQueue
+from eventqueue.core.models import Batch, Event
+from eventqueue.runtime.dispatch.claim_pool import ClaimPool
+from eventqueue.runtime.dispatch.source_reader import Intake, name_of
+from eventqueue.runtime.queue import EventQueue
 
 log = logging.getLogger("eventqueue.dispatch")
 

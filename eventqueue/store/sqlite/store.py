@@ -24,12 +24,12 @@ import aiosqlite
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql import ClauseElement
 
-from eventqueue.codec import decode_payload
-from eventqueue.errors import DatabaseBusyError, LeaseLostError, QueueClosedError, StorageError
-from eventqueue.models import Batch, Event, Priority, PutStatus
-from eventqueue.store import statements as sql
-from eventqueue.store.engine import pragmas
-from eventqueue.store.migrations import ensure_schema
+from eventqueue.core.codec import decode_payload
+from eventqueue.core.errors import DatabaseBusyError, LeaseLostError, QueueClosedError, StorageError
+from eventqueue.core.models import Batch, Event, Priority, PutStatus
+from eventqueue.store.sqlite import queries as sql
+from eventqueue.store.sqlite.migrations import ensure_schema
+from eventqueue.store.sqlite.pragmas import pragmas
 
 T = TypeVar("T")
 _DIALECT = sqlite_dialect.dialect()

@@ -14,9 +14,9 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from eventqueue.errors import InvalidEventError
-from eventqueue.metrics import Metrics
-from eventqueue.queue import EventQueue
+from eventqueue.core.errors import InvalidEventError
+from eventqueue.runtime.metrics import Metrics
+from eventqueue.runtime.queue import EventQueue
 
 log = logging.getLogger("eventqueue.dispatch")
 

@@ -31,14 +31,14 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from eventqueue.config import Config
-from eventqueue.dispatch import Dispatcher
-from eventqueue.errors import ConfigError, PartialFailure
-from eventqueue.models import Event, Priority
-from eventqueue.priority import classify
-from eventqueue.queue import EventQueue
-from eventqueue.sources import SSESource
-from eventqueue.sse_server import SSEServer
+from eventqueue.core.config import Config
+from eventqueue.core.errors import ConfigError, PartialFailure
+from eventqueue.core.models import Event, Priority
+from eventqueue.core.priority import classify
+from eventqueue.runtime.dispatch.dispatcher import Dispatcher
+from eventqueue.runtime.queue import EventQueue
+from eventqueue.runtime.sources import SSESource
+from eventqueue.tools.sse_server import SSEServer
 
 DEFAULT_EVENTS = 2000
 DEFAULT_RATE = 2000.0

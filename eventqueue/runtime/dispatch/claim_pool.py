@@ -14,10 +14,10 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from eventqueue.errors import EventQueueError, LeaseLostError, QueueClosedError
-from eventqueue.metrics import Metrics
-from eventqueue.models import Batch
-from eventqueue.queue import EventQueue
+from eventqueue.core.errors import EventQueueError, LeaseLostError, QueueClosedError
+from eventqueue.core.models import Batch
+from eventqueue.runtime.metrics import Metrics
+from eventqueue.runtime.queue import EventQueue
 
 log = logging.getLogger("eventqueue.claims")
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from eventqueue.errors import InvalidEventError
+from eventqueue.core.errors import InvalidEventError
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

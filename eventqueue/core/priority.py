@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from eventqueue.models import Priority
+from eventqueue.core.models import Priority
 
 Classifier = Callable[[Mapping[str, Any]], Priority]
 BatchKeyFn = Callable[[Mapping[str, Any]], str]

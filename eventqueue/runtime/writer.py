@@ -9,8 +9,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from eventqueue.models import PutStatus
-from eventqueue.store.sqlite import NewEvent
+from eventqueue.core.models import PutStatus
+from eventqueue.store.sqlite.store import NewEvent
 
 log = logging.getLogger("eventqueue.writer")
 # Loop turns the writer waits after an urgent commit (the claimer needs a few to start its claim).

@@ -13,21 +13,21 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from eventqueue.codec import encode_event
-from eventqueue.config import Config
-from eventqueue.errors import (
+from eventqueue.core.codec import encode_event
+from eventqueue.core.config import Config
+from eventqueue.core.errors import (
     DatabaseBusyError,
     EventQueueError,
     InvalidEventError,
     QueueClosedError,
 )
-from eventqueue.faults import crash_point
-from eventqueue.metrics import Metrics
-from eventqueue.models import Batch, Priority, PutResult, QueueStats
-from eventqueue.overflow import SPILLED, Outcome, Overflow
-from eventqueue.priority import BatchKeyFn, Classifier, batch_key, classify
-from eventqueue.store.sqlite import ClaimRules, NewEvent, SQLiteStore
-from eventqueue.writer import GroupCommitWriter, IntakeEntry
+from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
+from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
+from eventqueue.runtime.faults import crash_point
+from eventqueue.runtime.metrics import Metrics
+from eventqueue.runtime.overflow.promoter import SPILLED, Outcome, Overflow
+from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
+from eventqueue.store.sqlite.store import ClaimRules, NewEvent, SQLiteStore
 
 Clock = Callable[[], float]
 log = logging.getLogger("eventqueue.queue")

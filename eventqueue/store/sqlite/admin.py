@@ -24,13 +24,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from eventqueue.config import Config
-from eventqueue.errors import EventQueueError, SchemaError, StorageError
-from eventqueue.models import Priority, QueueStats, Status
-from eventqueue.store import migrations
-from eventqueue.store import statements as sql
-from eventqueue.store.engine import BEGIN_MODE, install_hooks, is_locked_error, pragmas
-from eventqueue.store.sqlite import ClaimRules, ready_params
+from eventqueue.core.config import Config
+from eventqueue.core.errors import EventQueueError, SchemaError, StorageError
+from eventqueue.core.models import Priority, QueueStats, Status
+from eventqueue.store.sqlite import migrations
+from eventqueue.store.sqlite import queries as sql
+from eventqueue.store.sqlite.pragmas import BEGIN_MODE, install_hooks, is_locked_error, pragmas
+from eventqueue.store.sqlite.store import ClaimRules, ready_params
 
 SchemaState = Literal["current", "behind", "missing", "unknown"]
 # One event in a list: id, event_name, priority, attempts, then what the list is about.

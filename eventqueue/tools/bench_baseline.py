@@ -2,7 +2,7 @@
 
 Each baseline runs synchronously on one plain sqlite3 connection to a fresh file created with
 eventqueue's own schema (same tables, same partial indexes, same UNIQUE dedup key), configured
-with `eventqueue.store.engine.pragmas()`, so the only difference from the queue is the layers
+with `eventqueue.store.sqlite.pragmas.pragmas()`, so the only difference from the queue is the layers
 above SQLite. Nothing here is used by the queue itself.
 """
 
@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from eventqueue.priority import batch_key, classify
-from eventqueue.store.engine import pragmas
-from eventqueue.store.migrations import ensure_schema
+from eventqueue.core.priority import batch_key, classify
+from eventqueue.store.sqlite.migrations import ensure_schema
+from eventqueue.store.sqlite.pragmas import pragmas
 
 # The fields of eventqueue's content hash (codec.HASHED_FIELDS), hashed the same way.
 _HASHED = ("event_type", "event_name", "aggregate_id")

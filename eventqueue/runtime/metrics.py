@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any
 
-from eventqueue.models import Priority
+from eventqueue.core.models import Priority
 
 # Latency samples kept per priority: enough for a stable p99, fixed memory however long it runs.
 _SAMPLES = 20_000

@@ -46,12 +46,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from eventqueue import bench_baseline as baseline
-from eventqueue.config import SETTINGS, Config
-from eventqueue.dispatch import Dispatcher
-from eventqueue.models import Batch, Event, Priority
-from eventqueue.queue import EventQueue
-from eventqueue.store.engine import pragmas
+from eventqueue.core.config import SETTINGS, Config
+from eventqueue.core.models import Batch, Event, Priority
+from eventqueue.runtime.dispatch.dispatcher import Dispatcher
+from eventqueue.runtime.queue import EventQueue
+from eventqueue.store.sqlite.pragmas import pragmas
+from eventqueue.tools import bench_baseline as baseline
 
 Row = dict[str, Any]
 PRODUCERS = 16

@@ -23,7 +23,7 @@ from typing import IO, Any, Protocol, Self
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from eventqueue.errors import ConfigError, EventQueueError, InvalidEventError
+from eventqueue.core.errors import ConfigError, EventQueueError, InvalidEventError
 
 logger = logging.getLogger("eventqueue.sources")
 

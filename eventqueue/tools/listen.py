@@ -17,12 +17,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventqueue.dispatch import Dispatcher, Handler, is_async_callable
-from eventqueue.errors import ConfigError
-from eventqueue.metrics import Metrics
-from eventqueue.models import Priority
-from eventqueue.queue import EventQueue
-from eventqueue.sources import JSONLSource, SSESource, jsonl_source, sse_source
+from eventqueue.core.errors import ConfigError
+from eventqueue.core.models import Priority
+from eventqueue.runtime.dispatch.dispatcher import Dispatcher, Handler, is_async_callable
+from eventqueue.runtime.metrics import Metrics
+from eventqueue.runtime.queue import EventQueue
+from eventqueue.runtime.sources import JSONLSource, SSESource, jsonl_source, sse_source
 
 _HANDLERS_HELP = "give --handlers as module:attr, e.g. myapp.handlers:HANDLERS"
 

@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventqueue.config import Config
-from eventqueue.errors import DatabaseBusyError, SpillError, StorageError
-from eventqueue.faults import crash_point
-from eventqueue.metrics import Metrics
-from eventqueue.models import Priority, PutStatus
-from eventqueue.spill import (
+from eventqueue.core.config import Config
+from eventqueue.core.errors import DatabaseBusyError, SpillError, StorageError
+from eventqueue.core.models import Priority, PutStatus
+from eventqueue.runtime.faults import crash_point
+from eventqueue.runtime.metrics import Metrics
+from eventqueue.runtime.overflow.log import (
     SpillLog,
     SpillPosition,
     SpillRecord,
@@ -34,7 +34,7 @@ from eventqueue.spill import (
     has_segments,
     inspect,
 )
-from eventqueue.store.sqlite import NewEvent, PutCommit, SQLiteStore
+from eventqueue.store.sqlite.store import NewEvent, PutCommit, SQLiteStore
 
 log = logging.getLogger("eventqueue.overflow")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar, NamedTuple
 
-from eventqueue.errors import SpillError
+from eventqueue.core.errors import SpillError
 
 log = logging.getLogger("eventqueue.spill")
 

@@ -13,8 +13,8 @@ from alembic.util import CommandError
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
-from eventqueue.errors import SchemaError, StorageError
-from eventqueue.store.engine import make_migration_engine
+from eventqueue.core.errors import SchemaError, StorageError
+from eventqueue.store.sqlite.pragmas import make_migration_engine
 
 # eventqueue's own version table, so it can live beside a host application's alembic history.
 VERSION_TABLE = "eventqueue_alembic_version"
@@ -22,7 +22,7 @@ VERSION_TABLE = "eventqueue_alembic_version"
 
 def script_location() -> Path:
     """The migrations folder: packaged as eventqueue/_migrations in a wheel, top-level in a checkout."""
-    package_dir = Path(__file__).resolve().parent.parent
+    package_dir = Path(__file__).resolve().parents[2]  # eventqueue/
     for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy import Integer as SAInteger
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from eventqueue.store.tables import (
+from eventqueue.store.sqlite.schema import (
     STATUSES,
     counters,
     events,

@@ -21,9 +21,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from eventqueue.config import Config
-from eventqueue.errors import EventQueueError
-from eventqueue.store.inspect import Inspector, Refusal, SchemaStatus
+from eventqueue.core.config import Config
+from eventqueue.core.errors import EventQueueError
+from eventqueue.store.sqlite.admin import Inspector, Refusal, SchemaStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -166,7 +166,7 @@ def _stats(inspector: Inspector) -> dict[str, Any]:
 
 def _spill_summary(inspector: Inspector) -> dict[str, Any]:
     """The spill section of `stats`, over the spill folders of every process on the database."""
-    from eventqueue.overflow import inspect_spills
+    from eventqueue.runtime.overflow.promoter import inspect_spills
 
     return inspect_spills(inspector.config, inspector.spill_positions)
 
@@ -434,7 +434,7 @@ def _pairs(values: dict[str, Any]) -> Table:
 #         """Run the end-to-end demo."""
 #         import asyncio
 #
-#         from eventqueue.demo import run_demo
+#         from eventqueue.tools.demo import run_demo
 #
 #         raise SystemExit(asyncio.run(run_demo(db_path)))
 
@@ -458,7 +458,7 @@ def bench(quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...])
     """
     import asyncio
 
-    from eventqueue import bench as benchmark
+    from eventqueue.tools import bench as benchmark
 
     rows = asyncio.run(benchmark.run(benchmark.sizes(quick=quick, tiny=tiny), only=only))
     benchmark.report(rows, json_path)
@@ -501,7 +501,7 @@ def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json:
     """
     import asyncio
 
-    from eventqueue.demo import DemoOptions, run_demo
+    from eventqueue.tools.demo import DemoOptions, run_demo
 
     options = DemoOptions(events, rate, seconds, db_path, as_json)
     raise SystemExit(asyncio.run(run_demo(options)))
@@ -554,8 +554,8 @@ def listen(
     """
     import asyncio
 
-    from eventqueue.listen import ListenOptions
-    from eventqueue.listen import listen as run_listen
+    from eventqueue.tools.listen import ListenOptions
+    from eventqueue.tools.listen import listen as run_listen
 
     options = ListenOptions(
         source, handlers, db_path, concurrency, handler_timeout, shutdown_grace, on_error

@@ -1,0 +1,1 @@
+"""The SQLite backend: one file in WAL mode, one connection per process, BEGIN IMMEDIATE writes."""
