@@ -1,0 +1,151 @@
+"""Records that cross the store interface: what a put writes, what a claim returns, what the
+inspection commands read. Pure values, no I/O: every backend speaks in these terms."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypedDict
+
+from eventqueue.core.models import Batch, Event, Priority, PutStatus
+
+# One event in a list: id, event_name, priority, attempts, then what the list is about.
+EventBrief = dict[str, Any]
+# `show`: every column of one event; times as ISO 8601 (UTC), priority by name, payload decoded.
+EventInfo = dict[str, Any]
+SchemaState = Literal["current", "behind", "missing", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A validated event ready to insert."""
+
+    payload_json: str
+    priority: int
+    batch_key: str
+    content_hash: str
+    received_at: float
+
+    def to_bytes(self) -> bytes:
+        """The event as one spill record (JSON array, UTF-8)."""
+        fields = [self.payload_json, self.priority, self.batch_key, self.content_hash]
+        return json.dumps([*fields, self.received_at], ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NewEvent:
+        """The event a spill record holds (the inverse of `to_bytes`)."""
+        payload_json, priority, batch_key, content_hash, received_at = json.loads(data)
+        return cls(payload_json, int(priority), batch_key, content_hash, float(received_at))
+
+
+@dataclass(frozen=True, slots=True)
+class PutCommit:
+    """What one put transaction did: (status, id) per row, and pending + claimed after it."""
+
+    outcome: list[tuple[PutStatus, int]]
+    scheduled: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """When pending work not ready now may become ready (any of these may be None)."""
+
+    oldest_pending_at: float | None
+    next_retry_at: float | None
+    next_lease_expiry_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """One consistent read of the table: counts, counters, oldest pending time, ready keys."""
+
+    counts: dict[str, dict[str, int]]  # status -> priority name -> events
+    counters: dict[str, int]
+    oldest_pending_at: float | None
+    ready_batches: int
+
+
+class SchemaStatus(TypedDict):
+    """The database's schema revision against this eventqueue's head."""
+
+    db: str
+    current: str | None
+    head: str
+    state: SchemaState
+
+
+class PeekBatch(TypedDict):
+    """The batch the next claim of this key would lease."""
+
+    key: str
+    priority: str
+    top_priority: str
+    oldest_age_s: float
+    events: list[EventBrief]
+
+
+class Refusal(TypedDict):
+    id: int
+    status: str  # "missing" when there is no such event
+
+
+class RequeueResult(TypedDict):
+    requeued: int
+    refused: list[Refusal]
+
+
+def assemble_batches(
+    events: Iterable[Event], *, batch_id: str, token: str, consumer: str, expires_at: float
+) -> list[Batch]:
+    """Group claimed events into one Batch per key, each fenced by `token:key`, best first."""
+    by_key: dict[str, list[Event]] = {}
+    for event in events:
+        by_key.setdefault(event.batch_key, []).append(event)
+    claimed = [
+        Batch(
+            id=f"{batch_id}:{key}",
+            key=key,
+            token=f"{token}:{key}",
+            consumer=consumer,
+            priority=max(e.priority for e in found),
+            events=tuple(sorted(found, key=lambda e: (-e.priority, e.received_at, e.id))),
+            lease_expires_at=expires_at,
+        )
+        for key, found in by_key.items()
+    ]
+    return sorted(claimed, key=lambda b: (-b.priority, b.events[0].received_at))
+
+
+def priority_name(value: Any) -> str:
+    """A stored priority as its name (the number itself if it is not one of ours)."""
+    try:
+        return Priority(int(value)).name
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def iso(timestamp: float | None) -> str | None:
+    """A stored time as ISO 8601 in UTC (None stays None)."""
+    if timestamp is None:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return str(timestamp)
+
+
+def decode_text(text: str) -> Any:
+    """A stored payload decoded for display (shown as stored when it is not JSON)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def event_name(text: str) -> str:
+    """The `event_name` of a stored payload ("" when it has none)."""
+    payload = decode_text(text)
+    name = payload.get("event_name") if isinstance(payload, dict) else None
+    return name if isinstance(name, str) else ""

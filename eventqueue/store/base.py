@@ -1,0 +1,173 @@
+"""The store interface: what the runtime and the CLI need from a backend, and nothing more.
+
+One method = one transaction = one domain result, in terms of `core` records. A backend keeps
+its own business behind it: connections and their sharing, lock waits and busy errors (turned
+into StoreBusyError), checkpoints (`maintain`), SQL dialect and schema. Every backend passes the
+same contract suite (tests/contract/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from eventqueue.core.models import Batch
+from eventqueue.core.records import (
+    EventBrief,
+    EventInfo,
+    NewEvent,
+    PeekBatch,
+    PutCommit,
+    RequeueResult,
+    StoreStats,
+    Wakeup,
+)
+from eventqueue.core.rules import ClaimRules
+
+# Per priority, how far a spill log was promoted: (segment, offset).
+SpillPositions = Mapping[int, tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the runtime may assume of a backend."""
+
+    # Every transaction of this process goes through one connection, one at a time: the
+    # writer lets a consumer's claim in between its commits after an urgent put.
+    single_connection: bool
+    # Commits in other processes wake this one's consumers (LISTEN/NOTIFY); without it they
+    # poll every EVENT_POLL_MS.
+    cross_process_notify: bool
+
+
+class Store(Protocol):
+    """A durable event table with dedup, fenced leases, positions and spill bookkeeping."""
+
+    @property
+    def name(self) -> str:
+        """Where the data lives (a path or a URL without credentials), for messages."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the runtime may assume of this backend."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection(s); idempotent."""
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` when another process commits work (no-op without the capability)."""
+
+    # --- put --------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        rows: Sequence[NewEvent],
+        *,
+        now: float,
+        dedup_ttl_s: float | None,
+        source_positions: Mapping[str, str | None] | None = None,
+        spill_positions: tuple[str, SpillPositions] | None = None,
+        fail_fast: bool = False,
+    ) -> PutCommit:
+        """Insert events; duplicates within the TTL are counted on their original, not inserted.
+
+        Positions commit in the same transaction. `fail_fast`: raise StoreBusyError at once when
+        the write cannot start within EVENT_SPILL_AFTER_MS (the caller spills instead).
+        """
+        ...
+
+    async def scheduled_count(self) -> int:
+        """Pending + claimed events (what EVENT_QUEUE_SIZE bounds)."""
+        ...
+
+    async def source_position(self, source: str) -> str | None:
+        """The stream position stored with the last committed events of `source`."""
+        ...
+
+    async def spill_positions(self, spill_log: str) -> dict[int, tuple[int, int]]:
+        """Per priority, how far the spill log keyed `spill_log` was promoted."""
+        ...
+
+    # --- claim and settle -------------------------------------------------------------------
+
+    async def claim(
+        self,
+        *,
+        now: float,
+        consumer: str,
+        token: str,
+        batch_id: str,
+        rules: ClaimRules,
+        batches: int = 1,
+        expire: bool = True,
+        acks: Sequence[tuple[str, Sequence[int]]] = (),
+    ) -> list[Batch]:
+        """Lease up to `batches` ready batches, best first ([] when none is ready).
+
+        `acks` ((token, ids)) are acked first in the same transaction; if any lost its lease,
+        LeaseLostError and nothing changes. `expire` first returns expired leases to pending.
+        """
+        ...
+
+    async def ack(self, token: str, ids: Sequence[int], *, now: float) -> None:
+        """Leased events done; LeaseLostError (and no change) if the token is stale."""
+
+    async def nack(
+        self,
+        token: str,
+        retry_at: Mapping[int, float],
+        dead: Sequence[int],
+        *,
+        error: str,
+        now: float,
+    ) -> None:
+        """Leased events back to pending at their retry time, or dead; fenced by token."""
+
+    async def extend(self, token: str, ids: Sequence[int], *, expires_at: float) -> None:
+        """Push the lease expiry out; LeaseLostError if the token is stale."""
+
+    async def release(self, token: str, ids: Sequence[int]) -> None:
+        """Leased events back to pending now; LeaseLostError if the token is stale."""
+
+    async def next_wakeup(self, now: float) -> Wakeup:
+        """When work that is not ready now may become ready."""
+        ...
+
+    # --- inspection and repair --------------------------------------------------------------
+
+    async def stats(self, *, now: float, rules: ClaimRules) -> StoreStats:
+        """Counts by status and priority, counters, oldest pending time, ready batch keys."""
+        ...
+
+    async def peek(self, *, now: float, rules: ClaimRules, limit: int) -> list[PeekBatch]:
+        """The batches the next claims would lease, in claim order; claims nothing."""
+        ...
+
+    async def show(self, event_id: int) -> EventInfo | None:
+        """One event with every column, or None when there is no such id."""
+        ...
+
+    async def dead(self, *, limit: int) -> list[EventBrief]:
+        """Dead letters, most recent first, with their last error."""
+        ...
+
+    async def requeue(self, ids: Sequence[int] | None, *, now: float) -> RequeueResult:
+        """Dead events (these ids, or all) back to pending; nothing changes if one is not dead."""
+        ...
+
+    async def purge_done(self, *, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` done events finished before `cutoff`; how many."""
+        ...
+
+    async def settings(self) -> dict[str, str]:
+        """The settings the last opener recorded (see `save_settings`)."""
+        ...
+
+    async def save_settings(self, values: Mapping[str, str]) -> None:
+        """Record the opener's settings for the debugging views and the CLI."""
+
+    async def maintain(self) -> None:
+        """Backend housekeeping on idle (SQLite: a WAL checkpoint); never raises on busy."""
