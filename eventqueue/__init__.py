@@ -12,6 +12,7 @@ from eventqueue.core.errors import (
     SchemaError,
     SpillError,
     StorageError,
+    StoreBusyError,
 )
 from eventqueue.core.models import Batch, Event, Priority, PutResult, PutStatus, QueueStats, Status
 from eventqueue.runtime.dispatch.dispatcher import Dispatcher
@@ -38,4 +39,5 @@ __all__ = [
     "SpillError",
     "Status",
     "StorageError",
+    "StoreBusyError",
 ]

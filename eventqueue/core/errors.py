@@ -43,5 +43,14 @@ class PartialFailure(EventQueueError):
         self.failed = dict(failed)
 
 
-class DatabaseBusyError(StorageError):
-    """Another connection held the write lock past the allowed wait (puts spill on this)."""
+class StoreBusyError(StorageError):
+    """The write could not start within EVENT_SPILL_AFTER_MS (another connection held the
+    lock, or no connection was free); puts spill on this instead of waiting."""
+
+
+# The name of StoreBusyError before there was more than one backend; kept for callers.
+DatabaseBusyError = StoreBusyError
+
+
+class QueryError(EventQueueError, ValueError):
+    """`eventqueue sql` refused a statement (not read-only, or more than one) or it failed."""

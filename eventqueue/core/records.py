@@ -4,6 +4,7 @@ inspection commands read. Pure values, no I/O: every backend speaks in these ter
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,3 +150,19 @@ def event_name(text: str) -> str:
     payload = decode_text(text)
     name = payload.get("event_name") if isinstance(payload, dict) else None
     return name if isinstance(name, str) else ""
+
+
+def schema_problem(status: SchemaStatus) -> str:
+    """What is wrong with a schema that is not at head, and what to run."""
+    path, current, head = status["db"], status["current"], status["head"]
+    fix = f"`eventqueue migrate --db {shlex.quote(path)}`"
+    if status["state"] == "unknown":
+        return (
+            f"{path} has schema revision {current}, unknown to this eventqueue (head {head}): "
+            "it was migrated by a newer version; upgrade eventqueue"
+        )
+    if status["state"] == "missing":
+        return f"no database at {path}: run {fix} to create one"
+    if current is None:
+        return f"{path} holds no eventqueue schema: run {fix}"
+    return f"{path} has schema revision {current}, behind head {head}: run {fix}"

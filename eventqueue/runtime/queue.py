@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -16,18 +15,21 @@ from typing import Any
 from eventqueue.core.codec import encode_event
 from eventqueue.core.config import Config
 from eventqueue.core.errors import (
-    DatabaseBusyError,
     EventQueueError,
     InvalidEventError,
     QueueClosedError,
+    StoreBusyError,
 )
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
+from eventqueue.core.records import NewEvent
+from eventqueue.core.rules import backoff_s, retry_plan, rules_from_config, view_settings
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow.promoter import SPILLED, Outcome, Overflow
 from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
-from eventqueue.store.sqlite.store import ClaimRules, NewEvent, SQLiteStore
+from eventqueue.store import open_store
+from eventqueue.store.base import Store
 
 Clock = Callable[[], float]
 log = logging.getLogger("eventqueue.queue")
@@ -43,7 +45,7 @@ class EventQueue:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         overflow: Overflow,
         config: Config,
         *,
@@ -59,16 +61,7 @@ class EventQueue:
         self._classify = classifier
         self._batch_key = batch_key_fn
         self._clock = clock
-        self._rules = ClaimRules(
-            max_batch=config.max_batch_size,
-            window_s=config.batch_window_s,
-            aging_s=config.aging_s,
-            batching=config.enable_batching,
-            lease_s=config.lease_s,
-            max_attempts=config.max_attempts,
-            lease_horizon_s=config.lease_s + 1.0,
-            retry_horizon_s=config.backoff_max_s + 1.0,
-        )
+        self._rules = rules_from_config(config)
         self._writer = GroupCommitWriter(
             self._commit, max_events=config.commit_max_events, intake_size=config.intake_size
         )
@@ -124,16 +117,10 @@ class EventQueue:
         clock: Clock,
         migrate: bool | str,
     ) -> EventQueue:
-        store = await SQLiteStore.open(
-            config.db_path,
-            durability=config.durability,
-            busy_timeout_ms=config.busy_timeout_ms,
-            lock_wait_ms=config.spill_after_ms,
-            migrate=migrate,
-        )
+        store = await open_store(config, migrate=migrate)
         metrics = Metrics()
         try:
-            await store.save_settings(_view_settings(config))
+            await store.save_settings(view_settings(config))
             overflow = await Overflow.open(store, config, metrics, clock)
         except BaseException:
             await store.close()
@@ -296,9 +283,9 @@ class EventQueue:
                     now=self._clock(),
                     dedup_ttl_s=ttl,
                     source_positions=positions,
-                    wait=False,
+                    fail_fast=True,
                 )
-            except DatabaseBusyError:
+            except StoreBusyError:
                 # Another connection holds the write lock: spill instead of making the stream wait.
                 await self.overflow.append(chosen)
                 return [SPILLED] * len(rows)
@@ -464,29 +451,15 @@ class EventQueue:
         if retry_in is not None and retry_in + 1.0 > self._rules.retry_horizon_s:
             # A long explicit delay is not a clock step.
             self._rules = dataclasses.replace(self._rules, retry_horizon_s=retry_in + 1.0)
-        chosen = set(batch.ids if ids is None else ids)
         now = self._clock()
-        retry_at: dict[int, float] = {}
-        dead: list[int] = []
-        for event in batch.events:
-            if event.id not in chosen:
-                continue
-            if event.attempts >= self.config.max_attempts:
-                dead.append(event.id)
-            else:
-                retry_at[event.id] = now + (
-                    retry_in if retry_in is not None else self.backoff_s(event.attempts)
-                )
-        # Ids that are not this batch's are not held under its claim: the fence refuses them
-        # (LeaseLostError), as `ack` does, instead of quietly ignoring them.
-        retry_at.update((i, now) for i in chosen - set(batch.ids))
-        await self.store.nack(batch.token, retry_at, dead, error=error[:10_000], now=now)
-        self._finished(len(dead))
+        chosen = set(batch.ids if ids is None else ids)
+        plan = retry_plan(self.config, batch, chosen, now=now, retry_in=retry_in)
+        await self.store.nack(batch.token, plan.retry_at, plan.dead, error=error[:10_000], now=now)
+        self._finished(len(plan.dead))
 
     def backoff_s(self, attempts: int) -> float:
         """Exponential back-off with ±25 % jitter, capped at EVENT_BACKOFF_MAX_SECONDS."""
-        base = self.config.backoff_base_s * 2.0 ** max(0, attempts - 1)
-        return min(self.config.backoff_max_s, base * random.uniform(0.75, 1.25))
+        return backoff_s(self.config, attempts)
 
     async def extend(self, batch: Batch, seconds: float | None = None) -> None:
         """Renew the batch's lease for `seconds` (default EVENT_LEASE_SECONDS) from now."""
@@ -508,14 +481,13 @@ class EventQueue:
         """Counts by status and priority, oldest pending age, ready batches, dedup hits."""
         self._check_open()
         now = self._clock()
-        counts = await self.store.counts()
-        summary = await self.store.summary(now=now, rules=self._rules)
-        oldest = summary["oldest_pending_at"]
+        found = await self.store.stats(now=now, rules=self._rules)
+        oldest = found.oldest_pending_at
         return QueueStats(
-            counts=counts,
+            counts=found.counts,
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
-            duplicates_suppressed=int(summary["counters"].get("duplicates_suppressed", 0)),
-            ready_batches=int(summary["ready_batches"]),
+            duplicates_suppressed=found.counters.get("duplicates_suppressed", 0),
+            ready_batches=found.ready_batches,
             spill=self.overflow.stats(),
             metrics={"intake_queued": self._writer.queued, **self.metrics.as_dict()},
         )
@@ -539,7 +511,7 @@ class EventQueue:
             await asyncio.sleep(interval)
             try:
                 purged = await self.purge()
-                await self.store.checkpoint()
+                await self.store.maintain()
             except EventQueueError as exc:
                 log.warning("maintenance (purge, checkpoint) failed, will retry: %s", exc)
                 continue
@@ -584,13 +556,3 @@ async def _wait_any(changed: asyncio.Event, stop: asyncio.Event | None, delay: f
     finally:
         for waiter in waiters:
             waiter.cancel()
-
-
-def _view_settings(config: Config) -> dict[str, str]:
-    return {
-        "max_batch_size": str(config.max_batch_size),
-        "batch_window_ms": str(config.batch_window_ms),
-        "enable_batching": "true" if config.enable_batching else "false",
-        "aging_s": str(config.aging_s),
-        "queue_size": str(config.queue_size),
-    }

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from eventqueue.core.models import PutStatus
-from eventqueue.store.sqlite.store import NewEvent
+from eventqueue.core.records import NewEvent
 
 log = logging.getLogger("eventqueue.writer")
 # Loop turns the writer waits after an urgent commit (the claimer needs a few to start its claim).

@@ -1,16 +1,39 @@
 """Storage backends behind one interface (base.Store); the only package that imports
-sqlalchemy, aiosqlite or alembic. `open_store` picks the backend from the database location."""
+sqlalchemy, aiosqlite, asyncpg or alembic. The backend is picked from the database location:
+a `postgresql://` URL, else an SQLite file path. Backends are imported lazily, so a driver that
+is not installed costs nothing until it is asked for."""
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, cast
 
 from eventqueue.core.config import Config
+from eventqueue.core.errors import ConfigError
 from eventqueue.core.records import SchemaStatus
 from eventqueue.store.base import Capabilities, Store
 
 Backend = Literal["sqlite", "postgresql"]
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://")
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class _BackendModule(Protocol):
+    """What each backend package exports (store/sqlite/__init__.py, store/postgres/...)."""
+
+    __name__: str
+
+    async def open_store(self, config: Config, *, migrate: bool | str, readonly: bool) -> Store:
+        """Open the backend's store."""
+        ...
+
+    def schema_status(self, config: Config) -> SchemaStatus:
+        """The schema revision against head, read-only."""
+        ...
+
+    def migrate(self, config: Config) -> SchemaStatus:
+        """Upgrade the schema to head; the status before."""
+        ...
 
 
 def backend_of(location: str) -> Backend:
@@ -24,36 +47,69 @@ async def open_store(
     """Open the backend for `config.db_path`.
 
     `migrate`: "auto" creates the schema in a new database and refuses an old one; True
-    upgrades; False never touches the schema (and requires it at head). `readonly`: never
-    write (the CLI's reads); the schema must be at head.
+    upgrades; False never touches the schema. `readonly`: never write (the CLI's reads); the
+    database must exist with its schema at head.
     """
-    if backend_of(config.db_path) == "postgresql":
-        from eventqueue.store import postgres  # lazy: its driver is an optional extra
-
-        return await postgres.open_store(config, migrate=migrate, readonly=readonly)
-    from eventqueue.store import sqlite
-
-    return await sqlite.open_store(config, migrate=migrate, readonly=readonly)
+    return await backend(config).open_store(config, migrate=migrate, readonly=readonly)
 
 
 def schema_status(config: Config) -> SchemaStatus:
     """The schema revision against head, read-only (never creates the database)."""
-    return _backend(config).schema_status(config)
+    return backend(config).schema_status(config)
 
 
 def migrate(config: Config) -> SchemaStatus:
-    """Upgrade the schema to head, creating the database's tables if needed; the status before."""
-    return _backend(config).migrate(config)
+    """Upgrade the schema to head, creating the tables if needed; the status before."""
+    return backend(config).migrate(config)
 
 
-def _backend(config: Config):  # type: ignore[no-untyped-def]
-    if backend_of(config.db_path) == "postgresql":
-        from eventqueue.store import postgres
+class Admin(Protocol):
+    """A backend's own maintenance commands (store/<backend>/admin.py)."""
 
-        return postgres
-    from eventqueue.store import sqlite
+    def vacuum(self, config: Config) -> Mapping[str, Any]:
+        """Give free space back and compact the database's logs."""
+        ...
 
-    return sqlite
+    def compact(self, config: Config) -> int:
+        """Give free space back after a purge; the pages freed (0 where not applicable)."""
+        ...
+
+    def backup(self, config: Config, destination: str, *, force: bool = False) -> Mapping[str, Any]:
+        """A consistent copy of the database at `destination`."""
+        ...
+
+    def sql(self, config: Config, query: str, *, max_rows: int = 1000) -> Mapping[str, Any]:
+        """One read-only statement's columns and rows."""
+        ...
 
 
-__all__ = ["Capabilities", "Store", "backend_of", "migrate", "open_store", "schema_status"]
+def admin(config: Config) -> Admin:
+    """The admin commands of the backend serving `config.db_path`."""
+    module = backend(config)
+    return cast(Admin, importlib.import_module(f"{module.__name__}.admin"))
+
+
+def backend(config: Config) -> _BackendModule:
+    """The backend package serving `config.db_path`, imported on first use."""
+    if backend_of(config.db_path) == "sqlite":
+        return cast(_BackendModule, importlib.import_module("eventqueue.store.sqlite"))
+    try:
+        return cast(_BackendModule, importlib.import_module("eventqueue.store.postgres"))
+    except ImportError as exc:
+        raise ConfigError(
+            f"EVENT_DB_PATH is a PostgreSQL URL, but the PostgreSQL backend cannot be loaded "
+            f"({exc}): install it with `pip install 'eventqueue[postgres]'`"
+        ) from exc
+
+
+__all__ = [
+    "Admin",
+    "Capabilities",
+    "Store",
+    "admin",
+    "backend",
+    "backend_of",
+    "migrate",
+    "open_store",
+    "schema_status",
+]

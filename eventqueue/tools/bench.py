@@ -51,6 +51,7 @@ from eventqueue.core.models import Batch, Event, Priority
 from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.store.sqlite.pragmas import pragmas
+from eventqueue.store.sqlite.store import SQLiteStore
 from eventqueue.tools import bench_baseline as baseline
 
 Row = dict[str, Any]
@@ -225,9 +226,12 @@ def _common_settings(config: Config) -> dict[str, Any]:
 
 async def _queue_pragmas(q: EventQueue) -> dict[str, Any]:
     """The journal mode and synchronous setting in force on the queue's connection."""
-    synchronous = await q.store.pragma("synchronous")
+    store = q.store
+    if not isinstance(store, SQLiteStore):
+        return {}  # PRAGMAs are SQLite's
+    synchronous = await store.pragma("synchronous")
     return {
-        "journal_mode": await q.store.pragma("journal_mode"),
+        "journal_mode": await store.pragma("journal_mode"),
         "synchronous": _SYNCHRONOUS.get(int(synchronous), synchronous),
     }
 

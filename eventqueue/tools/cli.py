@@ -23,7 +23,8 @@ from rich.text import Text
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import EventQueueError
-from eventqueue.store.sqlite.admin import Inspector, Refusal, SchemaStatus
+from eventqueue.core.records import Refusal, SchemaStatus
+from eventqueue.tools.inspector import Inspector
 
 F = TypeVar("F", bound=Callable[..., Any])
 

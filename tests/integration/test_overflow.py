@@ -182,7 +182,7 @@ async def test_put_spills_at_once_while_a_claim_of_the_same_process_waits_for_th
     try:
 
         async def claim_holds_the_store() -> bool:
-            return q.store._lock.locked()
+            return q.store._conn._lock.locked()
 
         await until(claim_holds_the_store, 5.0)
         result = await asyncio.wait_for(q.put(payload(1)), 2.0)

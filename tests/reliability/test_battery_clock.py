@@ -84,7 +84,7 @@ async def test_jumps_of_hours_while_a_dispatcher_runs_lose_nothing(db_path: str)
         dispatcher.add_handler("*", handle)
         async with asyncio.timeout(30):  # stuck for hours would show up here
             await dispatcher.run(source())
-        counts = await q.store.counts()
+        counts = (await q.stats()).counts
 
     assert set(counts) == {"done"}
     assert sum(counts["done"].values()) == EVENTS + 2

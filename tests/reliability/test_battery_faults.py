@@ -185,7 +185,7 @@ async def test_a_statement_failing_at_the_nth_call(
     open_queue, clock, query, monkeypatch, name: str, after: bool
 ) -> None:
     q = await open_queue(batch_window_ms=0, enable_batching=False, lease_s=LEASE_S)
-    faults = StatementFaults(q.store._db, monkeypatch)
+    faults = StatementFaults(q.store._conn._db, monkeypatch)
     model = Model()
     scenario = scenarios(model)[name]
     faulted = 0
@@ -200,7 +200,7 @@ async def test_a_statement_failing_at_the_nth_call(
             faulted += 1
         finally:
             faults.disarm()
-        assert not q.store._db.in_transaction, (n, after)
+        assert not q.store._conn._db.in_transaction, (n, after)
         check_rows(query)
         if not faults.fired:
             break  # the operation ran fewer than n statements: every fault point was visited
@@ -338,7 +338,7 @@ async def check_promotion_faults(
         )
         # Promotion only when the test calls it: no background attempt races the fault.
         monkeypatch.setattr(q.overflow, "wake", lambda: None)
-        faults = StatementFaults(q.store._db, monkeypatch)
+        faults = StatementFaults(q.store._conn._db, monkeypatch)
         puts = await q.put_many([unique() for _ in range(5)])
         assert [r.spilled for r in puts].count(True) == 3
         await q.ack(await claim_one(q))  # room for promotion
@@ -350,7 +350,7 @@ async def check_promotion_faults(
             assert faults.fired and isinstance(exc, StorageError), exc
         finally:
             faults.disarm()
-        assert not q.store._db.in_transaction
+        assert not q.store._conn._db.in_transaction
 
         async with asyncio.timeout(10):
             while True:  # the next calls succeed: promote and drain everything

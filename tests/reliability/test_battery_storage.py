@@ -80,7 +80,7 @@ async def test_a_put_committing_while_the_file_is_deleted_is_not_acknowledged(
 ) -> None:
     q = await open_queue(batch_window_ms=0)
     await q.put({"event_name": "before"})
-    db = q.store._db
+    db = q.store._conn._db
     original = db._execute
 
     async def delete_before_commit(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import time
@@ -22,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventqueue.core.config import Config
-from eventqueue.core.errors import DatabaseBusyError, SpillError, StorageError
+from eventqueue.core.errors import SpillError, StorageError, StoreBusyError
 from eventqueue.core.models import Priority, PutStatus
+from eventqueue.core.records import NewEvent, PutCommit
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow.log import (
@@ -34,7 +34,7 @@ from eventqueue.runtime.overflow.log import (
     has_segments,
     inspect,
 )
-from eventqueue.store.sqlite.store import NewEvent, PutCommit, SQLiteStore
+from eventqueue.store.base import Store
 
 log = logging.getLogger("eventqueue.overflow")
 
@@ -66,7 +66,7 @@ class Overflow:
     def __init__(
         self,
         own: _Log,
-        store: SQLiteStore,
+        store: Store,
         config: Config,
         metrics: Metrics,
         clock: Callable[[], float],
@@ -95,7 +95,7 @@ class Overflow:
 
     @classmethod
     async def open(
-        cls, store: SQLiteStore, config: Config, metrics: Metrics, clock: Callable[[], float]
+        cls, store: Store, config: Config, metrics: Metrics, clock: Callable[[], float]
     ) -> Overflow:
         """Lock and recover the spill directory; promotion resumes where the database says.
 
@@ -198,7 +198,7 @@ class Overflow:
         """Write rows to the spill log durably (fsynced) before returning."""
         by_priority: dict[int, list[bytes]] = {}
         for row in rows:
-            by_priority.setdefault(row.priority, []).append(_encode(row))
+            by_priority.setdefault(row.priority, []).append(row.to_bytes())
         for priority in sorted(by_priority, reverse=True):
             await asyncio.to_thread(self.spill.append, priority, by_priority[priority])
             crash_point("mid_spill")
@@ -236,7 +236,7 @@ class Overflow:
                     await self._adopt()
                 while not self._closing and await self.promote_once():
                     pass
-            except DatabaseBusyError:
+            except StoreBusyError:
                 busy = True  # expected while another connection writes; promotion resumes after
             except (StorageError, SpillError) as exc:
                 log.error("promotion from the spill log failed (retrying): %s", exc)
@@ -271,10 +271,10 @@ class Overflow:
     async def _promote(
         self, held: _Log, records: list[SpillRecord], reached: dict[int, SpillPosition]
     ) -> PutCommit:
-        rows = [_decode(record.data) for record in records]
+        rows = [NewEvent.from_bytes(record.data) for record in records]
         ttl = self._config.dedup_ttl_s if self._config.enable_dedup else None
         try:
-            # wait=False: waiting for another connection's write lock here would hold this
+            # fail_fast: waiting for another connection's write lock here would hold this
             # process's store, and with it every put that should be spilling meanwhile.
             return await self._store.put(
                 rows,
@@ -284,7 +284,7 @@ class Overflow:
                     held.name,
                     {p: (pos.segment, pos.offset) for p, pos in reached.items()},
                 ),
-                wait=False,
+                fail_fast=True,
             )
         except BaseException:
             # The commit may have happened even though the call failed (F2): the database,
@@ -315,7 +315,7 @@ class Overflow:
         return _describe(_combine([held.spill.stats() for held in self._logs()]), self._clock())
 
 
-async def _recover(store: SQLiteStore, config: Config, directory: str, lock_fd: int) -> _Log:
+async def _recover(store: Store, config: Config, directory: str, lock_fd: int) -> _Log:
     """Open a locked spill folder at the positions its promotions committed."""
     name = spill_log_name(config.db_path, directory)
     try:
@@ -393,16 +393,6 @@ def _describe(st: SpillStats, now: float) -> dict[str, Any]:
         "quarantined_records": st.quarantined_records,
         "quarantined_bytes": st.quarantined_bytes,
     }
-
-
-def _encode(row: NewEvent) -> bytes:
-    fields = [row.payload_json, row.priority, row.batch_key, row.content_hash, row.received_at]
-    return json.dumps(fields, ensure_ascii=False).encode("utf-8")
-
-
-def _decode(data: bytes) -> NewEvent:
-    payload_json, priority, batch_key, content_hash, received_at = json.loads(data)
-    return NewEvent(payload_json, int(priority), batch_key, content_hash, float(received_at))
 
 
 def spill_log_name(db_path: str, directory: str) -> str:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, create_engine, inspect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from eventqueue.core.errors import SchemaError, StorageError
+from eventqueue.core.records import SchemaState, SchemaStatus
+from eventqueue.store.sqlite.errors import storage_error
 from eventqueue.store.sqlite.pragmas import make_migration_engine
 
 # eventqueue's own version table, so it can live beside a host application's alembic history.
@@ -128,7 +133,7 @@ def ensure_schema(path: str, busy_timeout_ms: int, migrate: bool | str) -> None:
         current, has_any_table = schema_state(engine)
         fresh = current is None and not has_any_table
     except DBAPIError as exc:
-        raise StorageError(f"cannot open database {path}: {exc.orig}") from exc
+        raise storage_error(path, exc.orig or exc) from exc
     finally:
         engine.dispose()
     head = head_revision()
@@ -152,3 +157,31 @@ def ensure_schema(path: str, busy_timeout_ms: int, migrate: bool | str) -> None:
         f"{path} has schema revision {current}, this eventqueue needs {head}: run "
         f"`eventqueue migrate --db {path}` (or open it with migrate=True)"
     )
+
+
+def schema_status(path: str, *, busy_timeout_ms: int) -> SchemaStatus:
+    """The file's schema revision against head, read-only (mode=ro: never creates the file)."""
+    head = head_revision()
+    if not os.path.exists(path):
+        return SchemaStatus(db=path, current=None, head=head, state="missing")
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    engine = create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000),
+        poolclass=NullPool,
+    )
+    try:
+        current = current_revision(engine)
+    except DBAPIError as exc:
+        raise storage_error(path, exc.orig or exc) from exc
+    finally:
+        engine.dispose()
+    return SchemaStatus(db=path, current=current, head=head, state=_state(current, head))
+
+
+def _state(current: str | None, head: str) -> SchemaState:
+    if current == head:
+        return "current"
+    if current is None or is_known_revision(current):
+        return "behind"
+    return "unknown"

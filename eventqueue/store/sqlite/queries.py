@@ -1,6 +1,6 @@
 """Every statement eventqueue runs, each a small named builder over SQLAlchemy Core.
 
-Only `store/sqlite.py` executes these; nothing else in the package names a table or column.
+Only the SQLite store (store.py) executes these; nothing else in the package names a table or\ncolumn.
 """
 
 from __future__ import annotations
@@ -262,42 +262,31 @@ def count_ready_keys() -> Select[Any]:
     return select(func.count()).select_from(select_ready_key().limit(None).subquery())
 
 
-def select_ready_keys(limit: int) -> Select[Any]:
-    """Ready keys in claim order (for `peek`)."""
-    return select_ready_key().limit(limit)
+def select_ready_keys() -> Select[Any]:
+    """The first `b_batches` ready keys in claim order, with their summary (for `peek`)."""
+    return select_ready_key().limit(bindparam("b_batches"))
 
 
-def select_pending_for_key() -> Select[Any]:
-    return (
-        select(*EVENT_COLUMNS)
-        .where(
-            _status_is("pending"),
-            events.c.batch_key == bindparam("b_key"),
-            _available(),
-        )
-        .order_by(events.c.priority.desc(), events.c.received_at, events.c.id)
-        .limit(bindparam("b_limit"))
-    )
+def select_event() -> Select[Any]:
+    """Every column of event `b_id`."""
+    return select(events).where(events.c.id == bindparam("b_id"))
 
 
-def select_event(event_id: int) -> Select[Any]:
-    return select(events).where(events.c.id == event_id)
-
-
-def select_dead(limit: int) -> Select[Any]:
+def select_dead() -> Select[Any]:
+    """The `b_limit` most recent dead letters."""
     return (
         select(events)
         .where(_status_is("dead"))
         .order_by(events.c.finished_at.desc(), events.c.id.desc())
-        .limit(limit)
+        .limit(bindparam("b_limit"))
     )
 
 
 def requeue_events(*, all_dead: bool) -> Update:
-    """Dead events (all, or the given ids) back to pending with a fresh attempt count."""
+    """Dead events (all, or the ids in `b_ids`, JSON) back to pending with a fresh attempt count."""
     where = [_status_is("dead")]
     if not all_dead:
-        where.append(events.c.id.in_(bindparam("b_ids", expanding=True)))
+        where.append(_ids_in("b_ids"))
     return (
         update(events)
         .where(*where)
@@ -347,7 +336,7 @@ def save_spill_position() -> Insert:
     )
 
 
-# --- CLI inspection (store/inspect.py) --------------------------------------------------------
+# --- inspection ------------------------------------------------------------------------------
 
 
 def select_settings() -> Select[Any]:
@@ -356,14 +345,12 @@ def select_settings() -> Select[Any]:
 
 
 def select_statuses() -> Select[Any]:
-    """(id, status) of the ids in `b_ids`: a requeue refuses ids that are not dead."""
-    return select(events.c.id, events.c.status).where(
-        events.c.id.in_(bindparam("b_ids", expanding=True))
-    )
+    """(id, status) of the ids in `b_ids` (JSON): a requeue refuses ids that are not dead."""
+    return select(events.c.id, events.c.status).where(_ids_in("b_ids"))
 
 
 # --- hot path: constant statements that take lists as one JSON parameter ----------------------
-# store/sqlite.py compiles each of these once and runs it through aiosqlite: one thread hop per
+# store.py compiles each of these once and runs it through aiosqlite: one thread hop per
 # statement whatever the number of events, and no per-size statement cache.
 
 
@@ -495,13 +482,12 @@ def expire_all_leases() -> Update:
     )
 
 
-def claim_ready() -> Update:
-    """Lease up to `b_batches` ready batches in one statement, returning their events.
+def _claim_selection() -> Select[Any]:
+    """The ids the next claim leases: up to `b_batches` ready keys, `b_limit` events each.
 
     The keys are the first of `select_ready_key`'s order; each gets its next `b_limit` events
     (priority, then FIFO). A key ready only because it holds CRITICAL events gives just those;
-    the rest keep filling their batch. Each batch's lease token and id are `b_token` and
-    `b_batch_id` followed by ":" and its key, so every batch is fenced on its own.
+    the rest keep filling their batch. `claim_ready` leases these ids; `peek_ready` shows them.
     """
     keys, effective, ready_now = _ready_keys()
     critical_only = and_(
@@ -542,10 +528,18 @@ def claim_ready() -> Update:
     batch = select(func.json_group_array(walk.c.id)).scalar_subquery()
     batches = select(batch.label("ids")).select_from(ready).cte("batches")
     picked = func.json_each(batches.c.ids).table_valued("value").alias("picked")
-    chosen = select(picked.c.value).select_from(batches).join(picked, true())
+    return select(picked.c.value).select_from(batches).join(picked, true())
+
+
+def claim_ready() -> Update:
+    """Lease the events of `_claim_selection` in one statement, returning them.
+
+    Each batch's lease token and id are `b_token` and `b_batch_id` followed by ":" and its
+    key, so every batch is fenced on its own.
+    """
     return (
         update(events)
-        .where(events.c.id.in_(chosen))
+        .where(events.c.id.in_(_claim_selection()))
         .values(
             status="claimed",
             lease_owner=bindparam("b_owner"),
@@ -555,6 +549,15 @@ def claim_ready() -> Update:
             attempts=events.c.attempts + 1,
         )
         .returning(*EVENT_COLUMNS)
+    )
+
+
+def peek_ready() -> Select[Any]:
+    """The events the next claim of `b_batches` batches would lease, claiming nothing."""
+    return (
+        select(*EVENT_COLUMNS)
+        .where(events.c.id.in_(_claim_selection()))
+        .order_by(events.c.batch_key, events.c.priority.desc(), events.c.received_at, events.c.id)
     )
 
 

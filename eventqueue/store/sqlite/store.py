@@ -1,68 +1,52 @@
-"""SQLiteStore: one method = one transaction = one domain result. No Row leaves this module.
-
-Statements are SQLAlchemy Core constructs (statements.py), compiled once and executed through
-aiosqlite. SQLAlchemy's own async layer is not used at run time: its aiosqlite adapter costs
-four thread hops per statement (measured here: ~370 µs per statement against ~100 µs for one
-aiosqlite call), and the hot paths need one hop per statement, with lists bound as JSON.
-"""
+"""SQLiteStore: the Store interface on one SQLite file. One method = one transaction = one
+domain result; no Row or connection leaves this module."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import math
 import os
-import sqlite3
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import aiosqlite
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.sql import ClauseElement
 
 from eventqueue.core.codec import decode_payload
-from eventqueue.core.errors import DatabaseBusyError, LeaseLostError, QueueClosedError, StorageError
+from eventqueue.core.config import Config
+from eventqueue.core.errors import LeaseLostError, SchemaError, StorageError
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
+from eventqueue.core.records import (
+    EventBrief,
+    EventInfo,
+    NewEvent,
+    PeekBatch,
+    PutCommit,
+    Refusal,
+    RequeueResult,
+    StoreStats,
+    Wakeup,
+    assemble_batches,
+    decode_text,
+    event_name,
+    iso,
+    priority_name,
+    schema_problem,
+)
+from eventqueue.core.rules import ClaimRules
+from eventqueue.store.base import Capabilities, SpillPositions
 from eventqueue.store.sqlite import queries as sql
-from eventqueue.store.sqlite.migrations import ensure_schema
-from eventqueue.store.sqlite.pragmas import pragmas
+from eventqueue.store.sqlite.connection import Connection, Prepared, scalar
+from eventqueue.store.sqlite.migrations import ensure_schema, schema_status
 
-T = TypeVar("T")
-_DIALECT = sqlite_dialect.dialect()
-# RETURNING (3.35) and UPDATE ... FROM (3.33) are used on the hot paths.
-MIN_SQLITE = (3, 35, 0)
-# With less free space than this, the WAL is checkpointed and truncated after every write.
-# Otherwise it grows to SQLite's auto-checkpoint size (1000 pages, ~4 MiB) before any
-# checkpoint, and on a nearly full disk it takes the space that returns before one can run (F14).
-LOW_DISK_BYTES = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A Core statement compiled once: SQL text and the order of its named parameters."""
-
-    sql: str
-    order: tuple[str, ...]
-    defaults: Mapping[str, Any]
-
-    @classmethod
-    def of(cls, statement: ClauseElement) -> Prepared:
-        compiled = statement.compile(dialect=_DIALECT)
-        # The SQLite dialect compiles to qmark style; positiontup names each "?" in order.
-        order = getattr(compiled, "positiontup", None) or ()
-        return cls(compiled.string, tuple(order), dict(compiled.params))
-
-    def bind(self, **values: Any) -> tuple[Any, ...]:
-        """Positional parameters from named values (compiled-in constants as defaults)."""
-        return tuple(values[n] if n in values else self.defaults[n] for n in self.order)
+_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
+_CAPABILITIES = Capabilities(single_connection=True, cross_process_notify=False)
 
 
 class _Q:
-    """The hot statements, prepared once per process."""
+    """Every statement, prepared once per process."""
 
     put_dedup = Prepared.of(sql.put_rows(dedup=True))
     put_plain = Prepared.of(sql.put_rows(dedup=False))
@@ -87,226 +71,75 @@ class _Q:
     spill_save = Prepared.of(sql.save_spill_position())
     purge = Prepared.of(sql.purge_done())
     spill_read = Prepared.of(sql.select_spill_positions())
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """A validated event ready to insert."""
-
-    payload_json: str
-    priority: int
-    batch_key: str
-    content_hash: str
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class PutCommit:
-    """What one put transaction did: (status, id) per row, and pending + claimed after it."""
-
-    outcome: list[tuple[PutStatus, int]]
-    scheduled: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRules:
-    """What makes a batch ready and how it is leased (from Config, in claim terms)."""
-
-    max_batch: int
-    window_s: float
-    aging_s: float
-    batching: bool
-    lease_s: float
-    max_attempts: int
-    # The longest a lease or a retry back-off can legitimately run; stored times further ahead
-    # than that mean the wall clock stepped back, and count as due.
-    lease_horizon_s: float = 86_400.0
-    retry_horizon_s: float = 604_800.0
-
-
-@dataclass(frozen=True, slots=True)
-class Wakeup:
-    """When pending work not ready now may become ready (any of these may be None)."""
-
-    oldest_pending_at: float | None
-    next_retry_at: float | None
-    next_lease_expiry_at: float | None
-
-
-Body = Callable[[aiosqlite.Connection], Awaitable[T]]
+    peek = Prepared.of(sql.peek_ready())
+    peek_keys = Prepared.of(sql.select_ready_keys())
+    event = Prepared.of(sql.select_event())
+    dead = Prepared.of(sql.select_dead())
+    statuses = Prepared.of(sql.select_statuses())
+    requeue_ids = Prepared.of(sql.requeue_events(all_dead=False))
+    requeue_all = Prepared.of(sql.requeue_events(all_dead=True))
+    settings = Prepared.of(sql.select_settings())
 
 
 class SQLiteStore:
     """The durable store on one SQLite file: one connection, one transaction at a time."""
 
-    def __init__(self, path: str, db: aiosqlite.Connection, *, busy_timeout_ms: int) -> None:
-        self.path = path
-        self._db = db
-        self._busy_timeout_s = busy_timeout_ms / 1000.0
-        self._lock = asyncio.Lock()
-        self._closed = False
-        self._identity = _file_identity(path)
-        self._wal_identity = _file_identity(path + "-wal")
-        self._directory = os.path.dirname(os.path.abspath(path))
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
 
     @classmethod
     async def open(
-        cls,
-        path: str,
-        *,
-        durability: str,
-        busy_timeout_ms: int,
-        lock_wait_ms: int = 100,
-        migrate: bool | str = "auto",
+        cls, config: Config, *, migrate: bool | str = "auto", readonly: bool = False
     ) -> SQLiteStore:
-        """Open the file, check (or bring) its schema to head, and hold one connection."""
-        if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise StorageError(
-                f"SQLite {sqlite3.sqlite_version} is too old; eventqueue needs 3.35 or newer"
+        """Open the file, check (or bring) its schema to head, and hold one connection.
+
+        `readonly`: open an existing file read-only (mode=ro, query_only); never create it,
+        never migrate, and refuse a schema that is not at head.
+        """
+        path = config.db_path
+        if readonly:
+            require_file(path)
+            # mode=ro: never created, never migrated, and no PRAGMA that would write.
+            status = await asyncio.to_thread(
+                schema_status, path, busy_timeout_ms=config.busy_timeout_ms
             )
-        await asyncio.to_thread(ensure_schema, path, busy_timeout_ms, migrate)
-        try:
-            # isolation_level=None: we emit BEGIN ourselves (F4); PRAGMAs run before any
-            # transaction, where they take effect (F5).
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open database {path}: {exc}") from exc
-        try:
-            for statement in pragmas(durability, min(busy_timeout_ms, lock_wait_ms)):
-                await db.execute(statement)
-        except sqlite3.Error as exc:
-            await db.close()
-            raise _storage_error(path, exc) from exc
-        return cls(path, db, busy_timeout_ms=busy_timeout_ms)
+            if status["state"] != "current":
+                raise SchemaError(schema_problem(status))
+        else:
+            await asyncio.to_thread(ensure_schema, path, config.busy_timeout_ms, migrate)
+        connection = await Connection.open(
+            path,
+            durability=config.durability,
+            busy_timeout_ms=config.busy_timeout_ms,
+            lock_wait_ms=config.spill_after_ms,
+            readonly=readonly,
+        )
+        return cls(connection)
+
+    @property
+    def name(self) -> str:
+        """The database file."""
+        return self._conn.path
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """One connection per process; other processes' commits are found by polling."""
+        return _CAPABILITIES
 
     async def close(self) -> None:
         """Checkpoint the WAL and close the connection (idempotent)."""
-        if self._closed:
-            return
-        async with self._lock:
-            self._closed = True
-            try:
-                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass  # an optimisation: a reader in another process may hold the WAL
-            finally:
-                await self._db.close()
+        await self._conn.close()
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """No cross-process notifications in SQLite: consumers poll (EVENT_POLL_MS)."""
 
     async def pragma(self, name: str) -> Any:
         """The value of one PRAGMA on the store's own connection (for checks and tests)."""
-        return await self.read(lambda db: _scalar(db, f"PRAGMA {name}", ()))
+        return await self._conn.read(lambda db: scalar(db, f"PRAGMA {name}", ()))
 
-    # --- transactions ---------------------------------------------------------------------
-
-    async def write(self, body: Body[T], *, wait: bool = True) -> T:
-        """Run `body` in one BEGIN IMMEDIATE transaction (F3), shielded from cancellation.
-
-        `wait`: when another connection holds the write lock, keep trying for up to
-        busy_timeout_ms; otherwise raise DatabaseBusyError after the connection's short wait.
-        """
-        return await self._shielded(body, "BEGIN IMMEDIATE", wait)
-
-    async def read(self, body: Body[T]) -> T:
-        """Run `body` in one short read transaction."""
-        return await self._shielded(body, "BEGIN DEFERRED", True)
-
-    async def _shielded(self, body: Body[T], begin: str, wait: bool) -> T:
-        # Cancelling an awaited aiosqlite call does not stop its SQL (F2). A cancelled caller
-        # therefore leaves the transaction to finish on its own (commit or roll back): the
-        # connection is never left inside a transaction.
-        task = asyncio.ensure_future(self._run(body, begin, wait))
-        task.add_done_callback(_retrieve)
-        return await asyncio.shield(task)
-
-    async def _run(self, body: Body[T], begin: str, wait: bool) -> T:
-        # The connection's own busy timeout is short (EVENT_SPILL_AFTER_MS) so that a put can
-        # spill instead of waiting. Other transactions retry BEGIN until busy_timeout_ms has
-        # passed, sleeping *outside* this process's lock so that its puts go on (and spill)
-        # meanwhile instead of queueing behind a claim that waits for another process.
-        deadline = time.monotonic() + self._busy_timeout_s
-        pause = 0.005
-        while True:
-            async with self._lock:
-                began, result = await self._attempt(body, begin, wait, deadline)
-                if began:
-                    return result  # type: ignore[return-value]
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.1)
-
-    async def _attempt(
-        self, body: Body[T], begin: str, wait: bool, deadline: float
-    ) -> tuple[bool, T | None]:
-        """One try at the transaction: (False, None) when the write lock is held elsewhere."""
-        if self._closed:
-            raise QueueClosedError("the queue is closed")
-        writing = begin == "BEGIN IMMEDIATE"
-        if writing:
-            self._check_file()
-        try:
-            # Inside the try: if BEGIN took effect but its await still failed, the rollback
-            # below ends the transaction instead of wedging the connection for good.
-            if not await self._begin(begin, retry=wait and time.monotonic() < deadline):
-                return False, None
-            result = await body(self._db)
-            await self._db.execute("COMMIT")
-        except BaseException as exc:
-            await self._rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise _storage_error(self.path, exc) from exc
-            raise
-        if writing:
-            # Deleted while this transaction ran: it committed into an unlinked file (F13),
-            # so its work must not be reported as stored.
-            self._check_file()
-            await self._relieve_disk()
-        return True, result
-
-    async def _begin(self, begin: str, *, retry: bool) -> bool:
-        """BEGIN; False when another connection holds the write lock and `retry` allows waiting."""
-        try:
-            await self._db.execute(begin)
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise _storage_error(self.path, exc) from exc
-            if retry:
-                return False
-            raise DatabaseBusyError(
-                f"database {self.path} is locked by another connection "
-                f"({exc}); retry, or raise EVENT_BUSY_TIMEOUT_MS"
-            ) from exc
-        return True
-
-    async def _rollback(self) -> None:
-        # SQLite may already have rolled back by itself (disk full, F14): no blind ROLLBACK.
-        if self._db.in_transaction:
-            # The original error is what the caller needs to see, not a failed ROLLBACK.
-            with contextlib.suppress(sqlite3.Error):
-                await self._db.execute("ROLLBACK")
-
-    async def _relieve_disk(self) -> None:
-        # Outside any transaction, under the lock: an optimisation, so failures are ignored.
-        try:
-            st = os.statvfs(self._directory)
-        except OSError:
-            return
-        if st.f_bavail * st.f_frsize < LOW_DISK_BYTES:
-            with contextlib.suppress(sqlite3.Error):
-                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def _check_file(self) -> None:
-        # A database file deleted or replaced under an open WAL connection keeps accepting
-        # writes into the unlinked inode: fail loudly rather than acknowledge lost events (F13).
-        # Likewise the WAL: SQLite never deletes it while a connection is open, so once seen, a
-        # missing or different -wal was deleted under us (commits would go where no other
-        # connection looks, and a crash would lose them).
-        wal = _file_identity(self.path + "-wal")
-        if self._wal_identity is None:
-            self._wal_identity = wal
-        if _file_identity(self.path) != self._identity or wal != self._wal_identity:
-            raise StorageError(
-                f"database file {self.path} (or its -wal) was deleted or replaced while open; "
-                "events written now would be lost. Restore the file or restart the process."
-            )
+    async def maintain(self) -> None:
+        """Checkpoint the WAL so the file stays small (F7); skipped when busy."""
+        await self._conn.checkpoint()
 
     # --- put ------------------------------------------------------------------------------
 
@@ -317,15 +150,15 @@ class SQLiteStore:
         now: float,
         dedup_ttl_s: float | None,
         source_positions: Mapping[str, str | None] | None = None,
-        spill_positions: tuple[str, Mapping[int, tuple[int, int]]] | None = None,
-        wait: bool = True,
+        spill_positions: tuple[str, SpillPositions] | None = None,
+        fail_fast: bool = False,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
-        `source_positions` (stream name -> position reached) and `spill_positions` (spill log, {priority:
-        (segment, offset) promoted up to}) commit with the events, so a restart resumes exactly
-        after what is stored. `wait=False`: raise DatabaseBusyError at once when another
-        connection holds the write lock (the caller spills instead of waiting).
+        `source_positions` (stream name -> position reached) and `spill_positions` (spill log,
+        {priority: (segment, offset) promoted up to}) commit with the events, so a restart
+        resumes exactly after what is stored. `fail_fast`: raise StoreBusyError at once when
+        another connection holds the write lock (the caller spills instead of waiting).
         """
 
         async def body(db: aiosqlite.Connection) -> PutCommit:
@@ -340,10 +173,10 @@ class SQLiteStore:
                     for p, (seg, off) in reached.items()
                 ]
                 await db.executemany(_Q.spill_save.sql, params)
-            scheduled = await _scalar(db, _Q.scheduled.sql, _Q.scheduled.bind())
+            scheduled = await scalar(db, _Q.scheduled.sql, _Q.scheduled.bind())
             return PutCommit(outcome, int(scheduled))
 
-        return await self.write(body, wait=wait)
+        return await self._conn.write(body, fail_fast=fail_fast)
 
     async def spill_positions(self, spill_log: str) -> dict[int, tuple[int, int]]:
         """Per priority, how far `spill_log` was promoted (committed with the promoted rows)."""
@@ -353,16 +186,17 @@ class SQLiteStore:
             rows = await db.execute_fetchall(_Q.spill_read.sql, params)
             return {int(p): (int(seg), int(off)) for p, seg, off in rows}
 
-        return await self.read(body)
+        return await self._conn.read(body)
 
     async def scheduled_count(self) -> int:
         """Pending + claimed rows (what EVENT_QUEUE_SIZE bounds)."""
-        return int(await self.read(lambda db: _scalar(db, _Q.scheduled.sql, _Q.scheduled.bind())))
+        statement = _Q.scheduled
+        return int(await self._conn.read(lambda db: scalar(db, statement.sql, statement.bind())))
 
     async def source_position(self, source: str) -> str | None:
         """The stream position stored with the last committed events of `source`."""
         params = _Q.source.bind(b_source=source)
-        position = await self.read(lambda db: _scalar(db, _Q.source.sql, params))
+        position = await self._conn.read(lambda db: scalar(db, _Q.source.sql, params))
         return None if position is None else str(position)
 
     # --- claim, ack, nack, extend, release ------------------------------------------------
@@ -398,11 +232,11 @@ class SQLiteStore:
                 await db.execute(_Q.expire.sql, params)
             return await _claim(db, now, consumer, token, batch_id, rules, batches)
 
-        return await self.write(body)
+        return await self._conn.write(body)
 
     async def ack(self, token: str, ids: Sequence[int], *, now: float) -> None:
         """Mark leased events done; LeaseLostError (and no change) if the token is stale."""
-        await self.write(lambda db: _fenced(db, _Q.ack, token, ids, b_now=now))
+        await self._conn.write(lambda db: _fenced(db, _Q.ack, token, ids, b_now=now))
 
     async def nack(
         self,
@@ -424,15 +258,15 @@ class SQLiteStore:
             changed = await db.execute_fetchall(_Q.nack.sql, params)
             _check_fence(len(list(changed)), len(items))
 
-        await self.write(body)
+        await self._conn.write(body)
 
     async def extend(self, token: str, ids: Sequence[int], *, expires_at: float) -> None:
         """Push the lease expiry out; LeaseLostError if the token is stale."""
-        await self.write(lambda db: _fenced(db, _Q.extend, token, ids, b_expires=expires_at))
+        await self._conn.write(lambda db: _fenced(db, _Q.extend, token, ids, b_expires=expires_at))
 
     async def release(self, token: str, ids: Sequence[int]) -> None:
         """Give leased events back to pending now (shutdown); LeaseLostError if stale."""
-        await self.write(lambda db: _fenced(db, _Q.release, token, ids))
+        await self._conn.write(lambda db: _fenced(db, _Q.release, token, ids))
 
     async def next_wakeup(self, now: float) -> Wakeup:
         """Times at which work that is not ready now may become ready."""
@@ -442,37 +276,89 @@ class SQLiteStore:
             oldest, retry, expiry = rows[0]
             return Wakeup(oldest, retry, expiry)
 
-        return await self.read(body)
+        return await self._conn.read(body)
 
-    # --- inspection -----------------------------------------------------------------------
+    # --- inspection and repair ------------------------------------------------------------
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """Events by status, then priority name."""
+    async def stats(self, *, now: float, rules: ClaimRules) -> StoreStats:
+        """Counts by status and priority, counters, oldest pending time, ready keys."""
 
-        async def body(db: aiosqlite.Connection) -> dict[str, dict[str, int]]:
-            result: dict[str, dict[str, int]] = {}
+        async def body(db: aiosqlite.Connection) -> StoreStats:
+            counts: dict[str, dict[str, int]] = {}
             for status, priority, count in await db.execute_fetchall(
                 _Q.by_status.sql, _Q.by_status.bind()
             ):
-                result.setdefault(status, {})[Priority(priority).name] = count
-            return result
+                counts.setdefault(status, {})[Priority(priority).name] = int(count)
+            rows = await db.execute_fetchall(_Q.counters.sql, _Q.counters.bind())
+            oldest = await scalar(db, _Q.oldest.sql, _Q.oldest.bind())
+            ready_params_ = _Q.ready_keys.bind(**ready_params(now, rules))
+            ready = await scalar(db, _Q.ready_keys.sql, ready_params_)
+            return StoreStats(counts, {n: int(v) for n, v in rows}, oldest, int(ready or 0))
 
-        return await self.read(body)
+        return await self._conn.read(body)
 
-    async def summary(self, *, now: float, rules: ClaimRules) -> dict[str, Any]:
-        """Counters, oldest pending time and the number of ready batch keys."""
+    async def peek(self, *, now: float, rules: ClaimRules, limit: int) -> list[PeekBatch]:
+        """The batches the next claim of `limit` batches would lease (its own statement)."""
+        params = {**ready_params(now, rules), "b_batches": limit, "b_limit": rules.batch_limit}
 
-        async def body(db: aiosqlite.Connection) -> dict[str, Any]:
-            counters = {
-                n: v for n, v in await db.execute_fetchall(_Q.counters.sql, _Q.counters.bind())
+        async def body(db: aiosqlite.Connection) -> list[PeekBatch]:
+            keys = await db.execute_fetchall(_Q.peek_keys.sql, _Q.peek_keys.bind(**params))
+            rows = await db.execute_fetchall(_Q.peek.sql, _Q.peek.bind(**params))
+            return _peek_batches(list(keys), [_event(r) for r in rows], now)
+
+        return await self._conn.read(body)
+
+    async def show(self, event_id: int) -> EventInfo | None:
+        """One event with every column, or None when there is no such id."""
+
+        async def body(db: aiosqlite.Connection) -> EventInfo | None:
+            cursor = await db.execute(_Q.event.sql, _Q.event.bind(b_id=event_id))
+            row = await cursor.fetchone()
+            names = [d[0] for d in cursor.description]
+            return None if row is None else dict(zip(names, row, strict=True))
+
+        info = await self._conn.read(body)
+        if info is None:
+            return None
+        info.update({k: iso(info[k]) for k in _TIME_COLUMNS})
+        priority, payload = priority_name(info["priority"]), decode_text(info["payload"])
+        return {**info, "priority": priority, "payload": payload}
+
+    async def dead(self, *, limit: int) -> list[EventBrief]:
+        """Dead letters, most recent first, with their last error."""
+
+        async def body(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+            cursor = await db.execute(_Q.dead.sql, _Q.dead.bind(b_limit=limit))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+
+        return [
+            {
+                **_brief(r["id"], r["payload"], r["priority"], r["attempts"]),
+                "batch_key": r["batch_key"],
+                "last_error": r["last_error"],
+                "died_at": iso(r["finished_at"]),
             }
-            oldest = await _scalar(db, _Q.oldest.sql, _Q.oldest.bind())
-            ready = await _scalar(
-                db, _Q.ready_keys.sql, _Q.ready_keys.bind(**ready_params(now, rules))
-            )
-            return {"counters": counters, "oldest_pending_at": oldest, "ready_batches": ready}
+            for r in await self._conn.read(body)
+        ]
 
-        return await self.read(body)
+    async def requeue(self, ids: Sequence[int] | None, *, now: float) -> RequeueResult:
+        """Dead events (these ids, or all) back to pending; nothing changes if one is not dead."""
+
+        async def body(db: aiosqlite.Connection) -> RequeueResult:
+            if ids is None:
+                cursor = await db.execute(_Q.requeue_all.sql, _Q.requeue_all.bind(b_now=now))
+                return RequeueResult(requeued=cursor.rowcount, refused=[])
+            wanted = json.dumps(sorted(set(ids)))
+            found = await db.execute_fetchall(_Q.statuses.sql, _Q.statuses.bind(b_ids=wanted))
+            refused = _refusals(ids, {int(i): str(s) for i, s in found})
+            if refused:
+                return RequeueResult(requeued=0, refused=refused)
+            params = _Q.requeue_ids.bind(b_ids=wanted, b_now=now)
+            cursor = await db.execute(_Q.requeue_ids.sql, params)
+            return RequeueResult(requeued=cursor.rowcount, refused=[])
+
+        return await self._conn.write(body)
 
     async def purge_done(self, *, cutoff: float, limit: int) -> int:
         """Delete up to `limit` done events finished before `cutoff` (one small transaction)."""
@@ -482,22 +368,77 @@ class SQLiteStore:
             cursor = await db.execute(_Q.purge.sql, params)
             return int(cursor.rowcount)
 
-        return await self.write(body)
+        return await self._conn.write(body)
 
-    async def checkpoint(self) -> None:
-        """Copy the WAL into the database file so it stays small (F7); skipped when busy."""
-        async with self._lock:
-            if not self._closed:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    async def settings(self) -> dict[str, str]:
+        """The settings the last opener recorded."""
+
+        async def body(db: aiosqlite.Connection) -> dict[str, str]:
+            rows = await db.execute_fetchall(_Q.settings.sql, _Q.settings.bind())
+            return {str(name): str(value) for name, value in rows}
+
+        return await self._conn.read(body)
 
     async def save_settings(self, values: Mapping[str, str]) -> None:
         """Record the opener's settings for the debugging views."""
         params = [_Q.setting.bind(b_name=k, b_value=v) for k, v in values.items()]
-        await self.write(lambda db: db.executemany(_Q.setting.sql, params))
+        await self._conn.write(lambda db: db.executemany(_Q.setting.sql, params))
 
 
-# --- transaction bodies ---------------------------------------------------------------------
+def require_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise StorageError(f"{path} is a folder: give the database file with --db PATH")
+    if not os.path.isfile(path):
+        raise StorageError(
+            f"no database at {path}: run `eventqueue migrate --db {shlex.quote(path)}` "
+            "to create one"
+        )
+
+
+def _brief(event_id: int, payload: str, priority: Any, attempts: int) -> EventBrief:
+    return {
+        "id": event_id,
+        "event_name": event_name(payload),
+        "priority": priority_name(priority),
+        "attempts": attempts,
+    }
+
+
+def _peek_batches(keys: list[Any], found: list[Event], now: float) -> list[PeekBatch]:
+    by_key: dict[str, list[Event]] = {}
+    for event in found:
+        by_key.setdefault(event.batch_key, []).append(event)
+    batches = []
+    for key, effective, oldest, top in keys:
+        events = sorted(by_key.get(key, []), key=lambda e: (-e.priority, e.received_at, e.id))
+        briefs: list[EventBrief] = [
+            {
+                "id": e.id,
+                "event_name": e.name,
+                "priority": e.priority.name,
+                "attempts": e.attempts,
+                "received_at": iso(e.received_at),
+            }
+            for e in events
+        ]
+        batches.append(
+            PeekBatch(
+                key=key,
+                priority=priority_name(effective),
+                top_priority=priority_name(top),
+                oldest_age_s=round(max(0.0, now - oldest), 3),
+                events=briefs,
+            )
+        )
+    return batches
+
+
+def _refusals(ids: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
+    return [
+        Refusal(id=i, status=statuses.get(i, "missing"))
+        for i in sorted(set(ids))
+        if statuses.get(i) != "dead"
+    ]
 
 
 async def _insert(
@@ -582,29 +523,20 @@ async def _claim(
     params = _Q.claim.bind(
         **ready_params(now, rules),
         b_batches=batches,
-        b_limit=rules.max_batch if rules.batching else 1,
+        b_limit=rules.batch_limit,
         b_owner=consumer,
         b_token=token,
         b_expires=now + rules.lease_s,
         b_batch_id=batch_id,
     )
-    by_key: dict[str, list[Event]] = {}
-    for row in await db.execute_fetchall(_Q.claim.sql, params):
-        event = _event(row)
-        by_key.setdefault(event.batch_key, []).append(event)
-    claimed = [
-        Batch(
-            id=f"{batch_id}:{key}",
-            key=key,
-            token=f"{token}:{key}",
-            consumer=consumer,
-            priority=max(e.priority for e in found),
-            events=tuple(sorted(found, key=lambda e: (-e.priority, e.received_at, e.id))),
-            lease_expires_at=now + rules.lease_s,
-        )
-        for key, found in by_key.items()
-    ]
-    return sorted(claimed, key=lambda b: (-b.priority, b.events[0].received_at))
+    rows = await db.execute_fetchall(_Q.claim.sql, params)
+    return assemble_batches(
+        map(_event, rows),
+        batch_id=batch_id,
+        token=token,
+        consumer=consumer,
+        expires_at=now + rules.lease_s,
+    )
 
 
 async def _ack_pairs(
@@ -645,49 +577,3 @@ def _check_fence(changed: int, wanted: int) -> None:
             f"lease lost: {wanted - changed} of {wanted} events are no longer held under this "
             "claim (its lease expired and another consumer claimed them, or they were finished)"
         )
-
-
-async def _scalar(db: aiosqlite.Connection, statement: str, params: tuple[Any, ...]) -> Any:
-    rows = list(await db.execute_fetchall(statement, params))
-    return rows[0][0] if rows else None
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # The caller may have been cancelled and will never read this task's error: mark it
-    # retrieved so asyncio does not warn. A caller still waiting gets it as usual.
-    if not task.cancelled():
-        task.exception()
-
-
-def _file_identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) in (
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-    ) or ("locked" in str(exc).lower())
-
-
-def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
-    message = str(exc)
-    lowered = message.lower()
-    if "locked" in lowered or "busy" in lowered:
-        hint = "another process holds a write lock; retry, or raise EVENT_BUSY_TIMEOUT_MS"
-    elif "full" in lowered:
-        hint = "the disk is full; free space and retry (nothing of this transaction was written)"
-    elif "readonly" in lowered or "read-only" in lowered:
-        hint = "the database is read-only; check the file's permissions"
-    elif "disk i/o error" in lowered:
-        hint = (
-            "the file could not be read or written: it may have been made read-only or "
-            "removed, or the disk is failing; check it, then retry"
-        )
-    else:
-        hint = "see the cause below"
-    return StorageError(f"database {path}: {message} ({hint})")
