@@ -143,8 +143,8 @@ async def _refill(sides: _Sides, claimed: Claimed, start: int) -> None:
     await workload.fill(sides.queue, claimed["separate"][0], start=start)
     if sides.fused is not None:
         await workload.fill(sides.fused, claimed["fused"][0], start=start)
-    batch = workload.events(claimed["baseline"][0], start=start, duplicates=False)
-    sqlite_baseline.fill(sides.db, batch)
+    more = workload.events(claimed["baseline"][0], start=start, duplicates=False)
+    sqlite_baseline.fill(sides.db, more)
 
 
 async def _claim_ack(q: EventQueue, max_events: int, max_seconds: float) -> tuple[int, float]:

@@ -87,11 +87,11 @@ class _Timing:
 async def put_scenario(sz: Sizes, base: Config, tmp: Path) -> list[Row]:
     """put, put_many and the baseline in turn on their own files, in rounds, each round after
     a sync of the page cache, so the disk's moods fall on all three alike."""
-    batch = list(workload.events(sz.put_events))
-    rounds = max(2, len(batch) // 10_000)
+    puts = list(workload.events(sz.put_events))
+    rounds = max(2, len(puts) // 10_000)
     # Every event goes into the table, as in the baseline: room for all of them below
     # EVENT_QUEUE_SIZE (beyond it they would spill; spill_put measures that).
-    queue_size = max(base.queue_size, len(batch) + 1_000)
+    queue_size = max(base.queue_size, len(puts) + 1_000)
     configs = {n: bench_config(base, tmp / f"{n}.db", queue_size=queue_size) for n in VARIANTS}
     db = sqlite_baseline.connect(
         str(tmp / "put-baseline.db"),
@@ -99,27 +99,27 @@ async def put_scenario(sz: Sizes, base: Config, tmp: Path) -> list[Row]:
         busy_timeout_ms=base.busy_timeout_ms,
     )
     try:
-        timing = await _measure(configs, db, batch, rounds)
+        timing = await _measure(configs, db, puts, rounds)
     finally:
         db.close()
-    base_rate = rate(len(batch), timing.seconds["baseline"])
-    return [_put_row(n, configs[n], timing, base_rate, len(batch), rounds) for n in VARIANTS]
+    base_rate = rate(len(puts), timing.seconds["baseline"])
+    return [_put_row(n, configs[n], timing, base_rate, len(puts), rounds) for n in VARIANTS]
 
 
 async def _measure(
-    configs: dict[str, Config], db: sqlite3.Connection, batch: Events, rounds: int
+    configs: dict[str, Config], db: sqlite3.Connection, puts: Events, rounds: int
 ) -> _Timing:
     """`rounds` rounds of the baseline then each variant, on its own open queue."""
     timing = _Timing()
-    size = math.ceil(len(batch) / rounds)
+    size = math.ceil(len(puts) / rounds)
     async with contextlib.AsyncExitStack() as stack:
         queues = {
             name: await stack.enter_async_context(EventQueue.open(config=config))
             for name, config in configs.items()
         }
         timing.pragmas = await checked_settings(queues["put"], db)
-        for offset in range(0, len(batch), size):
-            await _round(queues, db, batch[offset : offset + size], timing)
+        for offset in range(0, len(puts), size):
+            await _round(queues, db, puts[offset : offset + size], timing)
     return timing
 
 
