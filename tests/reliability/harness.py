@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import eventqueue
-from eventqueue.runtime.overflow.log import SpillPosition, inspect
 from eventqueue.runtime.overflow.folders import read_identity
+from eventqueue.runtime.overflow.log import SpillPosition, inspect
 
 from .workload import digest, payload, priority_of, put_order
 
