@@ -1,32 +1,37 @@
-"""The demo's checks: the report's counts against the database, read with plain sqlite3; and the
-example queries printed at the end."""
+"""The demo's checks: the report's counts against the database, read with the backend's own
+read-only SQL console (what `eventqueue sql` runs); and the example queries printed at the end."""
 
 from __future__ import annotations
 
-import contextlib
 import shlex
-import sqlite3
 from collections import Counter
 from typing import Any
 
+from eventqueue.core.config import Config
+from eventqueue.store import backend_of
 from eventqueue.tools.demo.stream import BROKEN, Stream
+from eventqueue.tools.inspector import Inspector
+
+# Each event's place in the stream, status and duplicate count, in each backend's SQL.
+_STORED = {
+    "sqlite": "SELECT json_extract(payload, '$.attributes.seq'), status, duplicates FROM events",
+    "postgresql": "SELECT (payload::jsonb #>> '{attributes,seq}')::bigint, status, duplicates "
+    "FROM events",
+}
+_COUNTER = "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'duplicates_suppressed'"
+_ALL_ROWS = 10_000_000
 
 
 def _rows(path: str, query: str) -> list[Any]:
-    """Plain sqlite3, read-only: the same view anyone has with the `sqlite3` shell."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
-        return connection.execute(query).fetchall()
+    """One read-only query through the backend's SQL console (a short read transaction)."""
+    result = Inspector(Config.load(db_path=path)).sql(query, max_rows=_ALL_ROWS)
+    return [tuple(row) for row in result["rows"]]
 
 
 def verify(path: str, stream: Stream, report: dict[str, Any]) -> list[dict[str, Any]]:
     """Every sent event stored once and finished; the report's counts equal the database's."""
-    stored = _rows(
-        path,
-        "SELECT json_extract(payload, '$.attributes.seq'), status, duplicates FROM events",
-    )
-    (counter,) = _rows(
-        path, "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'duplicates_suppressed'"
-    )[0]
+    stored = _rows(path, _STORED[backend_of(path)])
+    (counter,) = _rows(path, _COUNTER)[0]
     seqs = [seq for seq, _, _ in stored]
     status = Counter(s for _, s, _ in stored)
     dead = {seq for seq, s, _ in stored if s == "dead"}
