@@ -3,9 +3,12 @@ batching off, several batches per claim, what a claimed batch carries."""
 
 from __future__ import annotations
 
+import pytest
+
 from eventqueue.core.models import Priority
 from eventqueue.store.base import Store
 from tests.contract.conftest import (
+    MULTI_BATCH_ORDER_BUG,
     NOW_RULES,
     START,
     claim,
@@ -240,3 +243,38 @@ async def test_a_claim_takes_no_more_batches_than_asked(store: Store) -> None:
     assert len(await claim(store, batches=2, token="t1")) == 2
     assert len(await claim(store, batches=2, token="t2")) == 1
     assert await claim(store, batches=2, token="t3") == []
+
+
+async def test_single_claims_serve_a_key_with_an_older_lower_event_first(store: Store) -> None:
+    (old_normal,) = await put(store, [make_event("a", n=1)])
+    (new_high,) = await put(store, [make_event("a", at=START + 5, n=2, priority=Priority.HIGH)])
+    (high,) = await put(store, [make_event("b", at=START + 2, priority=Priority.HIGH)])
+
+    assert await drain(store, now=START + 5) == [[new_high, old_normal], [high]]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MULTI_BATCH_ORDER_BUG)
+async def test_one_claim_of_several_batches_lists_them_in_claim_order_with_aging(
+    store: Store,
+) -> None:
+    rules = claim_rules(window_s=0.0, aging_s=60.0)
+    await put(store, [make_event("heartbeat")])  # LOW, aged to NORMAL and older
+    later = START + 61
+    await put(store, [make_event("order_created", at=later)], now=later)
+
+    batches = await claim(store, now=later, rules=rules, batches=2)
+
+    assert [b.key for b in batches] == ["heartbeat-handler", "order_created-handler"]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MULTI_BATCH_ORDER_BUG)
+async def test_one_claim_of_several_batches_lists_them_in_claim_order_by_oldest_event(
+    store: Store,
+) -> None:
+    await put(store, [make_event("a", n=1)])
+    await put(store, [make_event("a", at=START + 5, n=2, priority=Priority.HIGH)])
+    await put(store, [make_event("b", at=START + 2, priority=Priority.HIGH)])
+
+    batches = await claim(store, now=START + 5, batches=2)
+
+    assert [b.key for b in batches] == ["a-handler", "b-handler"]  # as single claims serve them
