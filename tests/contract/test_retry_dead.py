@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
+from eventqueue.core.config import Config
 from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Batch
+from eventqueue.core.rules import retry_plan, rules_from_config
 from eventqueue.store.base import Store
 from tests.contract.conftest import (
     START,
@@ -190,3 +193,23 @@ async def test_requeue_of_all_returns_every_dead_event(store: Store) -> None:
 
     assert result == {"requeued": 2, "refused": []}
     assert [await status_of(store, i) for i in ids] == ["pending"] * 3
+
+
+async def test_retry_plan_backs_off_then_dead_letters_on_the_last_attempt(store: Store) -> None:
+    config = Config(max_attempts=3, backoff_base_s=10.0, backoff_max_s=1000.0)
+    rules = dataclasses.replace(rules_from_config(config), window_s=0.0)
+    (event_id,) = await put(store, [make_event()])
+    now, delays = START, []
+    for attempt in (1, 2, 3):
+        batch = await claim_one(store, now=now, rules=rules, token=f"t{attempt}")
+        plan = retry_plan(config, batch, batch.ids, now=now, retry_in=None)
+        await store.nack(batch.token, plan.retry_at, plan.dead, error=f"e{attempt}", now=now)
+        if plan.retry_at:
+            delays.append(plan.retry_at[event_id] - now)
+            now = plan.retry_at[event_id]
+
+    assert 7.5 <= delays[0] <= 12.5 and 15 <= delays[1] <= 25  # doubling, with jitter
+    assert [d["id"] for d in await store.dead(limit=10)] == [event_id]
+    info = await store.show(event_id)
+    assert info is not None
+    assert (info["status"], info["attempts"], info["last_error"]) == ("dead", 3, "e3")
