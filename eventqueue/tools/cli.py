@@ -1,30 +1,37 @@
 """The `eventqueue` command: look inside a queue database and repair it.
 
-Tables for people by default, `--json` for scripts. Every command takes `--db PATH` (default: the
-EVENT_DB_PATH variable, else events.db). Database access lives in store/inspect.py; this module
-is the only one that calls asyncio.run (for the commands that run the queue).
+Tables for people by default, `--json` for scripts (rendered in render.py). Every command takes
+`--db PATH` (default: the EVENT_DB_PATH variable, else events.db). Database access goes through
+the Inspector (inspector.py); the commands that run the queue call asyncio.run here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-import shlex
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import EventQueueError
-from eventqueue.core.records import Refusal, SchemaStatus
 from eventqueue.tools.inspector import Inspector
+from eventqueue.tools.render import (
+    emit,
+    refusal_message,
+    render_dead,
+    render_event,
+    render_migrated,
+    render_peek,
+    render_rows,
+    render_schema,
+    render_stats,
+    render_vacuum,
+    watch_json,
+    watch_live,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,18 +82,6 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
 
 
-def emit(data: Any, as_json: bool, render: Callable[[Any], RenderableType]) -> None:
-    """JSON for scripts, or a rich rendering for people."""
-    if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-        return
-    rendered = render(data)
-    if isinstance(rendered, str):
-        click.echo(rendered)  # a sentence: never wrapped or read as markup
-    else:
-        Console(highlight=False).print(rendered)
-
-
 def _inspector(db_path: str) -> Inspector:
     return Inspector(Config.load(db_path=db_path))
 
@@ -106,7 +101,7 @@ def migrate(db_path: str, check: bool, as_json: bool) -> None:
     if not check:
         before = inspector.migrate()
         result = {"db": db_path, "previous": before["current"], "current": before["head"]}
-        emit(result, as_json, lambda r: _migrated(r["db"], r["previous"], r["current"]))
+        emit(result, as_json, lambda r: render_migrated(r["db"], r["previous"], r["current"]))
         return
     status = inspector.schema_status()
     if status["state"] == "unknown":
@@ -114,25 +109,9 @@ def migrate(db_path: str, check: bool, as_json: bool) -> None:
             f"{db_path} has schema revision {status['current']}, unknown to this eventqueue "
             f"(head {status['head']}): it was migrated by a newer version; upgrade eventqueue"
         )
-    emit(status, as_json, _render_schema)
+    emit(status, as_json, render_schema)
     if status["state"] != "current":
         raise click.exceptions.Exit(1)
-
-
-def _migrated(db: str, previous: str | None, current: str) -> str:
-    if previous == current:
-        return f"{db}: schema already at head ({current})"
-    return f"{db}: schema upgraded from {previous or 'nothing'} to {current}"
-
-
-def _render_schema(status: SchemaStatus) -> str:
-    fix = f"run `eventqueue migrate --db {shlex.quote(status['db'])}`"
-    verdict = {
-        "current": "up to date",
-        "behind": f"behind: {fix}",
-        "missing": f"no database yet: {fix} to create it",
-    }.get(status["state"], status["state"])
-    return f"{status['db']}: schema {status['current'] or 'none'}, head {status['head']}: {verdict}"
 
 
 # --- reads --------------------------------------------------------------------------------------
@@ -148,11 +127,11 @@ def stats(db_path: str, watch: float | None, as_json: bool) -> None:
     """Counts by status × priority, oldest pending age, ready batches, duplicates, spill."""
     inspector = _inspector(db_path)
     if watch is None:
-        emit(_stats(inspector), as_json, _render_stats)
+        emit(_stats(inspector), as_json, render_stats)
     elif as_json:
-        _watch_json(lambda: _stats(inspector), watch)
+        watch_json(lambda: _stats(inspector), watch, _sleep)
     else:
-        _watch_live(lambda: _stats(inspector), watch)
+        watch_live(lambda: _stats(inspector), watch, _sleep)
 
 
 def _stats(inspector: Inspector) -> dict[str, Any]:
@@ -172,48 +151,6 @@ def _spill_summary(inspector: Inspector) -> dict[str, Any]:
     return inspect_spills(inspector.config, inspector.spill_positions)
 
 
-def _watch_json(read: Callable[[], dict[str, Any]], seconds: float) -> None:
-    """One JSON line per refresh until Ctrl-C."""
-    try:
-        while True:
-            click.echo(json.dumps(read()))
-            _sleep(seconds)
-    except KeyboardInterrupt:
-        pass
-
-
-def _watch_live(read: Callable[[], dict[str, Any]], seconds: float) -> None:
-    """A live table, re-read (a fresh short transaction) every `seconds` until Ctrl-C."""
-    with Live(console=Console(highlight=False), auto_refresh=False) as live:
-        try:
-            while True:
-                live.update(_render_stats(read()), refresh=True)
-                _sleep(seconds)
-        except KeyboardInterrupt:
-            pass
-
-
-def _render_stats(data: dict[str, Any]) -> RenderableType:
-    counts: dict[str, dict[str, int]] = data["counts"]
-    priorities = list(next(iter(counts.values()), {}))
-    table = Table("status", *priorities, "total", title="events")
-    for status, by_priority in counts.items():
-        values = [by_priority.get(p, 0) for p in priorities]
-        table.add_row(status, *map(str, values), str(sum(values)))
-    oldest = data["oldest_pending_age_s"]
-    summary = _pairs(
-        {
-            "oldest pending": "none" if oldest is None else f"{oldest:.3f} s",
-            "ready batches": data["ready_batches"],
-            "duplicates suppressed": data["duplicates_suppressed"],
-        }
-    )
-    parts: list[RenderableType] = [table, summary]
-    if data["spill"]:
-        parts += [Text("spill", style="bold"), _pairs(data["spill"])]
-    return Group(*parts)
-
-
 @main.command()
 @db_option
 @click.option("--limit", type=click.IntRange(1, 10_000), default=10, show_default=True)
@@ -221,25 +158,7 @@ def _render_stats(data: dict[str, Any]) -> RenderableType:
 def peek(db_path: str, limit: int, as_json: bool) -> None:
     """The next batches in claim order (one per ready key), without claiming them."""
     batches = _inspector(db_path).peek(now=time.time(), limit=limit)
-    emit({"batches": batches}, as_json, _render_peek)
-
-
-def _render_peek(data: dict[str, Any]) -> RenderableType:
-    if not data["batches"]:
-        return "nothing is ready to claim"
-    table = Table("#", "batch key", "priority", "events", "ids", "oldest age (s)")
-    for n, batch in enumerate(data["batches"], 1):
-        ids = [str(e["id"]) for e in batch["events"]]
-        shown = ", ".join(ids[:8]) + (" …" if len(ids) > 8 else "")
-        table.add_row(
-            str(n),
-            Text(batch["key"]),
-            batch["priority"],
-            str(len(ids)),
-            shown,
-            f"{batch['oldest_age_s']:.3f}",
-        )
-    return table
+    emit({"batches": batches}, as_json, render_peek)
 
 
 @main.command()
@@ -252,13 +171,7 @@ def show(db_path: str, event_id: str, as_json: bool) -> None:
     info = _inspector(db_path).show(number)
     if info is None:
         raise Failure(f"no event with id {number} in {db_path}; `eventqueue peek` lists some")
-    emit(info, as_json, _render_event)
-
-
-def _render_event(info: dict[str, Any]) -> RenderableType:
-    fields = {k: v for k, v in info.items() if k != "payload"}
-    payload = json.dumps(info["payload"], indent=2, ensure_ascii=False)
-    return Group(_pairs(fields), Text("payload", style="bold"), Text(payload))
+    emit(info, as_json, render_event)
 
 
 @main.command()
@@ -268,23 +181,7 @@ def _render_event(info: dict[str, Any]) -> RenderableType:
 def dead(db_path: str, limit: int, as_json: bool) -> None:
     """Dead letters, most recent first, with their last error."""
     letters = _inspector(db_path).dead(limit=limit)
-    emit({"dead": letters}, as_json, _render_dead)
-
-
-def _render_dead(data: dict[str, Any]) -> RenderableType:
-    if not data["dead"]:
-        return "no dead letters"
-    table = Table("id", "event", "priority", "attempts", "died at", "last error")
-    for d in data["dead"]:
-        table.add_row(
-            str(d["id"]),
-            Text(d["event_name"]),
-            d["priority"],
-            str(d["attempts"]),
-            d["died_at"] or "",
-            Text(d["last_error"] or ""),
-        )
-    return table
+    emit({"dead": letters}, as_json, render_dead)
 
 
 # --- repair -------------------------------------------------------------------------------------
@@ -302,18 +199,8 @@ def requeue(db_path: str, ids: tuple[str, ...], all_dead: bool, as_json: bool) -
     wanted = None if all_dead else [_parse_id(i) for i in ids]
     result = _inspector(db_path).requeue(wanted, now=time.time())
     if result["refused"]:
-        raise Failure(_refusal_message(result["refused"]))
+        raise Failure(refusal_message(result["refused"]))
     emit(result, as_json, lambda r: f"requeued {r['requeued']} dead event(s) to pending")
-
-
-def _refusal_message(refused: list[Refusal]) -> str:
-    reasons = [
-        f"event {r['id']} does not exist"
-        if r["status"] == "missing"
-        else f"event {r['id']} is {r['status']}"
-        for r in refused
-    ]
-    return f"nothing requeued: only dead events can be requeued, and {'; '.join(reasons)}"
 
 
 @main.command()
@@ -344,17 +231,7 @@ def purge(db_path: str, older_than: str | None, as_json: bool) -> None:
 @json_option
 def vacuum(db_path: str, as_json: bool) -> None:
     """Hand free pages back to the filesystem, then checkpoint and truncate the WAL."""
-    emit(_inspector(db_path).vacuum(), as_json, _render_vacuum)
-
-
-def _render_vacuum(result: dict[str, Any]) -> str:
-    text = (
-        f"freed {result['freed_pages']} page(s); WAL checkpoint: "
-        f"{result['checkpointed_frames']} of {result['wal_frames']} frame(s)"
-    )
-    if result["checkpoint_busy"]:
-        text += " (incomplete: a reader or writer holds the WAL; retry when it is done)"
-    return text
+    emit(_inspector(db_path).vacuum(), as_json, render_vacuum)
 
 
 @main.command()
@@ -383,18 +260,10 @@ def backup(db_path: str, path: str, force: bool, as_json: bool) -> None:
 def sql_command(db_path: str, query: str, max_rows: int, as_json: bool) -> None:
     """Run one read-only statement: SELECT, WITH, or a reading PRAGMA such as table_info."""
     result = _inspector(db_path).sql(query, max_rows=max_rows)
-    emit(result, as_json, _render_rows)
+    emit(result, as_json, render_rows)
 
 
-def _render_rows(result: dict[str, Any]) -> RenderableType:
-    caption = f"first {len(result['rows'])} rows" if result["truncated"] else None
-    table = Table(*result["columns"], caption=caption)
-    for row in result["rows"]:
-        table.add_row(*(Text("NULL", style="dim") if v is None else Text(str(v)) for v in row))
-    return table
-
-
-# --- parsing and rendering helpers --------------------------------------------------------------
+# --- parsing helpers ----------------------------------------------------------------------------
 
 
 def parse_duration(text: str) -> float:
@@ -415,29 +284,10 @@ def _parse_id(text: str) -> int:
     raise Failure(f"bad id {text!r}: an event id is a positive integer (see `eventqueue peek`)")
 
 
-def _pairs(values: dict[str, Any]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    for name, value in values.items():
-        grid.add_row(name, Text("" if value is None else str(value)))
-    return grid
-
-
-# --- commands owned by other modules ------------------------------------------------------------
-# `demo` (eventqueue/demo.py), `listen` (eventqueue/dispatch.py) and `bench` (eventqueue/bench.py)
-# are added here by their owners, each as one small function that imports its module lazily, so
-# the inspection commands never pay for (or break on) them. The pattern:
-#
-#     @main.command()
-#     @db_option
-#     def demo(db_path: str) -> None:
-#         """Run the end-to-end demo."""
-#         import asyncio
-#
-#         from eventqueue.tools.demo import run_demo
-#
-#         raise SystemExit(asyncio.run(run_demo(db_path)))
+# --- commands that run the queue ----------------------------------------------------------------
+# `bench` (tools/bench/), `demo` (tools/demo/) and `listen` (tools/listen.py, over
+# runtime/dispatch/) each import their package inside the command function, so the inspection
+# commands never pay for (or break on) them. A new command that runs the queue follows suit.
 
 
 @main.command()

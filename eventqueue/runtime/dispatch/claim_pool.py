@@ -18,6 +18,7 @@ from eventqueue.core.errors import EventQueueError, LeaseLostError, QueueClosedE
 from eventqueue.core.models import Batch
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.queue import EventQueue
+from eventqueue.runtime.wakeup import wait_any
 
 log = logging.getLogger("eventqueue.claims")
 
@@ -133,16 +134,7 @@ class ClaimPool:
     async def _idle(self, changed: asyncio.Event) -> None:
         """Nothing ready: wait for a change, a request, the stop, or the next window."""
         delay = await self._queue.idle_delay()
-        waiters = [
-            asyncio.ensure_future(changed.wait()),
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(self._stopping.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await wait_any(changed, self._wake, self._stopping, timeout=delay)
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):

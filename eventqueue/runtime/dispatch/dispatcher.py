@@ -1,8 +1,8 @@
 """The listener runtime: source -> queue -> handlers, with bounded concurrency and clean shutdown.
 
-Reading never waits for handlers: the intake (intake.py) stores the source in order; a claim
-pool (claims.py) leases ready batches for all idle consumers in one transaction;
-`concurrency` consumers handle and settle them.
+Reading never waits for handlers: the intake (source_reader.py) stores the source in order; a
+claim pool (claim_pool.py) leases ready batches for all idle consumers in one transaction;
+`concurrency` consumers handle and settle them (handlers.py).
 """
 
 from __future__ import annotations
@@ -12,36 +12,38 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eventqueue.core.errors import (
-    ConfigError,
-    EventQueueError,
-    LeaseLostError,
-    PartialFailure,
-    QueueClosedError,
-)
-from eventqueue.core.models import Batch, Event
+from eventqueue.core.errors import ConfigError, QueueClosedError
+from eventqueue.core.models import Batch
 from eventqueue.runtime.dispatch.claim_pool import ClaimPool
+from eventqueue.runtime.dispatch.handlers import (
+    CATCH_ALL,
+    BatchHandler,
+    EventHandler,
+    Handler,
+    HandlerRunner,
+    Route,
+    Settler,
+)
 from eventqueue.runtime.dispatch.source_reader import Intake, name_of
 from eventqueue.runtime.queue import EventQueue
 
+__all__ = [
+    "CATCH_ALL",
+    "ON_INVALID_CHOICES",
+    "BatchHandler",
+    "Dispatcher",
+    "EventHandler",
+    "Handler",
+    "is_async_callable",
+]
+
 log = logging.getLogger("eventqueue.dispatch")
 
-Handler = Callable[..., Awaitable[Any]]
-BatchHandler = Callable[[list[Event]], Awaitable[Any]]
-EventHandler = Callable[[Event], Awaitable[Any]]
-CATCH_ALL = "*"
 ON_INVALID_CHOICES = ("skip", "stop")
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    handler: Handler
-    per_event: bool
-    timeout_s: float | None
 
 
 _Task = asyncio.Task[None]
@@ -82,8 +84,10 @@ class Dispatcher:
         self.on_invalid = on_invalid
         self.name = name
         self.metrics = queue.metrics
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, Route] = {}
+        self._settler = Settler(queue, self.metrics)
         self._pool: ClaimPool  # made by each run
+        self._runner: HandlerRunner  # made by each run
         self._stopping = asyncio.Event()
         # Set by force_stop(), or when the grace period after stop() runs out.
         self._forced = asyncio.Event()
@@ -115,7 +119,7 @@ class Dispatcher:
         """Register async `fn` for events named `event_name` ("*" catches every other name)."""
         if not is_async_callable(fn):
             raise TypeError(f"the handler for {event_name!r} must be an `async def` function")
-        self._routes[event_name] = _Route(fn, per_event, timeout_s)
+        self._routes[event_name] = Route(fn, per_event, timeout_s)
 
     def add_handlers(self, handlers: Mapping[str, Handler]) -> None:
         """Register a mapping of event name -> batch handler."""
@@ -172,7 +176,15 @@ class Dispatcher:
             self.name,
             stopping=self._stopping,
             metrics=self.metrics,
-            ack_alone=self._ack,
+            ack_alone=self._settler.ack,
+        )
+        self._runner = HandlerRunner(
+            self.queue,
+            self.metrics,
+            self._routes,
+            handler_timeout_s=self.handler_timeout_s,
+            forced=self._forced,
+            settler=self._settler,
         )
         tasks = _Tasks(
             [
@@ -262,156 +274,10 @@ class Dispatcher:
         while (batch := await self._pool.next(finished)) is not None:
             finished = None
             if self._stopping.is_set():
-                await self._release(batch)  # claimed as the stop began: hand it straight back
+                # Claimed as the stop began: hand it straight back.
+                await self._settler.release(batch)
                 return
-            finished = await self._handle(batch)
-
-    async def _handle(self, batch: Batch) -> Batch | None:
-        """Run the handlers and settle the batch; returns it when it is to be acked whole."""
-        self._record_start(batch)
-        renewer = asyncio.create_task(self._renew(batch))
-        try:
-            failed = await self._outcome(batch)
-        except asyncio.CancelledError:
-            await _cancel(renewer)
-            await self._release(batch)
-            raise
-        await _cancel(renewer)
-        return await self._settle(batch, failed)
-
-    def _record_start(self, batch: Batch) -> None:
-        now = self.queue.now()
-        self.metrics.batch(batch.key, len(batch))
-        for event in batch.events:
-            if event.attempts == 1:  # later attempts would count back-off or downtime
-                self.metrics.latency(event.priority, max(0.0, now - event.received_at))
-
-    async def _outcome(self, batch: Batch) -> dict[int, str] | None:
-        """Failed event id -> error; None when the handlers were cancelled (out of grace)."""
-        work = asyncio.create_task(self._run_handlers(batch))
-        forced = asyncio.create_task(self._forced.wait())
-        try:
-            await asyncio.wait({work, forced}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            forced.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.wait({work})
-        return None if work.cancelled() else work.result()
-
-    async def _run_handlers(self, batch: Batch) -> dict[int, str]:
-        failed: dict[int, str] = {}
-        for route, events in self._routes_for(batch.events, failed):
-            failed.update(await self._call(route, events))
-        return failed
-
-    def _routes_for(
-        self, events: tuple[Event, ...], failed: dict[int, str]
-    ) -> list[tuple[_Route, list[Event]]]:
-        groups: dict[int, tuple[_Route, list[Event]]] = {}
-        for event in events:
-            route = self._routes.get(event.name) or self._routes.get(CATCH_ALL)
-            if route is None:
-                failed[event.id] = f"no handler registered for event_name {event.name!r}"
-                continue
-            groups.setdefault(id(route), (route, []))[1].append(event)
-        return list(groups.values())
-
-    async def _call(self, route: _Route, events: list[Event]) -> dict[int, str]:
-        timeout = route.timeout_s if route.timeout_s is not None else self.handler_timeout_s
-        if not route.per_event:
-            return await self._invoke(route.handler, events, events, timeout)
-        failed: dict[int, str] = {}
-        for event in events:
-            failed.update(await self._invoke(route.handler, event, [event], timeout))
-        return failed
-
-    async def _invoke(
-        self, fn: Handler, argument: Any, events: list[Event], timeout: float | None
-    ) -> dict[int, str]:
-        """Call one handler: {} on return, failed id -> error on an exception or timeout."""
-        scope = asyncio.timeout(timeout)
-        try:
-            async with scope:
-                await fn(argument)
-        except PartialFailure as exc:
-            return _partial(exc, events)
-        except Exception as exc:  # a handler's failure is its events' outcome: retry or dead
-            if isinstance(exc, TimeoutError) and scope.expired():
-                error = f"handler timed out after {timeout} s"
-            else:
-                error = f"{type(exc).__name__}: {exc}"
-            log.warning("handler failed for %d event(s): %s", len(events), error)
-            return {e.id: error for e in events}
-        return {}
-
-    async def _renew(self, batch: Batch) -> None:
-        # Long handlers keep their lease: renewed at a third of it, well before it expires.
-        interval = self.queue.config.lease_s / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.queue.extend(batch)
-            except LeaseLostError:
-                log.warning("batch %s: lease lost while its handler ran", batch.id)
-                return
-            except EventQueueError as exc:
-                log.warning("batch %s: lease renewal failed (retrying): %s", batch.id, exc)
-
-    # --- settling ---------------------------------------------------------------------------
-
-    async def _settle(self, batch: Batch, failed: dict[int, str] | None) -> Batch | None:
-        """Release (failed is None), or ack the handled events and nack the failed ones.
-
-        A batch handled in full is returned instead: the next claim acks it in its transaction.
-        """
-        if failed is None:
-            await self._release(batch)
-            return None
-        if not failed:
-            return batch
-        done = [e.id for e in batch.events if e.id not in failed]
-        try:
-            if done:  # acked first: a crash before the nack redelivers only the failed ones
-                await self.queue.ack(batch, done)
-                self.metrics.count("handled", len(done))
-            await self._nack(batch, failed)
-        except EventQueueError as exc:
-            self._unsettled(batch, len(failed), exc)
-        return None
-
-    async def _nack(self, batch: Batch, failed: dict[int, str]) -> None:
-        errors = sorted(set(failed.values()))
-        error = errors[0] if len(errors) == 1 else "; ".join(errors)[:2000]
-        max_attempts = self.queue.config.max_attempts
-        dead = sum(1 for e in batch.events if e.id in failed and e.attempts >= max_attempts)
-        await self.queue.nack(batch, error, ids=list(failed))
-        self.metrics.count("dead", dead)
-        self.metrics.count("retried", len(failed) - dead)
-
-    async def _ack(self, batch: Batch) -> None:
-        await self._finish(batch, self.queue.ack, "handled")
-
-    async def _release(self, batch: Batch) -> None:
-        await self._finish(batch, self.queue.release, "released")
-
-    async def _finish(
-        self, batch: Batch, action: Callable[[Batch], Awaitable[None]], outcome: str
-    ) -> None:
-        try:
-            await action(batch)
-            self.metrics.count(outcome, len(batch))
-        except EventQueueError as exc:
-            self._unsettled(batch, len(batch), exc)
-
-    def _unsettled(self, batch: Batch, events: int, error: EventQueueError) -> None:
-        if isinstance(error, LeaseLostError):
-            # Our lease expired and another consumer holds these events now: it settles them.
-            self.metrics.count("lease_lost", events)
-            log.warning("batch %s: lease lost before it was settled", batch.id)
-            return
-        self.metrics.count("settle_failed", events)
-        log.error("batch %s not settled (%s); redelivered after its lease", batch.id, error)
+            finished = await self._runner.handle(batch)
 
     # --- signals ----------------------------------------------------------------------------
 
@@ -450,21 +316,8 @@ def is_async_callable(fn: object) -> bool:
     )
 
 
-def _partial(failure: PartialFailure, events: list[Event]) -> dict[int, str]:
-    known = {e.id for e in events}
-    unknown = [i for i in failure.failed if i not in known]
-    if unknown:
-        log.warning("PartialFailure names ids not in this call (ignored): %s", unknown[:10])
-    return {i: str(error) for i, error in failure.failed.items() if i in known}
-
-
 def _failure(task: asyncio.Task[Any]) -> BaseException | None:
     return None if task.cancelled() else task.exception()
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    await asyncio.wait({task})
 
 
 def _check_settings(
