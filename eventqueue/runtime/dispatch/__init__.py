@@ -1,1 +1,1 @@
-"""runtime/dispatch"""
+"""The dispatcher: a source read into the queue, batches claimed and handed to handlers."""
