@@ -46,8 +46,8 @@ class Metrics:
             return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
         return {
             "n": len(samples),
-            "p50_ms": round(_percentile(samples, 0.50) * 1000, 3),
-            "p99_ms": round(_percentile(samples, 0.99) * 1000, 3),
+            "p50_ms": round(percentile(samples, 0.50) * 1000, 3),
+            "p99_ms": round(percentile(samples, 0.99) * 1000, 3),
             "max_ms": round(samples[-1] * 1000, 3),
         }
 
@@ -67,6 +67,6 @@ class Metrics:
         }
 
 
-def _percentile(sorted_samples: list[float], q: float) -> float:
+def percentile(sorted_samples: list[float], q: float) -> float:
     index = min(len(sorted_samples) - 1, max(0, round(q * (len(sorted_samples) - 1))))
     return sorted_samples[index]

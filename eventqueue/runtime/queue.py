@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -15,27 +14,23 @@ from typing import Any
 from eventqueue.core.codec import encode_event
 from eventqueue.core.config import Config
 from eventqueue.core.errors import (
-    EventQueueError,
     InvalidEventError,
     QueueClosedError,
-    StoreBusyError,
 )
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
 from eventqueue.core.records import NewEvent
 from eventqueue.core.rules import backoff_s, retry_plan, rules_from_config, view_settings
+from eventqueue.runtime.admission import Admission
 from eventqueue.runtime.faults import crash_point
+from eventqueue.runtime.maintenance import Maintenance
 from eventqueue.runtime.metrics import Metrics
-from eventqueue.runtime.overflow.promoter import SPILLED, Outcome, Overflow
-from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
+from eventqueue.runtime.overflow import Overflow
+from eventqueue.runtime.wakeup import Changes, Room, idle_delay, wait_any
 from eventqueue.store import open_store
 from eventqueue.store.base import Store
 
 Clock = Callable[[], float]
-log = logging.getLogger("eventqueue.queue")
-# Never sleep longer than this without looking again, whatever the clock says: a wall-clock
-# jump must not leave a consumer asleep for hours.
-_MAX_IDLE_S = 1.0
 _CRITICAL = int(Priority.CRITICAL)
 _PRIORITIES = {int(p): p for p in Priority}
 
@@ -47,6 +42,9 @@ class EventQueue:
         self,
         store: Store,
         overflow: Overflow,
+        admission: Admission,
+        changes: Changes,
+        room: Room,
         config: Config,
         *,
         metrics: Metrics,
@@ -58,32 +56,17 @@ class EventQueue:
         self.store = store
         self.overflow = overflow
         self.metrics = metrics
+        self._admission = admission
+        self._changes = changes
+        self._room = room
         self._classify = classifier
         self._batch_key = batch_key_fn
         self._clock = clock
         self._rules = rules_from_config(config)
-        self._writer = GroupCommitWriter(
-            self._commit, max_events=config.commit_max_events, intake_size=config.intake_size
-        )
-        self._writer.on_commit.append(self.notify)
-        # A stream position commits only when every earlier put is durable: a put still being
-        # spilled must not be passed by a later one's position (a crash would skip it). The
-        # position then simply commits with a later group.
-        self._tickets = 0
-        self._spilling: set[int] = set()
-        self._writer.may_record = lambda e: not any(t < e.ticket for t in self._spilling)
-        # Puts that find the intake full go to the spill log, gathered into one fsync.
-        self._spiller = GroupCommitWriter(
-            overflow.spill_commit, max_events=config.commit_max_events, intake_size=2**62
-        )
-        overflow.on_promote.append(self.notify)
-        overflow.on_scheduled = self._set_scheduled
-        self._scheduled = 0  # pending + claimed after this process's last put commit
         self._expiry_every_s = min(1.0, config.lease_s / 4)
         self._last_expiry_check = float("-inf")
-        self._changed = asyncio.Event()
         self._closed = False
-        self._maintenance: asyncio.Task[None] | None = None
+        self._maintenance: Maintenance | None = None
 
     @classmethod
     def open(
@@ -119,26 +102,31 @@ class EventQueue:
     ) -> EventQueue:
         store = await open_store(config, migrate=migrate)
         metrics = Metrics()
+        changes = Changes()
         try:
             await store.save_settings(view_settings(config))
-            overflow = await Overflow.open(store, config, metrics, clock)
+            room = Room(config.queue_size, await store.scheduled_count())
+            overflow = await Overflow.open(store, room, changes, config, metrics, clock)
         except BaseException:
             await store.close()
             raise
+        admission = Admission(store, overflow, room, changes, config, clock)
         queue = cls(
             store,
             overflow,
+            admission,
+            changes,
+            room,
             config,
             metrics=metrics,
             classifier=classifier,
             batch_key_fn=key_fn,
             clock=clock,
         )
-        queue._scheduled = await store.scheduled_count()
-        queue._writer.start()
-        queue._spiller.start()
+        admission.start()
         overflow.start()
-        queue._maintenance = asyncio.create_task(queue._maintain(), name="eventqueue-maintenance")
+        await store.watch(changes.notify)
+        queue._maintenance = Maintenance.start(queue, store, config, metrics)
         return queue
 
     async def close(self) -> None:
@@ -147,12 +135,9 @@ class EventQueue:
             return
         self._closed = True
         if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+            await self._maintenance.stop()
         try:
-            await self._writer.close()
-            await self._spiller.close()
+            await self._admission.close()
             await self.overflow.close()
         finally:
             await self.store.close()
@@ -234,22 +219,7 @@ class EventQueue:
         self, rows: list[NewEvent], source: str | None, position: str | None
     ) -> list[PutResult]:
         self._check_open()
-        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        self._tickets += 1
-        if len(rows) == 1:  # the common case, without a generator
-            critical = rows[0].priority == _CRITICAL
-        else:
-            critical = any(row.priority == _CRITICAL for row in rows)
-        entry = IntakeEntry(
-            rows, future, source, position, ticket=self._tickets, urgent=critical and source is None
-        )
-        if self._writer.has_room(len(rows)) or critical:
-            self._writer.submit(entry)  # CRITICAL is always admitted, even past the intake bound
-        else:
-            self._spiller.submit(entry)  # the writer is behind: spill rather than wait
-            self._spilling.add(entry.ticket)
-            future.add_done_callback(lambda _f: self._spilling.discard(entry.ticket))
-        outcome = await future
+        outcome = await self._admission.put(rows, source, position)
         count = self.metrics.count
         for status, _ in outcome:
             count(status.value)
@@ -257,44 +227,6 @@ class EventQueue:
             PutResult(status, row_id, _PRIORITIES[row.priority], row.content_hash)
             for row, (status, row_id) in zip(rows, outcome, strict=True)
         ]
-
-    async def _commit(
-        self, rows: Sequence[NewEvent], positions: dict[str, str | None]
-    ) -> list[Outcome]:
-        """The writer's commit: admit what fits, spill the rest durably first, then commit."""
-        async with self.overflow.admission:
-            if (
-                not self.overflow.pending()
-                and len(rows) <= self.config.queue_size - self._scheduled
-            ):
-                # What split() answers when nothing is spilled and all fit (it costs a look
-                # at every spill lane per row).
-                admitted, spilled = list(range(len(rows))), list[int]()
-            else:
-                admitted, spilled = self.overflow.split(rows, self._scheduled)
-            if spilled:
-                # Durable before the transaction that records the stream position past them.
-                await self.overflow.append([rows[i] for i in spilled])
-            ttl = self.config.dedup_ttl_s if self.config.enable_dedup else None
-            chosen = [rows[i] for i in admitted]
-            try:
-                commit = await self.store.put(
-                    chosen,
-                    now=self._clock(),
-                    dedup_ttl_s=ttl,
-                    source_positions=positions,
-                    fail_fast=True,
-                )
-            except StoreBusyError:
-                # Another connection holds the write lock: spill instead of making the stream wait.
-                await self.overflow.append(chosen)
-                return [SPILLED] * len(rows)
-            self._scheduled = commit.scheduled
-        crash_point("after_commit")
-        outcome: list[Outcome] = [SPILLED] * len(rows)
-        for index, result in zip(admitted, commit.outcome, strict=True):
-            outcome[index] = result
-        return outcome
 
     async def source_position(self, source: str) -> str | None:
         """Where `source` stood at its last committed event (None if never)."""
@@ -336,9 +268,6 @@ class EventQueue:
         crash_point("after_claim")
         return batches
 
-    def _set_scheduled(self, count: int) -> None:
-        self._scheduled = count
-
     def _expiry_due(self, now: float) -> bool:
         # Returning expired leases costs a statement; a fraction of the lease is soon enough.
         # A clock that jumped backwards makes it due at once rather than hours later.
@@ -349,7 +278,7 @@ class EventQueue:
 
     def _finished(self, events: int) -> None:
         # Room in the scheduling set for this process's next admissions, and for promotion.
-        self._scheduled = max(0, self._scheduled - events)
+        self._room.finished(events)
         self.notify()
 
     async def next_batch(
@@ -370,7 +299,7 @@ class EventQueue:
             await self.ack(ack)  # stopping: still finish what was handled
             return None
         while not self._closed and not (stop is not None and stop.is_set()):
-            changed = self._changed
+            changed = self._changes.current()
             try:
                 batch = await self.claim(consumer, ack=ack)
                 ack = None
@@ -383,7 +312,7 @@ class EventQueue:
                 delay = min(delay, deadline - loop.time())
                 if delay <= 0:
                     return None
-            await _wait_any(changed, stop, delay)
+            await wait_any(changed, stop, timeout=delay)
         return None
 
     async def urgent_puts_settled(self, timeout: float) -> None:
@@ -392,15 +321,16 @@ class EventQueue:
         A claim that starts while one is being put cannot see it, and holds the connection
         that put waits for: claiming just after it gets the CRITICAL event out sooner.
         """
-        if not self._writer.urgent_open:
-            return
+        writer = self._admission.writer
+        if not self.store.capabilities.single_connection or not writer.urgent_open:
+            return  # with a pool, the claim does not wait behind the put's connection
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._writer.urgent_settled()
+                await writer.urgent_settled()
 
     def changed_event(self) -> asyncio.Event:
         """An event set at the next change (commit, ack, nack, release) in this process."""
-        return self._changed
+        return self._changes.current()
 
     def now(self) -> float:
         """The queue's clock (wall time, injectable for tests)."""
@@ -408,28 +338,17 @@ class EventQueue:
 
     async def outstanding(self) -> int:
         """Events not finished yet: pending, claimed, waiting for the writer (and spilled)."""
-        queued = self._writer.queued + self._spiller.queued + self.overflow.pending()
+        queued = self._admission.queued + self.overflow.pending()
         return queued + await self.store.scheduled_count()
 
     def notify(self) -> None:
         """Wake waiting consumers (something may have become ready) and the promoter."""
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-        self.overflow.wake()
+        self._changes.notify()
 
     async def idle_delay(self) -> float:
         """Seconds until something not ready now may become ready (capped by the poll)."""
-        # Sleep until the next batch window closes, retry comes due or lease expires; poll
-        # anyway for work committed by other processes.
         now = self._clock()
-        wake = await self.store.next_wakeup(now)
-        times = [self.config.poll_ms / 1000.0, _MAX_IDLE_S]
-        if wake.oldest_pending_at is not None:
-            times.append(wake.oldest_pending_at + self.config.batch_window_s - now)
-        times.extend(
-            t - now for t in (wake.next_retry_at, wake.next_lease_expiry_at) if t is not None
-        )
-        return max(0.001, min(times))
+        return idle_delay(await self.store.next_wakeup(now), self.config, now)
 
     async def ack(self, batch: Batch, ids: Sequence[int] | None = None) -> None:
         """The batch (or these events of it) was handled: done. LeaseLostError if stale."""
@@ -489,7 +408,7 @@ class EventQueue:
             duplicates_suppressed=found.counters.get("duplicates_suppressed", 0),
             ready_batches=found.ready_batches,
             spill=self.overflow.stats(),
-            metrics={"intake_queued": self._writer.queued, **self.metrics.as_dict()},
+            metrics={"intake_queued": self._admission.queued, **self.metrics.as_dict()},
         )
 
     async def purge(self, older_than_s: float | None = None, *, chunk: int = 500) -> int:
@@ -502,21 +421,6 @@ class EventQueue:
             total += removed
             if removed < chunk:
                 return total
-
-    async def _maintain(self) -> None:
-        # Retention and a compact file without an operator: purge what retention allows and
-        # checkpoint the WAL, at a gentle pace.
-        interval = min(60.0, max(1.0, self.config.retention_s / 10))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                purged = await self.purge()
-                await self.store.maintain()
-            except EventQueueError as exc:
-                log.warning("maintenance (purge, checkpoint) failed, will retry: %s", exc)
-                continue
-            if purged:
-                self.metrics.count("purged", purged)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -545,14 +449,3 @@ class _Opener:
     ) -> None:
         if self._queue is not None:
             await self._queue.close()
-
-
-async def _wait_any(changed: asyncio.Event, stop: asyncio.Event | None, delay: float) -> None:
-    waiters = [asyncio.ensure_future(changed.wait())]
-    if stop is not None:
-        waiters.append(asyncio.ensure_future(stop.wait()))
-    try:
-        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -47,8 +47,21 @@ class GroupCommitWriter:
     group size follows the load: one event per commit when idle, hundreds under a burst.
     """
 
-    def __init__(self, commit: CommitFn, *, max_events: int, intake_size: int) -> None:
+    def __init__(
+        self,
+        commit: CommitFn,
+        *,
+        max_events: int,
+        intake_size: int,
+        on_commit: Callable[[], None] = lambda: None,
+        may_record: Callable[[IntakeEntry], bool] = lambda _entry: True,
+        yield_after_urgent: bool = False,
+    ) -> None:
         self._commit = commit
+        self._on_commit = on_commit
+        # Whether an entry's stream position may be committed now (see Admission).
+        self._may_record = may_record
+        self._yield_after_urgent = yield_after_urgent
         self._max_events = max_events
         self._capacity = intake_size
         self._entries: deque[IntakeEntry] = deque()
@@ -62,9 +75,6 @@ class GroupCommitWriter:
         self._has_room.set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self.on_commit: list[Callable[[], None]] = []
-        # Whether an entry's stream position may be committed now (see EventQueue._put_rows).
-        self.may_record: Callable[[IntakeEntry], bool] = lambda _entry: True
 
     @property
     def queued(self) -> int:
@@ -126,7 +136,7 @@ class GroupCommitWriter:
                 continue
             group = self._take_group()
             await self._commit_group(group)
-            if group[0].urgent and not self._urgent:
+            if self._yield_after_urgent and group[0].urgent and not self._urgent:
                 # Let the consumers' claim, woken by this commit, reach the connection before
                 # the next group does: the CRITICAL event just stored is what it will lease.
                 for _ in range(_YIELDS_AFTER_URGENT):
@@ -160,7 +170,7 @@ class GroupCommitWriter:
     async def _commit_entries(self, group: list[IntakeEntry]) -> None:
         rows = [row for entry in group for row in entry.rows]
         positions = {
-            e.source: e.position for e in group if e.source is not None and self.may_record(e)
+            e.source: e.position for e in group if e.source is not None and self._may_record(e)
         }
         try:
             results = await self._commit(rows, positions)
@@ -175,5 +185,4 @@ class GroupCommitWriter:
             if not entry.future.done():
                 entry.future.set_result(results[offset : offset + entry.size])
             offset += entry.size
-        for callback in self.on_commit:
-            callback()
+        self._on_commit()

@@ -167,7 +167,7 @@ def _stats(inspector: Inspector) -> dict[str, Any]:
 
 def _spill_summary(inspector: Inspector) -> dict[str, Any]:
     """The spill section of `stats`, over the spill folders of every process on the database."""
-    from eventqueue.runtime.overflow.promoter import inspect_spills
+    from eventqueue.runtime.overflow import inspect_spills
 
     return inspect_spills(inspector.config, inspector.spill_positions)
 

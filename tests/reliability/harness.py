@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import eventqueue
+from eventqueue.runtime.overflow.folders import read_identity
 from eventqueue.runtime.overflow.log import SpillPosition, inspect
-from eventqueue.runtime.overflow.promoter import spill_log_name
 
 from .workload import digest, payload, priority_of, put_order
 
@@ -274,7 +274,7 @@ def final_state(db: Path) -> FinalState:
             positions[log][priority] = SpillPosition(segment, offset)
     pending = quarantined = files = 0
     for folder in sorted(db.parent.glob(f"{db.name}.spill*")):
-        name = spill_log_name(str(db), str(folder))
+        name = read_identity(str(folder), str(db))
         stats = inspect(folder, positions.get(name, {}))
         pending += sum(stats.records.values())
         quarantined += stats.quarantined_records

@@ -1,8 +1,8 @@
-"""The engine: one place for the connection's PRAGMAs and the way transactions begin."""
+"""SQLite connection settings in one place: the PRAGMAs every connection runs, and the engine
+alembic migrates with."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -12,10 +12,6 @@ from sqlalchemy.pool import NullPool
 # 64 MiB: after a checkpoint the WAL file is truncated back to this, so a burst cannot leave a
 # large WAL behind (RELIABILITY F7).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-# Execution option naming how a transaction begins: IMMEDIATE for every read-then-write
-# transaction (claim, put, promote), so a second process waits on busy_timeout instead of
-# failing with "database is locked" at its first write (F3); DEFERRED for plain reads.
-BEGIN_MODE = "eventqueue_begin"
 
 
 def pragmas(durability: str, busy_timeout_ms: int) -> list[str]:
@@ -59,15 +55,5 @@ def install_hooks(engine: Engine, statements: list[str]) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get(BEGIN_MODE, "IMMEDIATE")
-        connection.exec_driver_sql(f"BEGIN {mode}")
-
-
-def is_locked_error(exc: BaseException) -> bool:
-    """True when SQLite refused because another connection holds the lock."""
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    orig = getattr(exc, "orig", None) or cause
-    message = str(orig).lower()
-    return isinstance(orig, sqlite3.OperationalError) and (
-        "database is locked" in message or "database is busy" in message
-    )
+        # IMMEDIATE: a migration reads, then writes (F3); a second process waits its turn.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

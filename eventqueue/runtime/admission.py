@@ -1,0 +1,149 @@
+"""Admission: the put path from validated rows to a durable outcome.
+
+A put is submitted to the group-commit writer, or, when the writer is behind, straight to the
+spill (never waiting). The writer's commit admits what fits in the scheduling set
+(EVENT_QUEUE_SIZE; CRITICAL always fits) and spills the rest durably first, then commits the
+admitted rows with the stream positions that are safe to record. A busy database spills the
+whole group instead of making the stream wait. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from eventqueue.core.config import Config
+from eventqueue.core.errors import StoreBusyError
+from eventqueue.core.models import Priority
+from eventqueue.core.records import NewEvent
+from eventqueue.runtime.faults import crash_point
+from eventqueue.runtime.overflow import SPILLED, Outcome, Overflow
+from eventqueue.runtime.wakeup import Changes, Room
+from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
+from eventqueue.store.base import Store
+
+_CRITICAL = int(Priority.CRITICAL)
+
+
+class Admission:
+    """Puts in, outcomes out: group commit, admission to the table, spill when it cannot."""
+
+    def __init__(
+        self,
+        store: Store,
+        overflow: Overflow,
+        room: Room,
+        changes: Changes,
+        config: Config,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._overflow = overflow
+        self._room = room
+        self._config = config
+        self._clock = clock
+        self._ttl_s = config.dedup_ttl_s if config.enable_dedup else None
+        # A stream position commits only when every earlier put is durable: a put still being
+        # spilled must not be passed by a later one's position (a crash would skip it). The
+        # position then simply commits with a later group.
+        self._tickets = 0
+        self._spilling: set[int] = set()
+        self.writer = GroupCommitWriter(
+            self._commit,
+            max_events=config.commit_max_events,
+            intake_size=config.intake_size,
+            on_commit=changes.notify,
+            may_record=lambda e: not any(t < e.ticket for t in self._spilling),
+            # One shared connection: after a CRITICAL commit, let the claim that it woke in first.
+            yield_after_urgent=store.capabilities.single_connection,
+        )
+        # Puts that find the intake full go to the spill log, gathered into one fsync.
+        self._spiller = GroupCommitWriter(
+            overflow.spill_commit, max_events=config.commit_max_events, intake_size=2**62
+        )
+
+    def start(self) -> None:
+        """Start the writer tasks."""
+        self.writer.start()
+        self._spiller.start()
+
+    async def close(self) -> None:
+        """Commit (or spill) everything submitted, then stop."""
+        await self.writer.close()
+        await self._spiller.close()
+
+    @property
+    def queued(self) -> int:
+        """Events submitted and not yet committed or spilled."""
+        return self.writer.queued + self._spiller.queued
+
+    async def put(
+        self, rows: list[NewEvent], source: str | None, position: str | None
+    ) -> list[Outcome]:
+        """Commit `rows` (or spill them durably); (status, id) per row, in order."""
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._tickets += 1
+        if len(rows) == 1:  # the common case, without a generator
+            critical = rows[0].priority == _CRITICAL
+        else:
+            critical = any(row.priority == _CRITICAL for row in rows)
+        entry = IntakeEntry(
+            rows, future, source, position, ticket=self._tickets, urgent=critical and source is None
+        )
+        if self.writer.has_room(len(rows)) or critical:
+            self.writer.submit(entry)  # CRITICAL is always admitted, even past the intake bound
+        else:
+            self._spiller.submit(entry)  # the writer is behind: spill rather than wait
+            self._spilling.add(entry.ticket)
+            future.add_done_callback(lambda _f: self._spilling.discard(entry.ticket))
+        return await future
+
+    async def _commit(
+        self, rows: Sequence[NewEvent], positions: dict[str, str | None]
+    ) -> list[Outcome]:
+        """The writer's commit: admit what fits, spill the rest durably first, then commit."""
+        async with self._room.lock:
+            admitted, spilled = self.split(rows)
+            if spilled:
+                # Durable before the transaction that records the stream position past them.
+                await self._overflow.append([rows[i] for i in spilled])
+            chosen = [rows[i] for i in admitted]
+            try:
+                commit = await self._store.put(
+                    chosen,
+                    now=self._clock(),
+                    dedup_ttl_s=self._ttl_s,
+                    source_positions=positions,
+                    fail_fast=True,
+                )
+            except StoreBusyError:
+                # Another connection holds the write lock: spill instead of making the stream wait.
+                await self._overflow.append(chosen)
+                return [SPILLED] * len(rows)
+            self._room.scheduled = commit.scheduled
+        crash_point("after_commit")
+        outcome: list[Outcome] = [SPILLED] * len(rows)
+        for index, result in zip(admitted, commit.outcome, strict=True):
+            outcome[index] = result
+        return outcome
+
+    def split(self, rows: Sequence[NewEvent]) -> tuple[list[int], list[int]]:
+        """Indexes of rows the table takes now, and of rows to spill.
+
+        CRITICAL is always admitted. Others are admitted while there is room and nothing of the
+        same or higher priority waits in the spill (which would otherwise be overtaken).
+        """
+        room = self._room.free
+        if not self._overflow.pending() and len(rows) <= room:
+            return list(range(len(rows))), []  # the common case, without a look per row
+        admitted: list[int] = []
+        spilled: list[int] = []
+        for index, row in enumerate(rows):
+            if row.priority == _CRITICAL:
+                admitted.append(index)
+            elif room > 0 and not self._overflow.waiting_at_or_above(row.priority):
+                admitted.append(index)
+                room -= 1
+            else:
+                spilled.append(index)
+        return admitted, spilled

@@ -1,0 +1,83 @@
+"""Wake-ups and room: how the parts of one queue tell each other that something changed.
+
+`Changes` is the in-process signal set at every commit, promotion, ack and release: consumers
+wait on it instead of polling, and the promoter listens to it for freed room. `Room` is the
+scheduling set's size as this process last saw it (pending + claimed, what EVENT_QUEUE_SIZE
+bounds) with the lock under which admission and promotion fill it, so the two never fill the
+same room twice. Both are made once per queue and handed to each part at construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from eventqueue.core.config import Config
+from eventqueue.core.records import Wakeup
+
+# Never sleep longer than this without looking again, whatever the clock says: a wall-clock
+# jump must not leave a consumer asleep for hours.
+MAX_IDLE_S = 1.0
+
+
+class Changes:
+    """A signal for "something may have become ready": set once, then re-armed."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._listeners: list[Callable[[], None]] = []
+
+    def current(self) -> asyncio.Event:
+        """The event the next change sets (take it before looking, so no change is missed)."""
+        return self._event
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` at every change (it must not block)."""
+        self._listeners.append(callback)
+
+    def notify(self) -> None:
+        """Something changed: wake every waiter and listener."""
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+        for callback in self._listeners:
+            callback()
+
+
+class Room:
+    """Pending + claimed events as this process last saw them, against EVENT_QUEUE_SIZE."""
+
+    def __init__(self, capacity: int, scheduled: int = 0) -> None:
+        self.capacity = capacity
+        self.scheduled = scheduled
+        # Held while the room is counted and filled (a put group or a promotion chunk).
+        self.lock = asyncio.Lock()
+
+    @property
+    def free(self) -> int:
+        """Events that fit before the scheduling set is full."""
+        return self.capacity - self.scheduled
+
+    def finished(self, events: int) -> None:
+        """`events` left the scheduling set (done or dead) in this process."""
+        self.scheduled = max(0, self.scheduled - events)
+
+
+def idle_delay(wake: Wakeup, config: Config, now: float) -> float:
+    """Seconds until something not ready now may become ready (capped by the poll)."""
+    # Sleep until the next batch window closes, retry comes due or lease expires; poll anyway
+    # for work committed by other processes.
+    times = [config.poll_ms / 1000.0, MAX_IDLE_S]
+    if wake.oldest_pending_at is not None:
+        times.append(wake.oldest_pending_at + config.batch_window_s - now)
+    times.extend(t - now for t in (wake.next_retry_at, wake.next_lease_expiry_at) if t is not None)
+    return max(0.001, min(times))
+
+
+async def wait_any(*events: asyncio.Event | None, timeout: float) -> None:
+    """Return when any of `events` is set, or after `timeout` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

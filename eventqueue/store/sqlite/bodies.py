@@ -1,0 +1,249 @@
+"""The SQLite store's transaction bodies: the statements each store method runs (compiled once,
+`Q`), and the conversion of their rows into records. Called only by store.py, inside one
+transaction each."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiosqlite
+
+from eventqueue.core.codec import decode_payload
+from eventqueue.core.errors import LeaseLostError
+from eventqueue.core.models import Batch, Event, Priority, PutStatus
+from eventqueue.core.records import (
+    EventBrief,
+    NewEvent,
+    PeekBatch,
+    Refusal,
+    assemble_batches,
+    event_name,
+    iso,
+    priority_name,
+)
+from eventqueue.core.rules import ClaimRules
+from eventqueue.store.sqlite import queries as sql
+from eventqueue.store.sqlite.connection import Prepared
+
+
+class Q:
+    """Every statement, prepared once per process."""
+
+    put_dedup = Prepared.of(sql.put_rows(dedup=True))
+    put_plain = Prepared.of(sql.put_rows(dedup=False))
+    release_dedup = Prepared.of(sql.release_expired_dedup_keys())
+    positions = Prepared.of(sql.save_source_positions())
+    counter = Prepared.of(sql.add_to_counter())
+    expire = Prepared.of(sql.expire_all_leases())
+    claim = Prepared.of(sql.claim_ready())
+    ack_pairs = Prepared.of(sql.ack_pairs())
+    ack = Prepared.of(sql.ack_ids())
+    extend = Prepared.of(sql.extend_ids())
+    release = Prepared.of(sql.release_ids())
+    nack = Prepared.of(sql.nack_items())
+    scheduled = Prepared.of(sql.count_scheduled())
+    wakeup = Prepared.of(sql.next_wakeup())
+    by_status = Prepared.of(sql.count_by_status_priority())
+    oldest = Prepared.of(sql.oldest_pending())
+    ready_keys = Prepared.of(sql.count_ready_keys())
+    counters = Prepared.of(sql.select_counters())
+    source = Prepared.of(sql.select_source_position())
+    setting = Prepared.of(sql.save_setting())
+    spill_save = Prepared.of(sql.save_spill_position())
+    purge = Prepared.of(sql.purge_done())
+    spill_read = Prepared.of(sql.select_spill_positions())
+    peek = Prepared.of(sql.peek_ready())
+    peek_keys = Prepared.of(sql.select_ready_keys())
+    event = Prepared.of(sql.select_event())
+    dead = Prepared.of(sql.select_dead())
+    statuses = Prepared.of(sql.select_statuses())
+    requeue_ids = Prepared.of(sql.requeue_events(all_dead=False))
+    requeue_all = Prepared.of(sql.requeue_events(all_dead=True))
+    settings = Prepared.of(sql.select_settings())
+
+
+def brief(event_id: int, payload: str, priority: Any, attempts: int) -> EventBrief:
+    return {
+        "id": event_id,
+        "event_name": event_name(payload),
+        "priority": priority_name(priority),
+        "attempts": attempts,
+    }
+
+
+def peek_batches(keys: list[Any], found: list[Event], now: float) -> list[PeekBatch]:
+    by_key: dict[str, list[Event]] = {}
+    for event in found:
+        by_key.setdefault(event.batch_key, []).append(event)
+    batches = []
+    for key, effective, oldest, top in keys:
+        events = sorted(by_key.get(key, []), key=lambda e: (-e.priority, e.received_at, e.id))
+        briefs: list[EventBrief] = [
+            {
+                "id": e.id,
+                "event_name": e.name,
+                "priority": e.priority.name,
+                "attempts": e.attempts,
+                "received_at": iso(e.received_at),
+            }
+            for e in events
+        ]
+        batches.append(
+            PeekBatch(
+                key=key,
+                priority=priority_name(effective),
+                top_priority=priority_name(top),
+                oldest_age_s=round(max(0.0, now - oldest), 3),
+                events=briefs,
+            )
+        )
+    return batches
+
+
+def refusals(ids: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
+    return [
+        Refusal(id=i, status=statuses.get(i, "missing"))
+        for i in sorted(set(ids))
+        if statuses.get(i) != "dead"
+    ]
+
+
+async def insert_rows(
+    db: aiosqlite.Connection, rows: Sequence[NewEvent], now: float, dedup_ttl_s: float | None
+) -> list[tuple[PutStatus, int]]:
+    payload = json.dumps([_json_row(r) for r in rows], ensure_ascii=False)
+    if dedup_ttl_s is None:
+        returned = await db.execute_fetchall(Q.put_plain.sql, Q.put_plain.bind(b_rows=payload))
+        # One writer, AUTOINCREMENT: the ids of one INSERT ascend in the order of its rows.
+        return [(PutStatus.ACCEPTED, row_id) for row_id in sorted(r[0] for r in returned)]
+    hashes = json.dumps(sorted({r.content_hash for r in rows}))
+    await db.execute(
+        Q.release_dedup.sql,
+        Q.release_dedup.bind(b_hashes=hashes, b_cutoff=now - dedup_ttl_s, b_now=now),
+    )
+    returned = await db.execute_fetchall(Q.put_dedup.sql, Q.put_dedup.bind(b_rows=payload))
+    outcome = _dedup_outcome(rows, list(returned))
+    duplicates = sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE)
+    if duplicates:
+        await db.execute(
+            Q.counter.sql, Q.counter.bind(b_name="duplicates_suppressed", b_n=duplicates)
+        )
+    return outcome
+
+
+def _json_row(row: NewEvent) -> list[Any]:
+    """One row as statements.put_rows reads it."""
+    key, key_escape = _nul_safe(row.batch_key)
+    return [row.payload_json, row.priority, key, row.content_hash, row.received_at, key_escape]
+
+
+def _nul_safe(text: str) -> tuple[str, str | None]:
+    """(text with NUL replaced, the replacement) for statements.put_rows; (text, None) if no NUL."""
+    if "\x00" not in text:
+        return text, None
+    private_use = itertools.chain(range(0xE000, 0xF900), range(0xF0000, 0xFFFFE))
+    escape = next(c for c in map(chr, private_use) if c not in text)
+    return text.replace("\x00", escape), escape
+
+
+def _dedup_outcome(rows: Sequence[NewEvent], returned: list[Any]) -> list[tuple[PutStatus, int]]:
+    # Every row of the INSERT returns (id, hash, duplicates): inserted rows with duplicates 0,
+    # rows absorbed by a live original with that original's id. Per hash, the first row of the
+    # group is the accepted one if any row of that hash was inserted.
+    ids: dict[str, int] = {}
+    inserted: set[str] = set()
+    for row_id, content_hash, dups in returned:
+        ids[content_hash] = row_id
+        if dups == 0:
+            inserted.add(content_hash)
+    outcome: list[tuple[PutStatus, int]] = []
+    for row in rows:
+        if row.content_hash in inserted:
+            inserted.discard(row.content_hash)
+            outcome.append((PutStatus.ACCEPTED, ids[row.content_hash]))
+        else:
+            outcome.append((PutStatus.DUPLICATE, ids[row.content_hash]))
+    return outcome
+
+
+def ready_params(now: float, rules: ClaimRules) -> dict[str, Any]:
+    """The parameters of every statement that decides readiness (claims, ready counts, peek)."""
+    return {
+        "b_now": now,
+        "b_max_batch": rules.max_batch,
+        "b_window_start": now - rules.window_s,
+        "b_no_batching": 0 if rules.batching else 1,
+        "b_aging_s": rules.aging_s,
+        "b_retry_horizon": rules.retry_horizon_s,
+    }
+
+
+async def claim_batches(
+    db: aiosqlite.Connection,
+    now: float,
+    consumer: str,
+    token: str,
+    batch_id: str,
+    rules: ClaimRules,
+    batches: int,
+) -> list[Batch]:
+    params = Q.claim.bind(
+        **ready_params(now, rules),
+        b_batches=batches,
+        b_limit=rules.batch_limit,
+        b_owner=consumer,
+        b_token=token,
+        b_expires=now + rules.lease_s,
+        b_batch_id=batch_id,
+    )
+    rows = await db.execute_fetchall(Q.claim.sql, params)
+    return assemble_batches(
+        map(to_event, rows),
+        batch_id=batch_id,
+        token=token,
+        consumer=consumer,
+        expires_at=now + rules.lease_s,
+    )
+
+
+async def ack_pairs(
+    db: aiosqlite.Connection, acks: Sequence[tuple[str, Sequence[int]]], now: float
+) -> None:
+    pairs = [[event_id, token] for token, ids in acks for event_id in sorted(set(ids))]
+    params = Q.ack_pairs.bind(b_pairs=json.dumps(pairs), b_now=now)
+    changed = await db.execute_fetchall(Q.ack_pairs.sql, params)
+    check_fence(len(list(changed)), len(pairs))
+
+
+def to_event(row: Any) -> Event:
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at = row
+    return Event(
+        id=row_id,
+        payload=decode_payload(payload),
+        priority=Priority(priority),
+        content_hash=content_hash,
+        batch_key=batch_key,
+        attempts=attempts,
+        received_at=received_at,
+    )
+
+
+async def fenced(
+    db: aiosqlite.Connection, statement: Prepared, token: str, ids: Sequence[int], **values: Any
+) -> None:
+    wanted = sorted(set(ids))
+    params = statement.bind(b_ids=json.dumps(wanted), b_token=token, **values)
+    changed = await db.execute_fetchall(statement.sql, params)
+    check_fence(len(list(changed)), len(wanted))
+
+
+def check_fence(changed: int, wanted: int) -> None:
+    if changed != wanted:
+        # Raising rolls the whole transaction back: all of the batch changes, or none.
+        raise LeaseLostError(
+            f"lease lost: {wanted - changed} of {wanted} events are no longer held under this "
+            "claim (its lease expired and another consumer claimed them, or they were finished)"
+        )

@@ -1,0 +1,122 @@
+"""The run: the scenarios asked for, in order, on fresh files in one temporary directory."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Collection
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from eventqueue.core.config import Config
+from eventqueue.tools.bench.measure import peak_rss_mb
+from eventqueue.tools.bench.rows import Row
+from eventqueue.tools.bench.scenarios.claim import claim_scenario
+from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
+from eventqueue.tools.bench.scenarios.latency import critical_latency_scenario
+from eventqueue.tools.bench.scenarios.put import put_scenario
+from eventqueue.tools.bench.scenarios.spill import spill_scenarios
+from eventqueue.tools.bench.sizes import Sizes
+
+T = TypeVar("T")
+
+STEPS = ("end_to_end", "put", "claim_ack", "critical_latency", "spill")
+ROW_ORDER = (
+    "put",
+    "put_many",
+    "claim_ack_2k",
+    "claim_ack_20k",
+    "claim_ack_1m",
+    "end_to_end",
+    "critical_latency",
+    "spill_put",
+    "promote",
+    "memory",
+)
+
+
+async def run(sz: Sizes, *, base: Config | None = None, only: Collection[str] = ()) -> list[Row]:
+    """Every scenario (or those of `only`, from STEPS), rows in the order of the issue."""
+    base = base if base is not None else Config.load()
+    unknown = set(only) - set(STEPS)
+    if unknown:
+        raise click.UsageError(f"unknown scenario(s) {sorted(unknown)}; known: {STEPS}")
+    started = time.perf_counter()
+    timed: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="eventqueue-bench-") as folder:
+        rows = await _scenarios(sz, base, Path(folder), set(only or STEPS), timed)
+    _finish(rows, sz)
+    _say(f"bench: done in {time.perf_counter() - started:.1f} s ({timed})")
+    return rows
+
+
+async def _scenarios(
+    sz: Sizes, base: Config, tmp: Path, wanted: set[str], timed: dict[str, float]
+) -> list[Row]:
+    """The scenarios in `wanted`, each timed into `timed`; their rows in the order run."""
+    rows: list[Row] = []
+    if "end_to_end" in wanted:  # first: memory is measured on a fresh process heap
+        rows += await _step(timed, "end_to_end", end_to_end_scenarios(sz, base, tmp))
+    if "put" in wanted:
+        rows += await _step(timed, "put", put_scenario(sz, base, tmp))
+    for name, backlog in sz.backlogs if "claim_ack" in wanted else ():
+        rows.append(await _step(timed, name, claim_scenario(name, backlog, sz, base, tmp)))
+        _remove(tmp, name)  # free the disk before the next backlog
+    if "critical_latency" in wanted:
+        latency = critical_latency_scenario(sz, base, tmp)
+        rows.append(await _step(timed, "critical_latency", latency))
+    if "spill" in wanted:
+        rows += await _step(timed, "spill", spill_scenarios(sz, base, tmp))
+    return rows
+
+
+async def _step(timed: dict[str, float], label: str, work: Awaitable[T]) -> T:
+    """Await `work`, announced on stderr; its seconds go into `timed[label]`."""
+    _say(f"bench: {label} …")
+    t0 = time.perf_counter()
+    result = await work
+    timed[label] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _finish(rows: list[Row], sz: Sizes) -> None:
+    """Sort the rows, add the flat-claim target, the whole run's peak RSS and the mode."""
+    rows.sort(key=lambda row: ROW_ORDER.index(row["scenario"]))
+    _flat_target(rows)
+    for row in rows:
+        if row["scenario"] == "memory":
+            row["peak_rss_mb_whole_run"] = round(peak_rss_mb(), 1)
+    for row in rows:
+        row["mode"] = sz.mode
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _remove(folder: Path, prefix: str) -> None:
+    for path in folder.glob(f"{prefix}*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _best(row: Row) -> float:
+    return max(float(row["events_per_s"]), float(row.get("fused_events_per_s") or 0.0))
+
+
+def _flat_target(rows: list[Row]) -> None:
+    """Claims must stay flat with backlog: the largest backlog's rate ≥ 0.9× the 2k rate
+    (each the best of separate and fused claim + ack)."""
+    claims = [r for r in rows if r["scenario"].startswith("claim_ack_")]
+    if len(claims) < 2:
+        return
+    small, large = claims[0], claims[-1]
+    flat = _best(large) / _best(small) if _best(small) else 0.0
+    large["vs_2k"] = round(flat, 3)
+    large["target"] = f"{large['target']}; >= 0.9x the 2k rate"
+    large["met"] = bool(large["met"]) and flat >= 0.9
