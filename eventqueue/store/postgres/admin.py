@@ -154,9 +154,7 @@ async def _run_sql(config: Config, query: str, max_rows: int) -> SqlResult:
 
 async def _drop_privileges(connection: asyncpg.Connection) -> None:
     # A superuser (or a member) reads as pg_read_all_data: every table, no admin functions.
-    if await connection.fetchval(
-        "SELECT pg_has_role(current_user, 'pg_read_all_data', 'MEMBER')"
-    ):
+    if await connection.fetchval("SELECT pg_has_role(current_user, 'pg_read_all_data', 'MEMBER')"):
         await connection.execute("SET LOCAL ROLE pg_read_all_data")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -20,8 +20,13 @@ import asyncpg
 from eventqueue.core.errors import QueueClosedError, StoreBusyError
 from eventqueue.store.postgres.errors import RETRYABLE, storage_error
 
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
 T = TypeVar("T")
-Body = Callable[[asyncpg.Connection], Awaitable[T]]
+# A pooled connection, as transaction bodies receive it.
+Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+Body = Callable[[Conn], Awaitable[T]]
 
 # A few connections per process are plenty: the runtime has one writer, a shared claim and the
 # consumers' acks. Every process on every host holds its own, within max_connections.
@@ -176,4 +181,3 @@ class Pool:
             return result
         finally:
             await self._pool.release(connection)
-

@@ -7,7 +7,7 @@ import asyncio
 
 import asyncpg
 
-from eventqueue.core.errors import SchemaError, StorageError, StoreBusyError
+from eventqueue.core.errors import EventQueueError, SchemaError, StorageError, StoreBusyError
 
 # SQLSTATEs a transaction may simply be run again after (it was rolled back whole).
 RETRYABLE = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
@@ -31,7 +31,7 @@ def is_busy(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.LockNotAvailableError | asyncio.TimeoutError | TimeoutError)
 
 
-def storage_error(name: str, exc: BaseException) -> StorageError:
+def storage_error(name: str, exc: BaseException) -> EventQueueError:
     """`exc` as eventqueue's error naming the database and the likely fix (raise it `from exc`)."""
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return StoreBusyError(f"database {name}: {exc} ({_HINTS['55P03']})")

@@ -66,13 +66,9 @@ class Listener:
     async def _supervise(self) -> None:
         pause = _FIRST_PAUSE_S
         while True:
-            lost = asyncio.get_running_loop().create_future()
             connection = self._connection
             assert connection is not None
-            connection.add_termination_listener(lambda _c: lost.done() or lost.set_result(None))
-            if connection.is_closed():
-                lost.done() or lost.set_result(None)
-            await lost
+            await _terminated(connection)
             await self._drop()
             while self._connection is None:
                 await asyncio.sleep(pause)
@@ -87,3 +83,17 @@ class Listener:
         if connection is not None and not connection.is_closed():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), timeout=2.0)
+
+
+async def _terminated(connection: asyncpg.Connection) -> None:
+    """Return when `connection` is closed or lost."""
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_lost(_connection: object) -> None:
+        if not lost.done():
+            lost.set_result(None)
+
+    connection.add_termination_listener(on_lost)
+    if connection.is_closed():
+        on_lost(connection)
+    await lost

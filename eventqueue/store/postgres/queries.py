@@ -414,9 +414,7 @@ MIGRATION_LOCK = Query.of(
 CURRENT_SCHEMA = Query.of("current_schema", "SELECT current_schema()")
 NOTIFY = Query.of("notify", "SELECT pg_notify(:channel::text, :payload::text)")
 # fail_fast puts: a lock held elsewhere fails after EVENT_SPILL_AFTER_MS instead of waiting.
-LOCK_TIMEOUT = Query.of(
-    "lock_timeout", "SELECT set_config('lock_timeout', :timeout::text, true)"
-)
+LOCK_TIMEOUT = Query.of("lock_timeout", "SELECT set_config('lock_timeout', :timeout::text, true)")
 
 
 def all_queries() -> Mapping[str, Query]:

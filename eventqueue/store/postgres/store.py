@@ -3,14 +3,11 @@ method = one transaction = one domain result; no Record or connection leaves thi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-import asyncpg
 
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.config import Config
@@ -36,14 +33,13 @@ from eventqueue.core.records import (
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.base import Capabilities, SpillPositions
 from eventqueue.store.postgres import queries as sql
-from eventqueue.store.postgres.connection import Pool, connect
+from eventqueue.store.postgres.connection import Conn, Pool
 from eventqueue.store.postgres.listener import Listener
 from eventqueue.store.postgres.schema_state import ensure_schema, read_status
 from eventqueue.store.postgres.text import from_db, plain_prefix, readable, to_db
 
 _TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
 _CAPABILITIES = Capabilities(single_connection=False, cross_process_notify=True)
-Conn = asyncpg.Connection
 
 
 class PostgresStore:
@@ -446,16 +442,12 @@ async def _save_spill_positions(c: Conn, spill_log: str, reached: SpillPositions
 
 async def _ack_pairs(c: Conn, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
     pairs = [(event_id, to_db(token)) for token, ids in acks for event_id in sorted(set(ids))]
-    args = sql.ACK_PAIRS.args(
-        ids=[i for i, _ in pairs], tokens=[t for _, t in pairs], now=now
-    )
+    args = sql.ACK_PAIRS.args(ids=[i for i, _ in pairs], tokens=[t for _, t in pairs], now=now)
     changed = await c.fetch(sql.ACK_PAIRS.sql, *args)
     _check_fence(len(changed), len(pairs))
 
 
-async def _fenced(
-    c: Conn, query: sql.Query, token: str, ids: Sequence[int], **values: Any
-) -> None:
+async def _fenced(c: Conn, query: sql.Query, token: str, ids: Sequence[int], **values: Any) -> None:
     wanted = sorted(set(ids))
     changed = await c.fetch(query.sql, *query.args(ids=wanted, token=to_db(token), **values))
     _check_fence(len(changed), len(wanted))
@@ -537,9 +529,4 @@ def _peek_batches(keys: list[Any], found: list[Event], now: float) -> list[PeekB
     return batches
 
 
-async def connect_for_admin(config: Config, **settings: str) -> asyncpg.Connection:
-    """A single connection for the admin commands (no pool)."""
-    return await connect(config.db_path, timeout_s=config.busy_timeout_ms / 1000.0, **settings)
-
-
-__all__ = ["PostgresStore", "asyncio"]
+__all__ = ["PostgresStore", "channel_for", "ready_args"]

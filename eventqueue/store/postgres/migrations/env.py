@@ -6,6 +6,8 @@ already holds the migration lock; `alembic` on the command line is not needed.
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 
 from eventqueue.store.postgres.migrator import VERSION_TABLE
@@ -21,7 +23,7 @@ def _include_object(
     return not (type_ == "table" and reflected and compare_to is None)
 
 
-def _run(connection: object) -> None:
+def _run(connection: Any) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
