@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -209,5 +210,5 @@ async def test_the_sql_console_reads_and_refuses_writes(stores: OpenStore, pg_db
 
 
 async def test_backup_says_to_use_pg_dump(pg_db: str) -> None:
-    with pytest.raises(StorageError, match="pg_dump --format=custom --file=/tmp/x.dump"):
+    with pytest.raises(StorageError, match=re.escape("pg_dump --format=custom --file=/tmp/x.dump")):
         admin.backup(Config(db_path=pg_db), "/tmp/x.dump")
