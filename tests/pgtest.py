@@ -17,13 +17,14 @@ import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 
 URL_VARIABLE = "EVENTQUEUE_TEST_PG_URL"
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 CONNECT_TIMEOUT_S = 2.0
+SCHEMA_PREFIX = "eq_t_"
 T = TypeVar("T")
 
 
@@ -70,12 +71,27 @@ def unreachable_reason(url: str) -> str | None:
     return None
 
 
+def fold_skip(report: pytest.TestReport) -> None:
+    """Report every "not reachable" skip at this one place, so `-ra` folds them into one line.
+
+    (pytest points a skip raised in a fixture at each test; conftests call this from their
+    pytest_runtest_makereport hook wrapper.)
+    """
+    longrepr = report.longrepr
+    if (
+        report.skipped
+        and isinstance(longrepr, tuple)
+        and "PostgreSQL not reachable" in str(longrepr[2])
+    ):
+        report.longrepr = (__file__, _SKIP_LINE, longrepr[2])
+
+
 def require_pg() -> str:
     """The server's URL, or skip the calling test with the one-line reason."""
     url = pg_url()
     reason = unreachable_reason(url)
     if reason is not None:
-        pytest.skip(reason)
+        pytest.skip(reason)  # reported at _SKIP_LINE
     return url
 
 
@@ -96,12 +112,30 @@ async def execute(url: str, statement: str, *args: Any) -> list[Any]:
         await connection.close()
 
 
+def new_schema_name() -> str:
+    """A schema name no other test uses."""
+    return f"{SCHEMA_PREFIX}{secrets.token_hex(6)}"
+
+
+async def drop_schema_of(url: str) -> None:
+    """Drop the test schema that `url` (made by `with_schema`) selects, with all in it."""
+    schema = unquote(url.rsplit("search_path%3D", 1)[1])
+    if not schema.startswith(SCHEMA_PREFIX):
+        raise ValueError(f"not a test schema: {schema!r}")
+    base = url.rsplit("?options=", 1)[0].rsplit("&options=", 1)[0]
+    await execute(base, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 @contextlib.contextmanager
 def fresh_schema(url: str) -> Iterator[str]:
     """A new empty schema for one test: its URL; dropped with everything in it afterwards."""
-    schema = f"eq_t_{secrets.token_hex(6)}"
+    schema = new_schema_name()
     run_sync(lambda: execute(url, f"CREATE SCHEMA {schema}"))
     try:
         yield with_schema(url, schema)
     finally:
         run_sync(lambda: execute(url, f"DROP SCHEMA {schema} CASCADE"))
+
+
+# Where require_pg calls pytest.skip: the one location every such skip is reported at.
+_SKIP_LINE = require_pg.__code__.co_firstlineno + 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pgtest
 import pytest
 from pgtest import fresh_schema, require_pg
 
@@ -19,3 +20,10 @@ def pg_db(pg_server: str) -> Iterator[str]:
     """A URL on a fresh, empty schema of its own, dropped after the test."""
     with fresh_schema(pg_server) as url:
         yield url
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Without a server, one summary line for all the PostgreSQL tests (pgtest.fold_skip)."""
+    outcome = yield
+    pgtest.fold_skip(outcome.get_result())  # type: ignore[attr-defined]
