@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
@@ -98,9 +98,19 @@ class RequeueResult(TypedDict):
 
 
 def assemble_batches(
-    events: Iterable[Event], *, batch_id: str, token: str, consumer: str, expires_at: float
+    events: Iterable[Event],
+    *,
+    batch_id: str,
+    token: str,
+    consumer: str,
+    expires_at: float,
+    order: Sequence[str] | None = None,
 ) -> list[Batch]:
-    """Group claimed events into one Batch per key, each fenced by `token:key`, best first."""
+    """Group claimed events into one Batch per key, each fenced by `token:key`.
+
+    `order`: the keys in the claim's order (effective priority, then oldest), as the backend
+    chose them; needed when a claim leases several batches.
+    """
     by_key: dict[str, list[Event]] = {}
     for event in events:
         by_key.setdefault(event.batch_key, []).append(event)
@@ -116,7 +126,10 @@ def assemble_batches(
         )
         for key, found in by_key.items()
     ]
-    return sorted(claimed, key=lambda b: (-b.priority, b.events[0].received_at))
+    if order is None:
+        return claimed
+    rank = {key: n for n, key in enumerate(order)}
+    return sorted(claimed, key=lambda b: rank.get(b.key, len(rank)))
 
 
 def priority_name(value: Any) -> str:

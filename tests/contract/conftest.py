@@ -30,13 +30,6 @@ START = 1_700_000_000.0  # a realistic unix time; tests move it by passing a lar
 
 
 # Known store bug, shared by the tests that expose it (xfail strict: they flip when it is fixed).
-MULTI_BATCH_ORDER_BUG = (
-    "core/records.py assemble_batches orders a multi-batch claim by raw top priority and its "
-    "first event's received_at, not by the claim's order (effective priority, then the key's "
-    "oldest pending event), so claim(batches=N) disagrees with peek and with N single claims"
-)
-
-
 # --- backends ---------------------------------------------------------------------------------
 
 
@@ -233,7 +226,6 @@ async def status_of(store: Store, event_id: int) -> str:
 
 __all__ = [
     "BACKENDS",
-    "MULTI_BATCH_ORDER_BUG",
     "NOW_RULES",
     "START",
     "Backend",

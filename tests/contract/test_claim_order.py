@@ -3,12 +3,7 @@ batching off, several batches per claim, what a claimed batch carries."""
 
 from __future__ import annotations
 
-import pytest
-
-from eventqueue.core.models import Priority
-from eventqueue.store.base import Store
-from tests.contract.conftest import (
-    MULTI_BATCH_ORDER_BUG,
+from contract.conftest import (
     NOW_RULES,
     START,
     claim,
@@ -19,6 +14,8 @@ from tests.contract.conftest import (
     many,
     put,
 )
+from eventqueue.core.models import Priority
+from eventqueue.store.base import Store
 
 WINDOWED = claim_rules(max_batch=10, window_s=0.1)
 
@@ -253,7 +250,6 @@ async def test_single_claims_serve_a_key_with_an_older_lower_event_first(store: 
     assert await drain(store, now=START + 5) == [[new_high, old_normal], [high]]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MULTI_BATCH_ORDER_BUG)
 async def test_one_claim_of_several_batches_lists_them_in_claim_order_with_aging(
     store: Store,
 ) -> None:
@@ -267,7 +263,6 @@ async def test_one_claim_of_several_batches_lists_them_in_claim_order_with_aging
     assert [b.key for b in batches] == ["heartbeat-handler", "order_created-handler"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MULTI_BATCH_ORDER_BUG)
 async def test_one_claim_of_several_batches_lists_them_in_claim_order_by_oldest_event(
     store: Store,
 ) -> None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventqueue.core.errors import LeaseLostError
-from eventqueue.core.models import Batch
-from eventqueue.store.base import Store
-from tests.contract.conftest import (
+from contract.conftest import (
     START,
     claim,
     claim_one,
@@ -18,6 +15,9 @@ from tests.contract.conftest import (
     snapshot,
     status_of,
 )
+from eventqueue.core.errors import LeaseLostError
+from eventqueue.core.models import Batch
+from eventqueue.store.base import Store
 
 RULES = claim_rules(window_s=0.0, lease_s=30.0, max_attempts=5)
 EXPIRED = START + 31

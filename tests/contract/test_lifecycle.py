@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contract.conftest import START, OpenStore, claim_one, make_event, many, put
 from eventqueue.store.base import Capabilities, Store
-from tests.contract.conftest import START, OpenStore, claim_one, make_event, many, put
 
 
 async def test_a_store_names_its_database_and_reports_its_capabilities(store: Store) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contract.conftest import START, OpenStore, make_event
 from eventqueue.store.base import Store
-from tests.contract.conftest import START, OpenStore, make_event
 
 TTL = 300.0
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from eventqueue.store.base import Store
-from tests.contract.conftest import (
+from contract.conftest import (
     START,
     claim,
     claim_one,
@@ -13,6 +12,7 @@ from tests.contract.conftest import (
     put,
     status_of,
 )
+from eventqueue.store.base import Store
 
 RULES = claim_rules(window_s=0.0, max_batch=10)
 

@@ -6,10 +6,7 @@ import dataclasses
 
 import pytest
 
-from eventqueue.core.errors import StorageError
-from eventqueue.core.models import PutStatus
-from eventqueue.store.base import Store
-from tests.contract.conftest import (
+from contract.conftest import (
     NOW_RULES,
     START,
     OpenStore,
@@ -19,6 +16,9 @@ from tests.contract.conftest import (
     put,
     status_of,
 )
+from eventqueue.core.errors import StorageError
+from eventqueue.core.models import PutStatus
+from eventqueue.store.base import Store
 
 TTL = 300.0
 

@@ -7,12 +7,7 @@ import math
 
 import pytest
 
-from eventqueue.core.config import Config
-from eventqueue.core.errors import LeaseLostError
-from eventqueue.core.models import Batch
-from eventqueue.core.rules import retry_plan, rules_from_config
-from eventqueue.store.base import Store
-from tests.contract.conftest import (
+from contract.conftest import (
     START,
     claim,
     claim_one,
@@ -23,6 +18,11 @@ from tests.contract.conftest import (
     snapshot,
     status_of,
 )
+from eventqueue.core.config import Config
+from eventqueue.core.errors import LeaseLostError
+from eventqueue.core.models import Batch
+from eventqueue.core.rules import retry_plan, rules_from_config
+from eventqueue.store.base import Store
 
 RULES = claim_rules(window_s=0.0, max_attempts=3)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contract.conftest import OpenStore
 from eventqueue.store.base import Store
-from tests.contract.conftest import OpenStore
 
 
 async def test_a_new_store_has_no_settings(store: Store) -> None:

@@ -7,11 +7,7 @@ from typing import Any
 
 import pytest
 
-from eventqueue.core.models import Batch, Priority
-from eventqueue.core.rules import ClaimRules
-from eventqueue.store.base import Store
-from tests.contract.conftest import (
-    MULTI_BATCH_ORDER_BUG,
+from contract.conftest import (
     START,
     claim,
     claim_one,
@@ -22,6 +18,9 @@ from tests.contract.conftest import (
     put,
     snapshot,
 )
+from eventqueue.core.models import Batch, Priority
+from eventqueue.core.rules import ClaimRules
+from eventqueue.store.base import Store
 
 WINDOWED = claim_rules(max_batch=3, window_s=0.1)
 
@@ -108,7 +107,6 @@ async def test_peek_shows_what_the_next_claim_leases_in_its_order(
     assert peeked_view(peeked) == claimed_view(claimed)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=MULTI_BATCH_ORDER_BUG)
 async def test_peek_of_an_aged_key_shows_the_claim_order(store: Store) -> None:
     rules = claim_rules(window_s=0.0, aging_s=60.0)
     await put(store, [make_event("heartbeat")])  # LOW, aged to NORMAL by the claim

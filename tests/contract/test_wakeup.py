@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from contract.conftest import START, claim_one, claim_rules, make_event, many, put
 from eventqueue.core.records import Wakeup
 from eventqueue.store.base import Store
-from tests.contract.conftest import START, claim_one, claim_rules, make_event, many, put
 
 RULES = claim_rules(window_s=0.0, lease_s=30.0)
 

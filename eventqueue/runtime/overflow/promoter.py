@@ -76,7 +76,8 @@ class Overflow:
         self._task: asyncio.Task[None] | None = None
         self._room = room
         self._changes = changes
-        changes.listen(self.wake)  # an ack or a release may have freed room
+        # An ack or a release may have freed room (looked up at each call: tests replace it).
+        changes.listen(lambda: self.wake())
 
     @classmethod
     async def open(

@@ -199,6 +199,12 @@ async def claim_batches(
         b_expires=now + rules.lease_s,
         b_batch_id=batch_id,
     )
+    order = None
+    if batches > 1:
+        # The claim's own key order (effective priority, then oldest), read in the same
+        # transaction just before it: RETURNING cannot carry the CTE's rank.
+        keys_params = Q.peek_keys.bind(**ready_params(now, rules), b_batches=batches)
+        order = [row[0] for row in await db.execute_fetchall(Q.peek_keys.sql, keys_params)]
     rows = await db.execute_fetchall(Q.claim.sql, params)
     return assemble_batches(
         map(to_event, rows),
@@ -206,6 +212,7 @@ async def claim_batches(
         token=token,
         consumer=consumer,
         expires_at=now + rules.lease_s,
+        order=order,
     )
 
 
