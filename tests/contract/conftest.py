@@ -9,11 +9,12 @@ test of that backend with one clear line), and an async cleanup for it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import pgtest
 import pytest
 
 from eventqueue.core.codec import encode_event
@@ -59,9 +60,21 @@ async def _nothing_to_drop(config: Config) -> None:
     """The database lives in tmp_path, which pytest removes."""
 
 
+async def _postgresql_database(tmp_path: Path) -> Config:
+    """A fresh schema on EVENTQUEUE_TEST_PG_URL (skipped, in one line, when unreachable)."""
+    url = pgtest.require_pg()
+    schema = pgtest.new_schema_name()
+    await pgtest.execute(url, f"CREATE SCHEMA {schema}")
+    return Config(db_path=pgtest.with_schema(url, schema), spill_dir=str(tmp_path / "spill"))
+
+
+async def _drop_postgresql_schema(config: Config) -> None:
+    await pgtest.drop_schema_of(config.db_path)
+
+
 BACKENDS: dict[str, Backend] = {
     "sqlite": Backend(create=_sqlite_database, cleanup=_nothing_to_drop),
-    # "postgresql": Backend(create=_postgresql_database, cleanup=_drop_postgresql_schema),
+    "postgresql": Backend(create=_postgresql_database, cleanup=_drop_postgresql_schema),
 }
 
 
@@ -96,6 +109,13 @@ async def open_another(backend_config: Config) -> AsyncIterator[OpenStore]:
 async def store(open_another: OpenStore) -> Store:
     """A store on a fresh, empty database of the backend under test."""
     return await open_another()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Without a server, one summary line for all the PostgreSQL tests (pgtest.fold_skip)."""
+    outcome = yield
+    pgtest.fold_skip(outcome.get_result())  # type: ignore[attr-defined]
 
 
 # --- builders ---------------------------------------------------------------------------------

@@ -1,0 +1,422 @@
+"""Every statement the PostgreSQL backend runs, named, in one place (procrastinate's
+queries.sql, as Python constants). Only store.py, migrator.py and admin.py execute them.
+
+Statements are written with `:name` parameters and compiled once, at import, to asyncpg's
+`$n` form (`Query`). Lists travel as one array parameter each (`unnest`), so a statement's
+text and its server-side prepared plan never depend on the number of events.
+
+Claims use `FOR UPDATE SKIP LOCKED` (as River's JobGetAvailable and procrastinate's
+fetch_job do): concurrent claimers on any host never wait for each other and never lease the
+same row; a row another claimer committed meanwhile is re-checked against the WHERE clause
+(status = 'pending') and dropped. Readiness is computed over the pending rows, which
+EVENT_QUEUE_SIZE bounds, through the partial index ix_events_pending.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+CRITICAL = 4
+TOP_AGED_PRIORITY = 3  # aging lifts an event at most to HIGH, never to CRITICAL
+# Marks a stored text that needed escaping (see store.encode_text): PostgreSQL text cannot
+# hold NUL. Lease tokens are built in SQL from the stored batch key, so SQL knows the mark.
+TEXT_MARK = "\x01"
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One named statement: asyncpg SQL text and the names of its `$n` parameters in order."""
+
+    name: str
+    sql: str
+    params: tuple[str, ...]
+
+    @classmethod
+    def of(cls, name: str, text: str) -> Query:
+        order: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in order:
+                order.append(match[1])
+            return f"${order.index(match[1]) + 1}"
+
+        return cls(name, _PARAM.sub(number, text), tuple(order))
+
+    def args(self, **values: Any) -> list[Any]:
+        """Positional arguments from named values; a missing or unknown name is a bug."""
+        unknown = set(values) - set(self.params)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown parameters {sorted(unknown)}")
+        return [values[n] for n in self.params]
+
+
+def _available(alias: str) -> str:
+    # Claimable now: its retry time has come, or it never had one (a put sets available_at to
+    # received_at). A retry time further ahead than any back-off can be means the wall clock
+    # stepped back since the nack: due now, rather than hours late.
+    return (
+        f"({alias}.available_at <= :now::float8 OR {alias}.available_at = {alias}.received_at"
+        f" OR {alias}.available_at > :now::float8 + :retry_horizon::float8)"
+    )
+
+
+_LEASE_CLEARED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, batch_id = NULL"
+_EVENT_COLUMNS = "id, payload, priority, content_hash, batch_key, attempts, received_at"
+
+# --- put --------------------------------------------------------------------------------------
+
+_ROWS = """
+    unnest(:payloads::text[], :priorities::int[], :keys::text[], :hashes::text[],
+           :received::float8[], :copies::int[])
+        WITH ORDINALITY AS r(payload, priority, batch_key, content_hash, received_at, copies, n)
+"""
+
+# Distinct hashes only (the caller folds repeats into `copies`): ON CONFLICT DO UPDATE may not
+# touch one row twice in a statement. Rows are inserted in hash order, so two hosts putting
+# overlapping sets wait on each other's unique-index entries in one order (never a deadlock);
+# ids are drawn beforehand in arrival order, so id still breaks received_at ties FIFO.
+# RETURNING (xmax = 0) is true exactly for the rows inserted (not updated on conflict).
+PUT_DEDUP = Query.of(
+    "put_dedup",
+    f"""
+    WITH ids AS MATERIALIZED (
+        SELECT nextval(pg_get_serial_sequence('events', 'id')) AS id, g AS n
+        FROM generate_series(1, cardinality(:hashes::text[])) AS g
+    )
+    INSERT INTO events AS e (id, payload, priority, batch_key, content_hash, dedup_key, status,
+                             received_at, available_at, duplicates)
+    SELECT ids.id, r.payload, r.priority, r.batch_key, r.content_hash, r.content_hash,
+           'pending', r.received_at, r.received_at, r.copies - 1
+    FROM {_ROWS} JOIN ids USING (n)
+    ORDER BY r.content_hash
+    ON CONFLICT (dedup_key) DO UPDATE SET duplicates = e.duplicates + EXCLUDED.duplicates + 1
+    RETURNING e.id, e.content_hash, (e.xmax = 0) AS inserted
+    """,
+)
+
+PUT_PLAIN = Query.of(
+    "put_plain",
+    f"""
+    INSERT INTO events (payload, priority, batch_key, content_hash, status, received_at,
+                        available_at, duplicates)
+    SELECT r.payload, r.priority, r.batch_key, r.content_hash, 'pending', r.received_at,
+           r.received_at, r.copies - 1
+    FROM {_ROWS}
+    ORDER BY r.n
+    RETURNING id
+    """,
+)
+
+# Originals older than the dedup window give up their key, so the content is new again. One
+# received "in the future" means the wall clock stepped back: its window ends now.
+RELEASE_DEDUP = Query.of(
+    "release_dedup",
+    """
+    UPDATE events SET dedup_key = NULL
+    WHERE dedup_key = ANY(:hashes::text[])
+      AND (received_at < :cutoff::float8 OR received_at > :now::float8)
+    """,
+)
+
+ADD_TO_COUNTER = Query.of(
+    "add_to_counter",
+    """
+    INSERT INTO counters AS c (name, value) VALUES (:name::text, :n::bigint)
+    ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
+    """,
+)
+
+SAVE_SOURCE_POSITIONS = Query.of(
+    "save_source_positions",
+    """
+    INSERT INTO source_positions (source, position, updated_at)
+    SELECT s, p, :now::float8 FROM unnest(:sources::text[], :positions::text[]) AS u(s, p)
+    ON CONFLICT (source) DO UPDATE
+        SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
+    """,
+)
+
+SAVE_SPILL_POSITIONS = Query.of(
+    "save_spill_positions",
+    """
+    INSERT INTO spill_positions (log, priority, segment, "offset")
+    SELECT :log::text, p, s, o
+    FROM unnest(:priorities::int[], :segments::bigint[], :offsets::bigint[]) AS u(p, s, o)
+    ON CONFLICT (log, priority) DO UPDATE
+        SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset"
+    """,
+)
+
+COUNT_SCHEDULED = Query.of(
+    "count_scheduled",
+    """
+    SELECT (SELECT count(*) FROM events WHERE status = 'pending')
+         + (SELECT count(*) FROM events WHERE status = 'claimed')
+    """,
+)
+
+SELECT_SOURCE_POSITION = Query.of(
+    "select_source_position",
+    "SELECT position FROM source_positions WHERE source = :source::text",
+)
+
+SELECT_SPILL_POSITIONS = Query.of(
+    "select_spill_positions",
+    'SELECT priority, segment, "offset" FROM spill_positions WHERE log = :log::text',
+)
+
+# --- claim ------------------------------------------------------------------------------------
+
+# Per batch key with claimable pending events: whether a full batch waits, the oldest and
+# newest received time, the top priority; then the keys that are ready, in claim order.
+# Ready: a full batch, the oldest waited the window, a CRITICAL event (never waits), batching
+# off, or an event received after `now` (the clock stepped back: do not wait for it). Effective
+# priority: the top priority raised one level per aging period the oldest waited, capped at
+# HIGH; CRITICAL stays CRITICAL. min_priority: a key ready only because of CRITICAL events
+# leases just those; the rest keep filling their batch.
+_READY = f"""
+    summary AS MATERIALIZED (
+        SELECT batch_key, count(*) >= :max_batch::int AS full_batch,
+               min(received_at) AS oldest, max(received_at) AS newest, max(priority) AS top
+        FROM events
+        WHERE status = 'pending' AND {_available("events")}
+        GROUP BY batch_key
+    ),
+    ready AS (
+        SELECT batch_key, oldest, top,
+               CASE WHEN top = {CRITICAL} THEN {CRITICAL}
+                    ELSE least(top + floor(greatest(0.0, :now::float8 - oldest)
+                                           / :aging_s::float8), {TOP_AGED_PRIORITY})::int
+               END AS effective,
+               CASE WHEN top = {CRITICAL} AND NOT full_batch
+                         AND oldest > :window_start::float8 AND newest <= :now::float8
+                         AND NOT :no_batching::boolean
+                    THEN {CRITICAL} ELSE 0
+               END AS min_priority
+        FROM summary
+        WHERE full_batch OR oldest <= :window_start::float8 OR newest > :now::float8
+              OR top = {CRITICAL} OR :no_batching::boolean
+    )
+"""
+
+_PICK = f"""
+    SELECT p.id FROM (SELECT * FROM ready ORDER BY effective DESC, oldest LIMIT :batches::int) k
+    CROSS JOIN LATERAL (
+        SELECT e.id FROM events e
+        WHERE e.status = 'pending' AND e.batch_key = k.batch_key AND {_available("e")}
+          AND e.priority >= k.min_priority
+        ORDER BY e.priority DESC, e.received_at, e.id
+        LIMIT :limit::int
+        {{lock}}
+    ) p
+"""
+
+
+def _fenced_text(column: str) -> str:
+    # `:prefix:<key>`, escaped as store.encode_text escapes the whole text: when the stored
+    # key carries the mark, the mark moves to the front (the prefix holds neither NUL nor it).
+    return (
+        f"CASE WHEN left(batch_key, 1) = chr({ord(TEXT_MARK)})"
+        f" THEN chr({ord(TEXT_MARK)}) || :{column}::text || ':' || substr(batch_key, 2)"
+        f" ELSE :{column}::text || ':' || batch_key END"
+    )
+
+
+# Each batch's lease token and batch id are `token:key` and `batch_id:key`: every batch is
+# fenced on its own (records.assemble_batches builds the same in Python).
+CLAIM = Query.of(
+    "claim",
+    f"""
+    WITH {_READY}, picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")})
+    UPDATE events SET status = 'claimed', lease_owner = :owner::text,
+        lease_token = {_fenced_text("token")},
+        lease_expires_at = :expires::float8,
+        batch_id = {_fenced_text("batch_id")},
+        attempts = attempts + 1
+    FROM picked WHERE events.id = picked.id
+    RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at
+    """,
+)
+
+# What the next claim of `batches` batches would lease (the same selection, nothing locked).
+PEEK_KEYS = Query.of(
+    "peek_keys",
+    f"""
+    WITH {_READY}
+    SELECT batch_key, effective, oldest, top FROM ready
+    ORDER BY effective DESC, oldest LIMIT :batches::int
+    """,
+)
+
+PEEK_EVENTS = Query.of(
+    "peek_events",
+    f"""
+    WITH {_READY}
+    SELECT {_EVENT_COLUMNS} FROM events WHERE id IN ({_PICK.format(lock="")})
+    ORDER BY batch_key, priority DESC, received_at, id
+    """,
+)
+
+COUNT_READY_KEYS = Query.of("count_ready_keys", f"WITH {_READY} SELECT count(*) FROM ready")
+
+# Expired leases back to pending, or dead when their attempts are used up. SKIP LOCKED: a row
+# locked right now is being acked, extended or expired by someone else. A lease further ahead
+# than any can run means the clock stepped back since the claim: expired now.
+EXPIRE_LEASES = Query.of(
+    "expire_leases",
+    f"""
+    UPDATE events e SET
+        status = CASE WHEN e.attempts >= :max_attempts::int THEN 'dead' ELSE 'pending' END,
+        last_error = CASE WHEN e.attempts >= :max_attempts::int
+                          THEN coalesce(e.last_error, 'lease expired') ELSE e.last_error END,
+        finished_at = CASE WHEN e.attempts >= :max_attempts::int THEN :now::float8 END,
+        {_LEASE_CLEARED}
+    WHERE e.id IN (
+        SELECT id FROM events
+        WHERE status = 'claimed'
+          AND (lease_expires_at <= :now::float8
+               OR lease_expires_at > :now::float8 + :lease_horizon::float8)
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING e.status
+    """,
+)
+
+# --- settle: every statement is fenced by the lease token; RETURNING counts what changed -------
+
+ACK_PAIRS = Query.of(
+    "ack_pairs",
+    f"""
+    UPDATE events e SET status = 'done', finished_at = :now::float8, last_error = NULL,
+        {_LEASE_CLEARED}
+    FROM unnest(:ids::bigint[], :tokens::text[]) AS p(id, token)
+    WHERE e.id = p.id AND e.status = 'claimed' AND e.lease_token = p.token
+    RETURNING e.id
+    """,
+)
+
+
+def _fenced(assignments: str) -> str:
+    return f"""
+    UPDATE events SET {assignments}
+    WHERE id = ANY(:ids::bigint[]) AND status = 'claimed' AND lease_token = :token::text
+    RETURNING id
+    """
+
+
+ACK = Query.of(
+    "ack",
+    _fenced(f"status = 'done', finished_at = :now::float8, last_error = NULL, {_LEASE_CLEARED}"),
+)
+EXTEND = Query.of("extend", _fenced("lease_expires_at = :expires::float8"))
+RELEASE = Query.of("release", _fenced(f"status = 'pending', {_LEASE_CLEARED}"))
+
+# [id, retry_at or NULL]: pending at retry_at, or dead (NULL) keeping the error.
+NACK = Query.of(
+    "nack",
+    f"""
+    UPDATE events e SET
+        status = CASE WHEN i.retry_at IS NULL THEN 'dead' ELSE 'pending' END,
+        available_at = coalesce(i.retry_at, e.available_at),
+        finished_at = CASE WHEN i.retry_at IS NULL THEN :now::float8 END,
+        last_error = :error::text,
+        {_LEASE_CLEARED}
+    FROM unnest(:ids::bigint[], :retry_at::float8[]) AS i(id, retry_at)
+    WHERE e.id = i.id AND e.status = 'claimed' AND e.lease_token = :token::text
+    RETURNING e.id
+    """,
+)
+
+NEXT_WAKEUP = Query.of(
+    "next_wakeup",
+    f"""
+    SELECT
+        (SELECT min(received_at) FROM events
+         WHERE status = 'pending' AND {_available("events")}) AS oldest_pending_at,
+        (SELECT min(available_at) FROM events
+         WHERE status = 'pending' AND available_at > :now::float8
+           AND available_at <> received_at) AS next_retry_at,
+        (SELECT min(lease_expires_at) FROM events WHERE status = 'claimed')
+            AS next_lease_expiry_at
+    """.replace(":retry_horizon::float8", "'Infinity'::float8"),
+)
+
+# --- inspection and repair ------------------------------------------------------------------
+
+COUNT_BY_STATUS = Query.of(
+    "count_by_status",
+    "SELECT status, priority, count(*) FROM events GROUP BY status, priority",
+)
+SELECT_COUNTERS = Query.of("select_counters", "SELECT name, value FROM counters")
+OLDEST_PENDING = Query.of(
+    "oldest_pending", "SELECT min(received_at) FROM events WHERE status = 'pending'"
+)
+SELECT_EVENT = Query.of("select_event", "SELECT * FROM events WHERE id = :id::bigint")
+SELECT_DEAD = Query.of(
+    "select_dead",
+    """
+    SELECT * FROM events WHERE status = 'dead'
+    ORDER BY finished_at DESC, id DESC LIMIT :limit::int
+    """,
+)
+SELECT_STATUSES = Query.of(
+    "select_statuses", "SELECT id, status FROM events WHERE id = ANY(:ids::bigint[])"
+)
+_REQUEUE = """
+    UPDATE events SET status = 'pending', attempts = 0, available_at = :now::float8,
+        finished_at = NULL
+    WHERE status = 'dead'
+"""
+REQUEUE_IDS = Query.of("requeue_ids", _REQUEUE + " AND id = ANY(:ids::bigint[])")
+REQUEUE_ALL = Query.of("requeue_all", _REQUEUE)
+# SKIP LOCKED: purges on several hosts at once take different chunks instead of queueing.
+PURGE_DONE = Query.of(
+    "purge_done",
+    """
+    DELETE FROM events WHERE id IN (
+        SELECT id FROM events WHERE status = 'done' AND finished_at < :cutoff::float8
+        ORDER BY finished_at LIMIT :chunk::int FOR UPDATE SKIP LOCKED
+    )
+    """,
+)
+SAVE_SETTINGS = Query.of(
+    "save_settings",
+    """
+    INSERT INTO settings (name, value)
+    SELECT n, v FROM unnest(:names::text[], :values::text[]) AS u(n, v)
+    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
+    """,
+)
+SELECT_SETTINGS = Query.of("select_settings", "SELECT name, value FROM settings")
+
+# --- schema, locks, notifications -------------------------------------------------------------
+
+SCHEMA_STATE = Query.of(
+    "schema_state",
+    """
+    SELECT current_schema() AS schema,
+           to_regclass(quote_ident(current_schema()) || '.eventqueue_alembic_version')
+               IS NOT NULL AS has_version_table,
+           to_regclass(quote_ident(current_schema()) || '.events') IS NOT NULL AS has_events
+    """,
+)
+VERSION_NUM = Query.of("version_num", "SELECT version_num FROM eventqueue_alembic_version")
+# One migration at a time per schema, on every host (released at commit).
+MIGRATION_LOCK = Query.of(
+    "migration_lock",
+    "SELECT pg_advisory_xact_lock(hashtext('eventqueue migrate ' || current_schema()))",
+)
+CURRENT_SCHEMA = Query.of("current_schema", "SELECT current_schema()")
+NOTIFY = Query.of("notify", "SELECT pg_notify(:channel::text, :payload::text)")
+# fail_fast puts: a lock held elsewhere fails after EVENT_SPILL_AFTER_MS instead of waiting.
+LOCK_TIMEOUT = Query.of("lock_timeout", "SELECT set_config('lock_timeout', :timeout::text, true)")
+
+
+def all_queries() -> Mapping[str, Query]:
+    """Every named statement (tests prepare them all against a real server)."""
+    return {q.name: q for q in globals().values() if isinstance(q, Query)}

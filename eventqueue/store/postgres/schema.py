@@ -1,0 +1,155 @@
+"""The PostgreSQL schema, defined once: tables, partial indexes and the debugging views.
+
+The same tables, columns and view names as the SQLite backend (store/sqlite/schema.py), so the
+CLI, the views and a user's SQL read alike on both. Times are unix seconds (double precision),
+as on SQLite: the store takes `now` as a float from the runtime's clock. The migrations create
+these; a test checks that they match.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+STATUSES = ("pending", "claimed", "done", "dead")
+
+events = Table(
+    "events",
+    metadata,
+    # An identity column: ids are never reused after a purge.
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("payload", Text, nullable=False),  # canonical JSON text, exactly as hashed
+    Column("priority", Integer, nullable=False),
+    Column("batch_key", Text, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    # The content hash while the event's dedup window is open, NULL after it: UNIQUE makes the
+    # database itself refuse a duplicate inside the window, on every host (ON CONFLICT).
+    Column("dedup_key", Text, nullable=True, unique=True),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("received_at", Float, nullable=False),
+    Column("available_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_token", Text, nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("batch_id", Text, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Column("finished_at", Float, nullable=True),
+    CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+    CheckConstraint("priority BETWEEN 1 AND 4", name="priority"),
+)
+
+# Claims only look at pending rows: the partial index holds just those, in each key's claim
+# order (priority DESC, received_at, id), so a key's next batch is a LIMITed index walk.
+Index(
+    "ix_events_pending",
+    events.c.batch_key,
+    events.c.priority.desc(),
+    events.c.received_at,
+    events.c.id,
+    events.c.available_at,
+    postgresql_where=text("status = 'pending'"),
+)
+Index("ix_events_claimed", events.c.lease_expires_at, postgresql_where=text("status = 'claimed'"))
+Index("ix_events_done", events.c.finished_at, postgresql_where=text("status = 'done'"))
+Index("ix_events_dead", events.c.finished_at, postgresql_where=text("status = 'dead'"))
+
+source_positions = Table(
+    "source_positions",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("position", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+spill_positions = Table(
+    "spill_positions",
+    metadata,
+    Column("log", Text, primary_key=True),
+    Column("priority", Integer, primary_key=True),
+    Column("segment", BigInteger, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+)
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", BigInteger, nullable=False, server_default="0"),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+_NOW = "date_part('epoch', now())"
+_PRIORITY_NAME = (
+    "CASE priority WHEN 4 THEN 'CRITICAL' WHEN 3 THEN 'HIGH' WHEN 2 THEN 'NORMAL' ELSE 'LOW' END"
+)
+# `payload::json ->> 'event_name'` fails on a name holding \u0000 (no NUL in PostgreSQL text):
+# such a row shows NULL rather than breaking the whole view.
+_EVENT_NAME = (
+    "CASE WHEN strpos(payload, '\\u0000') > 0 THEN NULL ELSE payload::json ->> 'event_name' END"
+)
+
+# Debugging views: `psql ... -c 'select * from eq_overview'`, the same names and columns as on
+# SQLite. Created by migrations; kept here so a test can check the migrations produce these.
+VIEWS: dict[str, str] = {
+    "eq_overview": f"""
+        SELECT status, {_PRIORITY_NAME} AS priority, batch_key, count(*) AS events,
+               round(({_NOW} - min(received_at))::numeric, 3) AS oldest_age_s,
+               sum(duplicates) AS duplicates
+        FROM events GROUP BY status, events.priority, batch_key
+    """,
+    "eq_ready_batches": f"""
+        SELECT batch_key, count(*) AS pending, max(priority) AS top_priority,
+               round(({_NOW} - min(received_at))::numeric, 3) AS oldest_age_s,
+               (count(*) >= (SELECT value FROM settings WHERE name = 'max_batch_size')::integer
+                OR max(priority) = 4
+                OR ({_NOW} - min(received_at)) * 1000.0
+                   >= (SELECT value FROM settings WHERE name = 'batch_window_ms')::double precision
+                OR (SELECT value FROM settings WHERE name = 'enable_batching') = 'false'
+               ) AS ready
+        FROM events WHERE status = 'pending' AND available_at <= {_NOW}
+        GROUP BY batch_key
+    """,
+    "eq_dead_letters": f"""
+        SELECT id, {_EVENT_NAME} AS event_name, {_PRIORITY_NAME} AS priority,
+               attempts, last_error,
+               to_char(to_timestamp(finished_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+                   AS died_at,
+               payload
+        FROM events WHERE status = 'dead'
+    """,
+    "eq_claimed": f"""
+        SELECT batch_id, lease_owner, batch_key, count(*) AS events,
+               round((min(lease_expires_at) - {_NOW})::numeric, 3) AS lease_left_s,
+               max(attempts) AS attempts
+        FROM events WHERE status = 'claimed' GROUP BY batch_id, lease_owner, batch_key
+    """,
+}

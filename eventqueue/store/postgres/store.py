@@ -1,0 +1,532 @@
+"""PostgresStore: the Store interface on a PostgreSQL database shared by several hosts. One
+method = one transaction = one domain result; no Record or connection leaves this module."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from eventqueue.core.codec import decode_payload
+from eventqueue.core.config import Config
+from eventqueue.core.errors import LeaseLostError, SchemaError
+from eventqueue.core.models import Batch, Event, Priority, PutStatus
+from eventqueue.core.records import (
+    EventBrief,
+    EventInfo,
+    NewEvent,
+    PeekBatch,
+    PutCommit,
+    Refusal,
+    RequeueResult,
+    StoreStats,
+    Wakeup,
+    assemble_batches,
+    decode_text,
+    event_name,
+    iso,
+    priority_name,
+    schema_problem,
+)
+from eventqueue.core.rules import ClaimRules
+from eventqueue.store.base import Capabilities, SpillPositions
+from eventqueue.store.postgres import queries as sql
+from eventqueue.store.postgres.connection import Conn, Pool
+from eventqueue.store.postgres.listener import Listener
+from eventqueue.store.postgres.schema_state import ensure_schema, read_status
+from eventqueue.store.postgres.text import from_db, plain_prefix, readable, to_db
+
+_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
+_CAPABILITIES = Capabilities(single_connection=False, cross_process_notify=True)
+
+
+class PostgresStore:
+    """The durable store in one PostgreSQL schema: a small pool, row locks, LISTEN/NOTIFY."""
+
+    def __init__(self, pool: Pool, channel: str) -> None:
+        self._pool = pool
+        self._channel = channel
+        # Sent with every notification, so this store's own commits do not wake it again.
+        self._instance = secrets.token_hex(8)
+        self._listener: Listener | None = None
+
+    @classmethod
+    async def open(
+        cls, config: Config, *, migrate: bool | str = "auto", readonly: bool = False
+    ) -> PostgresStore:
+        """Check (or bring) the schema to head, then hold a small pool of connections.
+
+        `readonly`: every session is read-only; never migrates, and the schema must be at head.
+        """
+        dsn, timeout_s = config.db_path, config.busy_timeout_ms / 1000.0
+        if readonly:
+            status = await read_status(dsn, timeout_s=timeout_s)
+            if status["state"] != "current":
+                raise SchemaError(schema_problem(status))
+        else:
+            await ensure_schema(dsn, migrate, timeout_s=timeout_s)
+        pool = await Pool.open(
+            dsn,
+            busy_timeout_ms=config.busy_timeout_ms,
+            spill_after_ms=config.spill_after_ms,
+            readonly=readonly,
+        )
+        try:
+            schema = await pool.read(lambda c: c.fetchval(sql.CURRENT_SCHEMA.sql))
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, channel_for(str(schema)))
+
+    @property
+    def name(self) -> str:
+        """The database URL without its password."""
+        return self._pool.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """A pool of connections; other processes' commits arrive by LISTEN/NOTIFY."""
+        return _CAPABILITIES
+
+    async def close(self) -> None:
+        """Stop listening and close the pool (idempotent)."""
+        if self._listener is not None:
+            await self._listener.close()
+        await self._pool.close()
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` when another process commits work (after LISTEN is in place).
+
+        A notification lost while the listening connection was down is made up for by one
+        `on_change` call after it reconnects.
+        """
+        if self._listener is None:
+            self._listener = Listener(
+                self._pool.dsn, self._channel, ignore=self._instance, on_change=on_change
+            )
+            await self._listener.start()
+
+    async def maintain(self) -> None:
+        """Nothing to do: autovacuum keeps the tables compact."""
+
+    # --- put ------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        rows: Sequence[NewEvent],
+        *,
+        now: float,
+        dedup_ttl_s: float | None,
+        source_positions: Mapping[str, str | None] | None = None,
+        spill_positions: tuple[str, SpillPositions] | None = None,
+        fail_fast: bool = False,
+    ) -> PutCommit:
+        """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
+
+        Positions commit with the events. `fail_fast`: StoreBusyError when a connection or a
+        lock cannot be had within EVENT_SPILL_AFTER_MS (the caller spills instead).
+        """
+
+        async def body(c: Conn) -> PutCommit:
+            outcome = await _insert(c, rows, now, dedup_ttl_s) if rows else []
+            if source_positions:
+                names = [to_db(s) for s in source_positions]
+                positions = [None if p is None else to_db(p) for p in source_positions.values()]
+                query = sql.SAVE_SOURCE_POSITIONS
+                await c.execute(query.sql, *query.args(sources=names, positions=positions, now=now))
+            if spill_positions:
+                await _save_spill_positions(c, *spill_positions)
+            if any(status is PutStatus.ACCEPTED for status, _ in outcome):
+                await self._notify(c)
+            scheduled = await c.fetchval(sql.COUNT_SCHEDULED.sql)
+            return PutCommit(outcome, int(scheduled))
+
+        return await self._pool.write(body, fail_fast=fail_fast)
+
+    async def scheduled_count(self) -> int:
+        """Pending + claimed events (what EVENT_QUEUE_SIZE bounds)."""
+        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_SCHEDULED.sql)))
+
+    async def source_position(self, source: str) -> str | None:
+        """The stream position stored with the last committed events of `source`."""
+        args = sql.SELECT_SOURCE_POSITION.args(source=to_db(source))
+        found = await self._pool.read(lambda c: c.fetchval(sql.SELECT_SOURCE_POSITION.sql, *args))
+        return None if found is None else from_db(str(found))
+
+    async def spill_positions(self, spill_log: str) -> dict[int, tuple[int, int]]:
+        """Per priority, how far the spill log keyed `spill_log` was promoted."""
+        args = sql.SELECT_SPILL_POSITIONS.args(log=to_db(spill_log))
+        rows = await self._pool.read(lambda c: c.fetch(sql.SELECT_SPILL_POSITIONS.sql, *args))
+        return {int(p): (int(seg), int(off)) for p, seg, off in rows}
+
+    # --- claim and settle -----------------------------------------------------------------
+
+    async def claim(
+        self,
+        *,
+        now: float,
+        consumer: str,
+        token: str,
+        batch_id: str,
+        rules: ClaimRules,
+        batches: int = 1,
+        expire: bool = True,
+        acks: Sequence[tuple[str, Sequence[int]]] = (),
+    ) -> list[Batch]:
+        """Lease up to `batches` ready batches, best first ([] when none is ready).
+
+        `acks` are acked first in the same transaction (LeaseLostError and no change if one
+        lost its lease); `expire` first returns expired leases to pending.
+        """
+        args = sql.CLAIM.args(
+            **ready_args(now, rules),
+            batches=batches,
+            limit=rules.batch_limit,
+            owner=consumer,
+            token=plain_prefix(token, "a claim token"),
+            expires=now + rules.lease_s,
+            batch_id=plain_prefix(batch_id, "a batch id"),
+        )
+
+        async def body(c: Conn) -> list[Batch]:
+            if acks:
+                await _ack_pairs(c, acks, now)
+            if expire:
+                expired = sql.EXPIRE_LEASES.args(
+                    now=now, max_attempts=rules.max_attempts, lease_horizon=rules.lease_horizon_s
+                )
+                statuses = await c.fetch(sql.EXPIRE_LEASES.sql, *expired)
+                if any(status == "pending" for (status,) in statuses):
+                    await self._notify(c)
+            rows = await c.fetch(sql.CLAIM.sql, *args)
+            return assemble_batches(
+                map(_event, rows),
+                batch_id=batch_id,
+                token=token,
+                consumer=consumer,
+                expires_at=now + rules.lease_s,
+            )
+
+        return await self._pool.write(body)
+
+    async def ack(self, token: str, ids: Sequence[int], *, now: float) -> None:
+        """Leased events done; LeaseLostError (and no change) if the token is stale."""
+        await self._pool.write(lambda c: _fenced(c, sql.ACK, token, ids, now=now))
+
+    async def nack(
+        self,
+        token: str,
+        retry_at: Mapping[int, float],
+        dead: Sequence[int],
+        *,
+        error: str,
+        now: float,
+    ) -> None:
+        """Leased events back to pending at their retry time, or dead; fenced by token."""
+        if not all(math.isfinite(at) for at in retry_at.values()):
+            raise ValueError(f"retry times must be finite, got {sorted(retry_at.values())}")
+        ids = [*retry_at, *dead]
+        times: list[float | None] = [*retry_at.values(), *(None for _ in dead)]
+        args = sql.NACK.args(
+            ids=ids, retry_at=times, token=to_db(token), error=readable(error), now=now
+        )
+
+        async def body(c: Conn) -> None:
+            changed = await c.fetch(sql.NACK.sql, *args)
+            _check_fence(len(changed), len(ids))
+            if retry_at:
+                await self._notify(c)
+
+        await self._pool.write(body)
+
+    async def extend(self, token: str, ids: Sequence[int], *, expires_at: float) -> None:
+        """Push the lease expiry out; LeaseLostError if the token is stale."""
+        await self._pool.write(lambda c: _fenced(c, sql.EXTEND, token, ids, expires=expires_at))
+
+    async def release(self, token: str, ids: Sequence[int]) -> None:
+        """Leased events back to pending now; LeaseLostError if the token is stale."""
+
+        async def body(c: Conn) -> None:
+            await _fenced(c, sql.RELEASE, token, ids)
+            await self._notify(c)
+
+        await self._pool.write(body)
+
+    async def next_wakeup(self, now: float) -> Wakeup:
+        """When work that is not ready now may become ready."""
+        args = sql.NEXT_WAKEUP.args(now=now)
+        row = await self._pool.read(lambda c: c.fetchrow(sql.NEXT_WAKEUP.sql, *args))
+        assert row is not None
+        return Wakeup(row[0], row[1], row[2])
+
+    # --- inspection and repair ------------------------------------------------------------
+
+    async def stats(self, *, now: float, rules: ClaimRules) -> StoreStats:
+        """Counts by status and priority, counters, oldest pending time, ready batch keys."""
+
+        async def body(c: Conn) -> StoreStats:
+            counts: dict[str, dict[str, int]] = {}
+            for status, priority, count in await c.fetch(sql.COUNT_BY_STATUS.sql):
+                counts.setdefault(status, {})[Priority(priority).name] = int(count)
+            counters = {str(n): int(v) for n, v in await c.fetch(sql.SELECT_COUNTERS.sql)}
+            oldest = await c.fetchval(sql.OLDEST_PENDING.sql)
+            query = sql.COUNT_READY_KEYS
+            ready = await c.fetchval(query.sql, *query.args(**ready_args(now, rules)))
+            return StoreStats(counts, counters, oldest, int(ready or 0))
+
+        return await self._pool.read(body)
+
+    async def peek(self, *, now: float, rules: ClaimRules, limit: int) -> list[PeekBatch]:
+        """The batches the next claims would lease, in claim order; claims nothing."""
+        params = {**ready_args(now, rules), "batches": limit}
+
+        async def body(c: Conn) -> list[PeekBatch]:
+            keys = await c.fetch(sql.PEEK_KEYS.sql, *sql.PEEK_KEYS.args(**params))
+            found = sql.PEEK_EVENTS.args(**params, limit=rules.batch_limit)
+            rows = await c.fetch(sql.PEEK_EVENTS.sql, *found)
+            return _peek_batches(list(keys), [_event(r) for r in rows], now)
+
+        return await self._pool.read(body)
+
+    async def show(self, event_id: int) -> EventInfo | None:
+        """One event with every column, or None when there is no such id."""
+        args = sql.SELECT_EVENT.args(id=event_id)
+        row = await self._pool.read(lambda c: c.fetchrow(sql.SELECT_EVENT.sql, *args))
+        if row is None:
+            return None
+        info = dict(row.items())
+        info.update({k: iso(info[k]) for k in _TIME_COLUMNS})
+        info["batch_key"] = from_db(info["batch_key"])
+        priority, payload = priority_name(info["priority"]), decode_text(info["payload"])
+        return {**info, "priority": priority, "payload": payload}
+
+    async def dead(self, *, limit: int) -> list[EventBrief]:
+        """Dead letters, most recent first, with their last error."""
+        args = sql.SELECT_DEAD.args(limit=limit)
+        rows = await self._pool.read(lambda c: c.fetch(sql.SELECT_DEAD.sql, *args))
+        return [
+            {
+                **_brief(r["id"], r["payload"], r["priority"], r["attempts"]),
+                "batch_key": from_db(r["batch_key"]),
+                "last_error": r["last_error"],
+                "died_at": iso(r["finished_at"]),
+            }
+            for r in rows
+        ]
+
+    async def requeue(self, ids: Sequence[int] | None, *, now: float) -> RequeueResult:
+        """Dead events (these ids, or all) back to pending; nothing changes if one is not dead."""
+
+        async def body(c: Conn) -> RequeueResult:
+            if ids is None:
+                status = await c.execute(sql.REQUEUE_ALL.sql, *sql.REQUEUE_ALL.args(now=now))
+            else:
+                wanted = sorted(set(ids))
+                found = await c.fetch(sql.SELECT_STATUSES.sql, wanted)
+                refused = _refusals(wanted, {int(i): str(s) for i, s in found})
+                if refused:
+                    return RequeueResult(requeued=0, refused=refused)
+                query = sql.REQUEUE_IDS
+                status = await c.execute(query.sql, *query.args(ids=wanted, now=now))
+            count = _row_count(status)
+            if count:
+                await self._notify(c)
+            return RequeueResult(requeued=count, refused=[])
+
+        return await self._pool.write(body)
+
+    async def purge_done(self, *, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` done events finished before `cutoff`; how many."""
+        args = sql.PURGE_DONE.args(cutoff=cutoff, chunk=limit)
+        status = await self._pool.write(lambda c: c.execute(sql.PURGE_DONE.sql, *args))
+        return _row_count(status)
+
+    async def settings(self) -> dict[str, str]:
+        """The settings the last opener recorded."""
+        rows = await self._pool.read(lambda c: c.fetch(sql.SELECT_SETTINGS.sql))
+        return {from_db(str(name)): from_db(str(value)) for name, value in rows}
+
+    async def save_settings(self, values: Mapping[str, str]) -> None:
+        """Record the opener's settings for the debugging views and the CLI."""
+        args = sql.SAVE_SETTINGS.args(
+            names=[to_db(k) for k in values], values=[to_db(v) for v in values.values()]
+        )
+        await self._pool.write(lambda c: c.execute(sql.SAVE_SETTINGS.sql, *args))
+
+    async def _notify(self, c: Conn) -> None:
+        # Delivered at commit, to every listening session (PostgreSQL folds repeats within
+        # one transaction into one).
+        args = sql.NOTIFY.args(channel=self._channel, payload=self._instance)
+        await c.execute(sql.NOTIFY.sql, *args)
+
+
+def channel_for(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of the queue in `schema` (channels are per database)."""
+    return f"eventqueue.{schema}"[:63]
+
+
+def ready_args(now: float, rules: ClaimRules) -> dict[str, Any]:
+    """The parameters of every statement that decides readiness (claims, ready counts, peek)."""
+    return {
+        "now": now,
+        "max_batch": rules.max_batch,
+        "window_start": now - rules.window_s,
+        "no_batching": not rules.batching,
+        "aging_s": rules.aging_s,
+        "retry_horizon": rules.retry_horizon_s,
+    }
+
+
+async def _insert(
+    c: Conn, rows: Sequence[NewEvent], now: float, dedup_ttl_s: float | None
+) -> list[tuple[PutStatus, int]]:
+    if dedup_ttl_s is None:
+        query = sql.PUT_PLAIN
+        returned = await c.fetch(query.sql, *query.args(**_columns(rows, [1] * len(rows))))
+        # One INSERT ... ORDER BY n: identity values are drawn in the order of its rows.
+        return [(PutStatus.ACCEPTED, int(r[0])) for r in returned]
+    # Repeats inside the batch fold into their first row (ON CONFLICT DO UPDATE may not touch
+    # a row twice in one statement); the first row of each hash is the one that may be new.
+    first: dict[str, int] = {}
+    copies: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        first.setdefault(row.content_hash, index)
+        copies[row.content_hash] = copies.get(row.content_hash, 0) + 1
+    distinct = [rows[i] for i in first.values()]
+    hashes = sorted(first)
+    release = sql.RELEASE_DEDUP.args(hashes=hashes, cutoff=now - dedup_ttl_s, now=now)
+    await c.execute(sql.RELEASE_DEDUP.sql, *release)
+    counts = [copies[r.content_hash] for r in distinct]
+    returned = await c.fetch(sql.PUT_DEDUP.sql, *sql.PUT_DEDUP.args(**_columns(distinct, counts)))
+    ids = {str(h): int(i) for i, h, _ in returned}
+    inserted = {str(h) for _, h, new in returned if new}
+    outcome = [
+        (
+            PutStatus.ACCEPTED
+            if first[r.content_hash] == index and r.content_hash in inserted
+            else PutStatus.DUPLICATE,
+            ids[r.content_hash],
+        )
+        for index, r in enumerate(rows)
+    ]
+    duplicates = sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE)
+    if duplicates:
+        args = sql.ADD_TO_COUNTER.args(name="duplicates_suppressed", n=duplicates)
+        await c.execute(sql.ADD_TO_COUNTER.sql, *args)
+    return outcome
+
+
+def _columns(rows: Sequence[NewEvent], copies: list[int]) -> dict[str, list[Any]]:
+    return {
+        "payloads": [r.payload_json for r in rows],
+        "priorities": [r.priority for r in rows],
+        "keys": [to_db(r.batch_key) for r in rows],
+        "hashes": [r.content_hash for r in rows],
+        "received": [r.received_at for r in rows],
+        "copies": copies,
+    }
+
+
+async def _save_spill_positions(c: Conn, spill_log: str, reached: SpillPositions) -> None:
+    query = sql.SAVE_SPILL_POSITIONS
+    args = query.args(
+        log=to_db(spill_log),
+        priorities=list(reached),
+        segments=[seg for seg, _ in reached.values()],
+        offsets=[off for _, off in reached.values()],
+    )
+    await c.execute(query.sql, *args)
+
+
+async def _ack_pairs(c: Conn, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
+    pairs = [(event_id, to_db(token)) for token, ids in acks for event_id in sorted(set(ids))]
+    args = sql.ACK_PAIRS.args(ids=[i for i, _ in pairs], tokens=[t for _, t in pairs], now=now)
+    changed = await c.fetch(sql.ACK_PAIRS.sql, *args)
+    _check_fence(len(changed), len(pairs))
+
+
+async def _fenced(c: Conn, query: sql.Query, token: str, ids: Sequence[int], **values: Any) -> None:
+    wanted = sorted(set(ids))
+    changed = await c.fetch(query.sql, *query.args(ids=wanted, token=to_db(token), **values))
+    _check_fence(len(changed), len(wanted))
+
+
+def _check_fence(changed: int, wanted: int) -> None:
+    if changed != wanted:
+        # Raising rolls the whole transaction back: all of the batch changes, or none.
+        raise LeaseLostError(
+            f"lease lost: {wanted - changed} of {wanted} events are no longer held under this "
+            "claim (its lease expired and another consumer claimed them, or they were finished)"
+        )
+
+
+def _event(row: Any) -> Event:
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at = row
+    return Event(
+        id=int(row_id),
+        payload=decode_payload(payload),
+        priority=Priority(priority),
+        content_hash=content_hash,
+        batch_key=from_db(batch_key),
+        attempts=attempts,
+        received_at=received_at,
+    )
+
+
+def _row_count(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "UPDATE 3" or "DELETE 0".
+    with contextlib.suppress(ValueError, IndexError):
+        return int(status.split()[-1])
+    return 0
+
+
+def _brief(event_id: int, payload: str, priority: Any, attempts: int) -> EventBrief:
+    return {
+        "id": int(event_id),
+        "event_name": event_name(payload),
+        "priority": priority_name(priority),
+        "attempts": attempts,
+    }
+
+
+def _refusals(wanted: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
+    return [
+        Refusal(id=i, status=statuses.get(i, "missing"))
+        for i in wanted
+        if statuses.get(i) != "dead"
+    ]
+
+
+def _peek_batches(keys: list[Any], found: list[Event], now: float) -> list[PeekBatch]:
+    by_key: dict[str, list[Event]] = {}
+    for event in found:
+        by_key.setdefault(event.batch_key, []).append(event)
+    batches = []
+    for key, effective, oldest, top in keys:
+        key = from_db(key)
+        events = sorted(by_key.get(key, []), key=lambda e: (-e.priority, e.received_at, e.id))
+        briefs: list[EventBrief] = [
+            {
+                "id": e.id,
+                "event_name": e.name,
+                "priority": e.priority.name,
+                "attempts": e.attempts,
+                "received_at": iso(e.received_at),
+            }
+            for e in events
+        ]
+        batches.append(
+            PeekBatch(
+                key=key,
+                priority=priority_name(effective),
+                top_priority=priority_name(top),
+                oldest_age_s=round(max(0.0, now - oldest), 3),
+                events=briefs,
+            )
+        )
+    return batches
+
+
+__all__ = ["PostgresStore", "channel_for", "ready_args"]
