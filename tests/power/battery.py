@@ -1,0 +1,396 @@
+"""The power-loss battery: run the worker on the power-loss mount, cut the power, reopen, score.
+
+A run is a fresh interpreter (`[sys.executable, worker.py, ...]`, never a fork, F12). The power
+is cut in one of two ways, neither after a sleep:
+
+- at a named crash point: eventqueue prints `EVENTQUEUE_CRASH_POINT <name>` to stderr and halts;
+  the battery SIGKILLs the worker, reaps it, then tells the filesystem to cut;
+- at the n-th write or fsync of a file: the filesystem itself SIGKILLs the worker, cuts, and
+  fails every later operation until the battery has reaped the worker and revives it.
+
+After each cut the database is copied from the backing folder and `PRAGMA integrity_check` runs on
+the copy (the mount itself is left as the power cut left it). The score reads the logs the worker
+fsyncs on the real disk, in the manner of Jepsen: lost, unexpected, duplicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .mount import PowerLossMount
+from .workload import digest, payload, put_order
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "worker.py"
+REPO = HERE.parents[1]
+CRASH_LINE = "EVENTQUEUE_CRASH_POINT"
+WAL = "/events.db-wal"
+
+# A short lease brings back a batch claimed by a killed worker within seconds; attempts and the
+# dedup window are generous so neither a dead letter nor an expired key hides a duplicate. A small
+# scheduling set makes a few hundred events spill and promote.
+BASE_SETTINGS = {
+    "EVENT_LEASE_SECONDS": "2",
+    "EVENT_MAX_ATTEMPTS": "1000",
+    "DEDUP_TTL_SECONDS": "86400",
+    "BATCH_WINDOW_MS": "0",
+    "EVENT_POLL_MS": "50",
+    "EVENT_QUEUE_SIZE": "50",
+}
+
+
+class BatteryError(AssertionError):
+    """A run misbehaved on its own: it hung, or failed without a cut."""
+
+
+@dataclass
+class Cut:
+    """One power cut and what the battery saw right after it."""
+
+    scenario: str
+    report: dict[str, Any]
+    integrity: list[str]
+
+    @property
+    def at(self) -> float:
+        return float(self.report["at"])
+
+    @property
+    def wal_synced_at(self) -> float:
+        """The last durable point of the database: when the last fsync of its WAL began."""
+        return float(self.report.get("synced_at", {}).get(WAL, float("-inf")))
+
+
+@dataclass
+class Run:
+    """One worker run: how it ended, the cut that ended it (if any), its produced.log span."""
+
+    scenario: str
+    returncode: int
+    stdout: str
+    stderr: str
+    log_span: tuple[int, int]
+    cut: Cut | None = None
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The worker's closing JSON line (a run that finished by itself)."""
+        return dict(json.loads(self.stdout.strip().splitlines()[-1]))
+
+
+def child_env(settings: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTQUEUE_CRASH", "EVENT_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(settings)
+    return env
+
+
+class Process:
+    """A fresh interpreter whose stdout and stderr lines arrive in one queue, each with a deadline."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        self.lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self.seen: dict[str, list[str]] = {"out": [], "err": []}
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(name, stream), daemon=True)
+            for name, stream in (("out", self.proc.stdout), ("err", self.proc.stderr))
+        ]
+        for pump in self._pumps:
+            pump.start()
+
+    def _pump(self, name: str, stream: Any) -> None:
+        with stream:
+            for line in stream:
+                self.seen[name].append(line)
+                self.lines.put((name, line.rstrip("\n")))
+        self.lines.put((name, None))
+
+    def next_line(self, deadline: float) -> tuple[str, str | None]:
+        try:
+            return self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            self.kill()
+            raise BatteryError(
+                f"pid {self.proc.pid} silent past its deadline:\n{self.err()}"
+            ) from None
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.write(text + "\n")
+            self.proc.stdin.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+
+    def reap(self, timeout_s: float = 60.0) -> int:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+        code = self.proc.wait(timeout=timeout_s)
+        for pump in self._pumps:
+            pump.join(timeout=timeout_s)
+        return code
+
+    def out(self) -> str:
+        return "".join(self.seen["out"])
+
+    def err(self) -> str:
+        return "".join(self.seen["err"])[-6000:]
+
+
+def integrity_of_copy(backing: Path, name: str = "events.db") -> list[str]:
+    """`PRAGMA integrity_check` of a copy of the database and its WAL, as the cut left them."""
+    if not (backing / name).exists():
+        return ["ok"]  # nothing durable yet: the database was never created for good
+    with tempfile.TemporaryDirectory() as scratch:
+        for suffix in ("", "-wal"):
+            if (backing / (name + suffix)).exists():
+                shutil.copyfile(backing / (name + suffix), Path(scratch) / (name + suffix))
+        with contextlib.closing(sqlite3.connect(Path(scratch) / name)) as db:
+            return [row[0] for row in db.execute("PRAGMA integrity_check")]
+
+
+class Battery:
+    """One database on a power-loss mount, driven by worker runs that may end in a power cut."""
+
+    def __init__(
+        self,
+        mount: PowerLossMount,
+        logs: Path,
+        *,
+        durability: str,
+        unique: int,
+        seed: int = 0,
+        settings: Mapping[str, str] | None = None,
+        chunk: int = 100,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.mount, self.logs = mount, logs
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.durability = durability
+        self.unique, self.seed, self.chunk, self.timeout_s = unique, seed, chunk, timeout_s
+        self.order = put_order(unique, 0.05, seed)
+        self.settings = {**BASE_SETTINGS, "EVENT_DURABILITY": durability, **(settings or {})}
+        self.attempted = 0
+        self.runs: list[Run] = []
+
+    @property
+    def db(self) -> Path:
+        return self.mount.path("events.db")
+
+    @property
+    def cuts(self) -> list[Cut]:
+        return [run.cut for run in self.runs if run.cut is not None]
+
+    def _argv(self, limit: int) -> list[str]:
+        return [
+            str(WORKER),
+            f"--db={self.db}",
+            f"--logs={self.logs}",
+            f"--unique={self.unique}",
+            f"--seed={self.seed}",
+            f"--limit={limit}",
+            f"--chunk={self.chunk}",
+        ]
+
+    def run(
+        self,
+        *,
+        limit: int | None = None,
+        crash_at: str | None = None,
+        crash_after: int = 1,
+        trigger: Mapping[str, Any] | None = None,
+        mode: str = "drop",
+        cut_seed: int = 0,
+    ) -> Run:
+        """One worker run over ops below `limit`, cut at `crash_at` (its `crash_after`-th pass)
+        or by `trigger` ({op, match, n}) if it gets there; else it must finish cleanly."""
+        limit = len(self.order) if limit is None else min(limit, len(self.order))
+        self.attempted = max(self.attempted, limit)
+        env = child_env(self.settings)
+        if crash_at is not None:
+            env |= {"EVENTQUEUE_CRASH_AT": crash_at, "EVENTQUEUE_CRASH_AFTER": str(crash_after)}
+        start = self._log_size()
+        worker = Process(self._argv(limit), env)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            self._expect_ready(worker, deadline)
+            if trigger is not None:
+                self.mount.arm(pid=worker.proc.pid, mode=mode, seed=cut_seed, **trigger)
+            worker.send("go")
+            crashed = self._await_end(worker, deadline)
+        except BaseException:
+            worker.kill()
+            worker.reap()
+            raise
+        returncode = worker.reap()
+        scenario = self._scenario(crash_at, crash_after, trigger, mode)
+        run = Run(scenario, returncode, worker.out(), worker.err(), (start, 0))
+        if crashed:
+            run.cut = self._cut_now(scenario, mode, cut_seed)
+        elif trigger is not None:
+            run.cut = self._triggered(scenario)
+        run.log_span = (start, self._log_size())
+        self.runs.append(run)
+        if run.cut is None and returncode != 0:
+            raise BatteryError(f"worker exited with {returncode}:\n{run.stderr}")
+        return run
+
+    def finish(self) -> Run:
+        """A clean run over every op: puts what was never acknowledged and drains the queue."""
+        return self.run()
+
+    def _expect_ready(self, worker: Process, deadline: float) -> None:
+        while True:
+            stream, line = worker.next_line(deadline)
+            if line is None and stream == "out":
+                raise BatteryError(f"worker exited before it was ready:\n{worker.err()}")
+            if stream == "out" and line == "WORKER_READY":
+                return
+
+    def _await_end(self, worker: Process, deadline: float) -> bool:
+        """True when the worker reported its crash point (and was killed); False at its exit."""
+        closed = 0
+        while closed < 2:
+            stream, line = worker.next_line(deadline)
+            if line is None:
+                closed += 1
+            elif stream == "err" and line.startswith(CRASH_LINE):
+                worker.kill()  # at once: nothing after the point runs
+                return True
+        return False
+
+    def _cut_now(self, scenario: str, mode: str, seed: int) -> Cut:
+        report = self.mount.cut(mode=mode, seed=seed)
+        return Cut(scenario, report, integrity_of_copy(self.mount.backing))
+
+    def _triggered(self, scenario: str) -> Cut | None:
+        state = self.mount.disarm()
+        if not state["fired"]:
+            return None
+        report = self.mount.status()["last_cut"]
+        cut = Cut(scenario, report, integrity_of_copy(self.mount.backing))
+        self.mount.revive()
+        return cut
+
+    @staticmethod
+    def _scenario(
+        crash_at: str | None, after: int, trigger: Mapping[str, Any] | None, mode: str
+    ) -> str:
+        if crash_at is not None:
+            return f"{crash_at}#{after} {mode}"
+        if trigger is not None:
+            return f"{trigger['op']}#{trigger['n']} {trigger['match']} {mode}"
+        return "clean"
+
+    def _log_size(self) -> int:
+        path = self.logs / "produced.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def score(self) -> Score:
+        return score(self)
+
+
+@dataclass
+class Score:
+    """Jepsen-style counts over the logs, with each loss placed against its run's cut."""
+
+    attempted: int = 0
+    acknowledged: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    lost: list[int] = field(default_factory=list)
+    lost_after_durable_point: list[int] = field(default_factory=list)  # allowed with `normal`
+    unexpected: list[str] = field(default_factory=list)
+    bad_duplicates: list[str] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def lost_before_durable_point(self) -> list[int]:
+        allowed = set(self.lost_after_durable_point)
+        return [e for e in self.lost if e not in allowed]
+
+    def line(self) -> str:
+        return (
+            f"acknowledged={self.acknowledged} delivered={self.delivered} lost={len(self.lost)} "
+            f"(after the last durable point: {len(self.lost_after_durable_point)}) "
+            f"unexpected={len(self.unexpected)} duplicated={self.duplicated} "
+            f"(not explained by attempts>1: {len(self.bad_duplicates)}) puts={dict(self.statuses)}"
+        )
+
+
+def _lines(path: Path, start: int = 0, end: int | None = None) -> list[list[str]]:
+    if not path.exists():
+        return []
+    data = path.read_bytes()[start:end].decode()
+    return [line.split() for line in data.split("\n")[:-1] if line]
+
+
+def score(battery: Battery) -> Score:
+    """Score the battery's logs: every acknowledged event delivered (or, with `normal`, lost
+    only when its put returned after the last durable point before the cut that ended its run)."""
+    result = Score()
+    universe = set(battery.order[: battery.attempted])
+    result.attempted = len(universe)
+    first_ack: dict[int, tuple[float, str, Run]] = {}
+    produced = battery.logs / "produced.log"
+    for run in battery.runs:
+        for op, event_id, status, at in _lines(produced, *run.log_span):
+            eid = int(event_id)
+            if battery.order[int(op)] != eid:
+                result.unexpected.append(f"producer log names op {op} as event {eid}")
+            result.statuses[status] += 1
+            first_ack.setdefault(eid, (float(at), status, run))
+    result.acknowledged = len(first_ack)
+    seen: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for event_id, row, attempts, fingerprint in _lines(battery.logs / "consumed.log"):
+        eid = int(event_id)
+        if eid not in universe:
+            result.unexpected.append(f"event {eid} delivered (row {row}) but never put")
+        elif fingerprint != digest(payload(eid)):
+            result.unexpected.append(f"event {eid} delivered (row {row}) with other content")
+        seen[eid].append((int(row), int(attempts)))
+    result.delivered = len(seen)
+    result.lost = sorted(set(first_ack) - set(seen))
+    for eid in result.lost:
+        at, status, run = first_ack[eid]
+        cut = run.cut
+        if cut is not None and status != "spilled" and at > cut.wal_synced_at:
+            result.lost_after_durable_point.append(eid)
+    for eid, deliveries in seen.items():
+        result.duplicated += len(deliveries) - 1
+        rows = {row for row, _ in deliveries}
+        attempts = [a for _, a in deliveries]
+        if len(rows) > 1:
+            result.bad_duplicates.append(f"event {eid} stored as rows {sorted(rows)}")
+        elif len(set(attempts)) != len(attempts):
+            result.bad_duplicates.append(
+                f"event {eid} (row {rows}) delivered at attempts {attempts}"
+            )
+    return result
