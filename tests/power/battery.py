@@ -46,13 +46,29 @@ WAL = "/events.db-wal"
 # dedup window are generous so neither a dead letter nor an expired key hides a duplicate. A small
 # scheduling set makes a few hundred events spill and promote.
 BASE_SETTINGS = {
-    "EVENT_LEASE_SECONDS": "2",
+    "EVENT_LEASE_SECONDS": "1",
     "EVENT_MAX_ATTEMPTS": "1000",
     "DEDUP_TTL_SECONDS": "86400",
     "BATCH_WINDOW_MS": "0",
     "EVENT_POLL_MS": "50",
     "EVENT_QUEUE_SIZE": "50",
 }
+
+
+# Bug 1 in power-bugs.md: eventqueue creates its spill folder without fsyncing the folder's
+# parent, so a power cut can take the whole folder, fsynced records and all. Until that is fixed
+# the battery creates the folder durably itself (durable_spill_folder=True), so that every other
+# cut is still scored; test_spilled_puts_survive_a_cut_in_a_new_spill_folder shows the bug.
+
+
+def durable_folder(mount: PowerLossMount, name: str) -> None:
+    """Create a folder in the mount's root and make its name durable (mkdir, fsync the root)."""
+    mount.path(name).mkdir(exist_ok=True)
+    fd = os.open(mount.mountpoint, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class BatteryError(AssertionError):
@@ -138,6 +154,19 @@ class Process:
                 f"pid {self.proc.pid} silent past its deadline:\n{self.err()}"
             ) from None
 
+    def await_crash(self, deadline: float) -> bool:
+        """True when the process reported its crash point (it is killed at once); False when it
+        closed both streams by itself."""
+        closed = 0
+        while closed < 2:
+            stream, line = self.next_line(deadline)
+            if line is None:
+                closed += 1
+            elif stream == "err" and line.startswith(CRASH_LINE):
+                self.kill()  # at once: nothing after the point runs
+                return True
+        return False
+
     def send(self, text: str) -> None:
         assert self.proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
@@ -190,6 +219,7 @@ class Battery:
         settings: Mapping[str, str] | None = None,
         chunk: int = 100,
         timeout_s: float = 60.0,
+        durable_spill_folder: bool = True,
     ) -> None:
         self.mount, self.logs = mount, logs
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -199,6 +229,8 @@ class Battery:
         self.settings = {**BASE_SETTINGS, "EVENT_DURABILITY": durability, **(settings or {})}
         self.attempted = 0
         self.runs: list[Run] = []
+        if durable_spill_folder:  # the workaround for bug 1, above
+            durable_folder(mount, "events.db.spill")
 
     @property
     def db(self) -> Path:
@@ -228,12 +260,14 @@ class Battery:
         trigger: Mapping[str, Any] | None = None,
         mode: str = "drop",
         cut_seed: int = 0,
+        settings: Mapping[str, str] | None = None,
     ) -> Run:
         """One worker run over ops below `limit`, cut at `crash_at` (its `crash_after`-th pass)
-        or by `trigger` ({op, match, n}) if it gets there; else it must finish cleanly."""
+        or by `trigger` ({op, match, n}) if it gets there; else it must finish cleanly.
+        `settings`: EVENT_* variables for this run only."""
         limit = len(self.order) if limit is None else min(limit, len(self.order))
         self.attempted = max(self.attempted, limit)
-        env = child_env(self.settings)
+        env = child_env({**self.settings, **(settings or {})})
         if crash_at is not None:
             env |= {"EVENTQUEUE_CRASH_AT": crash_at, "EVENTQUEUE_CRASH_AFTER": str(crash_after)}
         start = self._log_size()
@@ -244,7 +278,7 @@ class Battery:
             if trigger is not None:
                 self.mount.arm(pid=worker.proc.pid, mode=mode, seed=cut_seed, **trigger)
             worker.send("go")
-            crashed = self._await_end(worker, deadline)
+            crashed = worker.await_crash(deadline)
         except BaseException:
             worker.kill()
             worker.reap()
@@ -273,18 +307,6 @@ class Battery:
                 raise BatteryError(f"worker exited before it was ready:\n{worker.err()}")
             if stream == "out" and line == "WORKER_READY":
                 return
-
-    def _await_end(self, worker: Process, deadline: float) -> bool:
-        """True when the worker reported its crash point (and was killed); False at its exit."""
-        closed = 0
-        while closed < 2:
-            stream, line = worker.next_line(deadline)
-            if line is None:
-                closed += 1
-            elif stream == "err" and line.startswith(CRASH_LINE):
-                worker.kill()  # at once: nothing after the point runs
-                return True
-        return False
 
     def _cut_now(self, scenario: str, mode: str, seed: int) -> Cut:
         report = self.mount.cut(mode=mode, seed=seed)
