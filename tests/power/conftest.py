@@ -1,4 +1,5 @@
-"""The power-loss tier runs where a FUSE filesystem can be mounted, and is one skip line elsewhere."""
+"""Fixtures of the power-loss tier. Each test module skips itself (one summary line for the
+tier, see mount.skip_unless_available) where a FUSE filesystem cannot be mounted."""
 
 from __future__ import annotations
 
@@ -7,11 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .mount import PowerLossMount, unavailable
-
-_MISSING = unavailable()
-if _MISSING is not None:
-    pytest.skip(f"power-loss tier skipped: {_MISSING}", allow_module_level=True)
+from .mount import PowerLossMount
 
 
 @pytest.fixture

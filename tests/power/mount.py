@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "lazyfs.py"
 READY = "POWERLOSS_READY"
@@ -44,6 +46,14 @@ def unavailable() -> str | None:
     if importlib.util.find_spec("mfusepy") is None:
         return "mfusepy is missing (pip install -e '.[dev]')"
     return None
+
+
+def skip_unless_available() -> None:
+    """Skip the calling test module where the filesystem cannot mount. Every module skips from
+    this one line, so pytest's summary folds the whole tier into one SKIPPED line."""
+    missing = unavailable()
+    if missing is not None:
+        pytest.skip(f"power-loss tier skipped: {missing}", allow_module_level=True)
 
 
 class FuseError(AssertionError):

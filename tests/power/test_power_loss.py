@@ -22,9 +22,12 @@ from typing import Any
 
 import pytest
 
-from .battery import Battery, Cut, Process, Run, child_env, integrity_of_copy
+from .battery import Battery, Cut, Run, child_env, integrity_of_copy
 from .journal import MODES
-from .mount import PowerLossMount
+from .mount import PowerLossMount, skip_unless_available
+from .process import Process
+
+skip_unless_available()
 
 DURABILITIES = ["full", "normal"]
 SPILL = r"\.spill[^/]*/p\d+-\d+\.log$"
@@ -203,9 +206,9 @@ RANDOM_POINTS = [
 def random_cut(rng: random.Random) -> dict[str, Any]:
     """A random way to lose power: at a named point (its n-th pass) or at the n-th write or
     fsync of the WAL, the database, a spill segment or any file; over a scheduling set of 50
-    (most puts spill) or 1,000 (most puts commit)."""
+    (most puts spill) or 100,000 (puts commit)."""
     mode = rng.choice(MODES)
-    size = rng.choice(["50", "1000"])
+    size = rng.choice(["50", "100000"])
     if rng.random() < 0.4:
         point, most = rng.choice(RANDOM_POINTS)
         if point in ("mid_spill", "after_spill", "mid_promotion"):
@@ -258,14 +261,14 @@ def test_soak_power_cuts_at_random_points(
         power,
         tmp_path / "logs",
         durability=durability,
-        unique=25_000,
+        unique=50_000,
         seed=100,
         chunk=250,
         timeout_s=600,
     )
-    random_cuts(battery, random.Random(f"soak-{durability}"), cuts=40, spare=20)
+    random_cuts(battery, random.Random(f"soak-{durability}"), cuts=60, spare=30)
     summary = assert_contract(battery, battery.finish())
     line = f"soak {summary} runtime={time.monotonic() - started:.0f}s"
     record_property("power_loss_soak", line)
     print(line)
-    assert len(battery.cuts) == 40, line
+    assert len(battery.cuts) == 60, line
