@@ -17,6 +17,7 @@ import contextlib
 import random
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +269,14 @@ def test_soak_power_cuts_at_random_points(
     )
     random_cuts(battery, random.Random(f"soak-{durability}"), cuts=60, spare=30)
     summary = assert_contract(battery, battery.finish())
-    line = f"soak {summary} runtime={time.monotonic() - started:.0f}s"
+    cuts = battery.cuts
+    modes = dict(Counter(cut.report["mode"] for cut in cuts))
+    triggered = sum("triggered" in cut.report for cut in cuts)
+    line = (
+        f"soak {summary} cuts_by_filesystem_trigger={triggered} "
+        f"cuts_at_crash_points={len(cuts) - triggered} modes={modes} "
+        f"runtime={time.monotonic() - started:.0f}s"
+    )
     record_property("power_loss_soak", line)
     print(line)
     assert len(battery.cuts) == 60, line
