@@ -106,7 +106,7 @@ def torn_spill_damage(cut: Cut) -> bool:
 def test_cut_at_each_named_point_then_reopen(
     power: PowerLossMount, tmp_path: Path, durability: str, record_property: Any
 ) -> None:
-    battery = Battery(power, tmp_path / "logs", durability=durability, unique=1_600, seed=14)
+    battery = Battery(power, tmp_path / "logs", durability=durability, unique=1_200, seed=14)
     step = -(-len(battery.order) // (len(CHAIN) + 1))
     for index, (name, plan) in enumerate(CHAIN):
         run = battery.run(limit=(index + 1) * step, cut_seed=index, **plan)
@@ -237,7 +237,7 @@ def random_cuts(battery: Battery, rng: random.Random, cuts: int, spare: int) -> 
 @pytest.mark.parametrize("durability", DURABILITIES)
 def test_cuts_at_random_points(power: PowerLossMount, tmp_path: Path, durability: str) -> None:
     battery = Battery(
-        power, tmp_path / "logs", durability=durability, unique=900, seed=21, chunk=50
+        power, tmp_path / "logs", durability=durability, unique=600, seed=21, chunk=50
     )
     random_cuts(battery, random.Random(f"fast-{durability}"), cuts=4, spare=6)
     assert len(battery.cuts) == 4, [run.scenario for run in battery.runs]
