@@ -50,22 +50,6 @@ BASE_SETTINGS = {
 }
 
 
-# Bug 1 in power-bugs.md: eventqueue creates its spill folder without fsyncing the folder's
-# parent, so a power cut can take the whole folder, fsynced records and all. Until that is fixed
-# the battery creates the folder durably itself (durable_spill_folder=True), so that every other
-# cut is still scored; test_spilled_puts_survive_a_cut_in_a_new_spill_folder shows the bug.
-
-
-def durable_folder(mount: PowerLossMount, name: str) -> None:
-    """Create a folder in the mount's root and make its name durable (mkdir, fsync the root)."""
-    mount.path(name).mkdir(exist_ok=True)
-    fd = os.open(mount.mountpoint, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class BatteryError(AssertionError):
     """A run misbehaved on its own: it hung, or failed without a cut."""
 
@@ -138,7 +122,6 @@ class Battery:
         settings: Mapping[str, str] | None = None,
         chunk: int = 100,
         timeout_s: float = 60.0,
-        durable_spill_folder: bool = True,
     ) -> None:
         self.mount, self.logs = mount, logs
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -148,8 +131,6 @@ class Battery:
         self.settings = {**BASE_SETTINGS, "EVENT_DURABILITY": durability, **(settings or {})}
         self.attempted = 0
         self.runs: list[Run] = []
-        if durable_spill_folder:  # the workaround for bug 1, above
-            durable_folder(mount, "events.db.spill")
 
     @property
     def db(self) -> Path:

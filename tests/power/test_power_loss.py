@@ -163,30 +163,18 @@ def test_cut_mid_migration_then_reopen_completes_the_schema(
         assert connection.execute("SELECT * FROM eventqueue_alembic_version").fetchall() == version
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug 2 in power-bugs.md: after a cut mid-migration the CLI's read-only schema check "
-    "meets a hot journal (SQLITE_READONLY_ROLLBACK) and `eventqueue migrate` refuses to run",
-)
 def test_cli_migrate_reruns_after_a_cut_mid_migration(power: PowerLossMount) -> None:
     db = power.path("events.db")
     assert migrate(db, {}, crash_at="mid_migration")[0], "never reached mid_migration"
     power.cut("drop")
     assert integrity_of_copy(power.backing) == ["ok"]
-    migrate(db, {})  # fails today: "attempt to write a readonly database"
+    migrate(db, {})  # the hot journal of the cut migration is rolled back, then it reruns
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug 1 in power-bugs.md: the spill folder is created without an fsync of its parent, "
-    "so a power cut removes it with every fsynced record in it",
-)
 def test_spilled_puts_survive_a_cut_in_a_new_spill_folder(
     power: PowerLossMount, tmp_path: Path
 ) -> None:
-    battery = Battery(
-        power, tmp_path / "logs", durability="full", unique=300, seed=5, durable_spill_folder=False
-    )
+    battery = Battery(power, tmp_path / "logs", durability="full", unique=300, seed=5)
     assert battery.run(limit=200, crash_at="after_spill", crash_after=2, mode="drop").cut
     final = battery.finish()
     score = battery.score()

@@ -24,6 +24,7 @@ from typing import Any
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SpillError
 from eventqueue.core.models import Priority
+from eventqueue.runtime.overflow.frames import make_dirs_durably
 from eventqueue.runtime.overflow.log import (
     SpillLog,
     SpillPosition,
@@ -171,7 +172,7 @@ def orphans(config: Config, held: set[str]) -> list[str]:
 
 
 def try_lock(directory: str) -> int | None:
-    os.makedirs(directory, exist_ok=True)
+    make_dirs_durably(directory)
     fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

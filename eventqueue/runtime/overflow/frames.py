@@ -8,6 +8,7 @@ Byte-level only: no locks, no segment naming, no recovery policy (that is log.py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -112,3 +113,24 @@ def _count_quarantine(path: Path) -> tuple[int, int]:
     except FileNotFoundError:
         pass
     return count, size_total
+
+
+def make_dirs_durably(path: str | os.PathLike[str]) -> None:
+    """Create `path` and any missing parents, fsyncing each new entry's parent folder.
+
+    A folder made with a plain mkdir exists only in the page cache until its parent is
+    fsynced: a power cut would take it, and every fsynced record inside it, away (F16).
+    """
+    missing = []
+    current = Path(os.path.abspath(path))
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            folder.mkdir()
+        fd = os.open(folder.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

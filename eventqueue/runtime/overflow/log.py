@@ -35,6 +35,7 @@ from eventqueue.runtime.overflow.frames import (
     _frame,
     _walk,
     _write_all,
+    make_dirs_durably,
 )
 
 log = logging.getLogger("eventqueue.spill")
@@ -127,7 +128,7 @@ class SpillLog:
             spill._lanes[priority] = _Lane(committed.get(priority, START))
         spill._closed = True  # until recovered: no ResourceWarning for a failed open
         with spill._faults("open"):
-            spill._dir.mkdir(parents=True, exist_ok=True)
+            make_dirs_durably(spill._dir)
             spill._recover()
         spill._closed = False
         return spill

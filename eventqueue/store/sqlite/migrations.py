@@ -171,12 +171,33 @@ def schema_status(path: str, *, busy_timeout_ms: int) -> SchemaStatus:
         poolclass=NullPool,
     )
     try:
-        current = current_revision(engine)
+        try:
+            current = current_revision(engine)
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlite_errorcode", None) != _READONLY_ROLLBACK:
+                raise
+            # A hot journal (a crash or power cut mid-transaction, e.g. mid-migration) must be
+            # rolled back before anyone can read, and a read-only connection cannot: one
+            # read-write open does it, as the sqlite3 shell would. Then read again.
+            _roll_back_hot_journal(path, busy_timeout_ms)
+            current = current_revision(engine)
     except DBAPIError as exc:
         raise storage_error(path, exc.orig or exc) from exc
     finally:
         engine.dispose()
     return SchemaStatus(db=path, current=current, head=head, state=_state(current, head))
+
+
+# SQLITE_READONLY_ROLLBACK: a read-only connection found a hot journal it may not roll back.
+_READONLY_ROLLBACK = 776
+
+
+def _roll_back_hot_journal(path: str, busy_timeout_ms: int) -> None:
+    connection = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    try:
+        connection.execute("PRAGMA schema_version").fetchone()  # reading recovers the file
+    finally:
+        connection.close()
 
 
 def _state(current: str | None, head: str) -> SchemaState:
