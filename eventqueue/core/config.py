@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from eventqueue.core.errors import ConfigError
 
@@ -44,7 +47,9 @@ def _num(x: float) -> str:
 
 # The plan's six variables keep their names and defaults; the rest are eventqueue's own.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("db_path", "EVENT_DB_PATH", "events.db", "SQLite database file"),
+    Setting(
+        "db_path", "EVENT_DB_PATH", "events.db", "SQLite database file, or a postgresql:// URL"
+    ),
     Setting(
         "queue_size",
         "EVENT_QUEUE_SIZE",
@@ -225,9 +230,28 @@ class Config:
     spill_dir: str = ""
 
     @property
+    def spill_base(self) -> str:
+        """The stem of the default spill folders (`<stem>.spill`, `<stem>.spill-2`, ...).
+
+        Beside an SQLite file: the file's path. For a PostgreSQL URL the database is elsewhere,
+        and each host spills on its own disk: a folder per database under
+        ~/.local/state/eventqueue, named by host, database and a hash of the URL (sans password).
+        """
+        if not self.db_path.startswith(("postgresql://", "postgres://")):
+            return self.db_path
+        parts = urlsplit(self.db_path)
+        user = f"{parts.username}@" if parts.username else ""
+        port = f":{parts.port}" if parts.port else ""
+        safe = parts._replace(netloc=f"{user}{parts.hostname or ''}{port}")  # no password
+        digest = hashlib.sha1(urlunsplit(safe).encode("utf-8")).hexdigest()[:12]
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{parts.hostname}-{parts.path.strip('/')}")
+        state = os.path.join(os.path.expanduser("~"), ".local", "state", "eventqueue")
+        return os.path.join(state, f"{name}-{digest}")
+
+    @property
     def spill_path(self) -> str:
-        """The spill log's folder: EVENT_SPILL_DIR, or `<database>.spill` beside the database."""
-        return self.spill_dir or f"{self.db_path}.spill"
+        """The spill log's folder: EVENT_SPILL_DIR, or `<stem>.spill` (see `spill_base`)."""
+        return self.spill_dir or f"{self.spill_base}.spill"
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

@@ -109,6 +109,8 @@ class Store(Protocol):
 
         `acks` ((token, ids)) are acked first in the same transaction; if any lost its lease,
         LeaseLostError and nothing changes. `expire` first returns expired leases to pending.
+        Where claims run concurrently (PostgreSQL, several hosts), two claims at the same instant
+        may split one key's ready events into two smaller batches; never a double lease.
         """
         ...
 

@@ -240,7 +240,8 @@ def vacuum(db_path: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 @json_option
 def backup(db_path: str, path: str, force: bool, as_json: bool) -> None:
-    """Write a consistent copy of the database to PATH (SQLite's backup API)."""
+    """Write a consistent copy of the database to PATH (SQLite's backup API; on PostgreSQL
+    it prints the pg_dump command to run instead)."""
     result = _inspector(db_path).backup(path, force=force)
     emit(
         result,

@@ -155,7 +155,9 @@ def refusal_message(refused: list[Refusal]) -> str:
 
 
 def render_vacuum(result: dict[str, Any]) -> str:
-    """`vacuum`: pages freed and how far the WAL checkpoint got."""
+    """`vacuum`: pages freed and how far the WAL checkpoint got (tables vacuumed on PostgreSQL)."""
+    if "vacuumed" in result:
+        return f"vacuumed and analysed {', '.join(result['vacuumed'])}"
     text = (
         f"freed {result['freed_pages']} page(s); WAL checkpoint: "
         f"{result['checkpointed_frames']} of {result['wal_frames']} frame(s)"

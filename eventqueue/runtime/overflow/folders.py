@@ -159,7 +159,8 @@ def lock_spill(config: Config) -> tuple[str, int]:
 
 
 def slot_directories(config: Config) -> list[str]:
-    return [f"{config.db_path}.spill" + ("" if s == 1 else f"-{s}") for s in range(1, _SLOTS + 1)]
+    stem = f"{config.spill_base}.spill"
+    return [stem + ("" if s == 1 else f"-{s}") for s in range(1, _SLOTS + 1)]
 
 
 def orphans(config: Config, held: set[str]) -> list[str]:
