@@ -24,6 +24,7 @@ from eventqueue import EventQueue, EventQueueError, SpillError, StorageError
 from eventqueue.core.models import Batch
 from eventqueue.runtime.overflow.log import SpillPosition
 from eventqueue.runtime.overflow.log import inspect as inspect_spill
+from eventqueue.store.sqlite.connection import Tx
 
 LEASE_S = 30.0
 MAX_N = 40  # far more statements than any one operation runs
@@ -35,27 +36,28 @@ def unique(name: str = "job") -> dict[str, Any]:
 
 
 class StatementFaults:
-    """Make the Nth SQL statement on one aiosqlite connection raise "disk I/O error"."""
+    """Make the Nth SQL statement of the store (BEGIN and COMMIT included) raise "disk I/O
+    error". Every statement of a transaction goes through one `Tx` on the connection's thread."""
 
-    def __init__(self, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
         self.at: int | None = None
         self.after = False
         self.fired = False
-        original = db._execute
+        for name in ("run", "rows", "dicts", "scalar", "many"):
+            monkeypatch.setattr(Tx, name, self._faulty(getattr(Tx, name)))
 
-        async def execute(fn: Any, *args: Any, **kwargs: Any) -> Any:
-            if args and isinstance(args[0], str):  # execute / execute_fetchall / executemany
-                self.calls += 1
-                if self.calls == self.at:
-                    self.fired = True
-                    if self.after:
-                        await original(fn, *args, **kwargs)  # done, yet reported as failed
-                    raise sqlite3.OperationalError("disk I/O error")
-            return await original(fn, *args, **kwargs)
+    def _faulty(self, original: Any) -> Any:
+        def statement(tx: Tx, sql: str, *args: Any) -> Any:
+            self.calls += 1
+            if self.calls == self.at:
+                self.fired = True
+                if self.after:
+                    original(tx, sql, *args)  # done, yet reported as failed
+                raise sqlite3.OperationalError("disk I/O error")
+            return original(tx, sql, *args)
 
-        # Every statement of the store goes through Connection._execute.
-        monkeypatch.setattr(db, "_execute", execute)
+        return statement
 
     def arm(self, n: int, *, after: bool) -> None:
         self.calls, self.at, self.after, self.fired = 0, n, after, False
@@ -185,7 +187,7 @@ async def test_a_statement_failing_at_the_nth_call(
     open_queue, clock, query, monkeypatch, name: str, after: bool
 ) -> None:
     q = await open_queue(batch_window_ms=0, enable_batching=False, lease_s=LEASE_S)
-    faults = StatementFaults(q.store._conn._db, monkeypatch)
+    faults = StatementFaults(monkeypatch)
     model = Model()
     scenario = scenarios(model)[name]
     faulted = 0
@@ -338,7 +340,7 @@ async def check_promotion_faults(
         )
         # Promotion only when the test calls it: no background attempt races the fault.
         monkeypatch.setattr(q.overflow, "wake", lambda: None)
-        faults = StatementFaults(q.store._conn._db, monkeypatch)
+        faults = StatementFaults(monkeypatch)
         puts = await q.put_many([unique() for _ in range(5)])
         assert [r.spilled for r in puts].count(True) == 3
         await q.ack(await claim_one(q))  # room for promotion

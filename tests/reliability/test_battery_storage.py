@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from eventqueue import EventQueue, EventQueueError, SpillError, StorageError
+from eventqueue.store.sqlite.connection import Tx
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -80,15 +81,14 @@ async def test_a_put_committing_while_the_file_is_deleted_is_not_acknowledged(
 ) -> None:
     q = await open_queue(batch_window_ms=0)
     await q.put({"event_name": "before"})
-    db = q.store._conn._db
-    original = db._execute
+    original = Tx.run
 
-    async def delete_before_commit(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if args and args[0] == "COMMIT":
+    def delete_before_commit(tx: Tx, sql: str, *args: Any) -> int:
+        if sql == "COMMIT":
             unlink_all(db_path)  # between BEGIN (checked) and COMMIT
-        return await original(fn, *args, **kwargs)
+        return original(tx, sql, *args)
 
-    monkeypatch.setattr(db, "_execute", delete_before_commit)
+    monkeypatch.setattr(Tx, "run", delete_before_commit)
     with pytest.raises(StorageError, match="deleted or replaced"):
         await q.put({"event_name": "committed into an unlinked file"})
 

@@ -9,8 +9,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiosqlite
-
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
@@ -26,7 +24,7 @@ from eventqueue.core.records import (
 )
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.sqlite import queries as sql
-from eventqueue.store.sqlite.connection import Prepared
+from eventqueue.store.sqlite.connection import Prepared, Tx
 
 
 class Q:
@@ -111,26 +109,24 @@ def refusals(ids: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
     ]
 
 
-async def insert_rows(
-    db: aiosqlite.Connection, rows: Sequence[NewEvent], now: float, dedup_ttl_s: float | None
+def insert_rows(
+    db: Tx, rows: Sequence[NewEvent], now: float, dedup_ttl_s: float | None
 ) -> list[tuple[PutStatus, int]]:
     payload = json.dumps([_json_row(r) for r in rows], ensure_ascii=False)
     if dedup_ttl_s is None:
-        returned = await db.execute_fetchall(Q.put_plain.sql, Q.put_plain.bind(b_rows=payload))
+        returned = db.rows(Q.put_plain.sql, Q.put_plain.bind(b_rows=payload))
         # One writer, AUTOINCREMENT: the ids of one INSERT ascend in the order of its rows.
         return [(PutStatus.ACCEPTED, row_id) for row_id in sorted(r[0] for r in returned)]
     hashes = json.dumps(sorted({r.content_hash for r in rows}))
-    await db.execute(
+    db.run(
         Q.release_dedup.sql,
         Q.release_dedup.bind(b_hashes=hashes, b_cutoff=now - dedup_ttl_s, b_now=now),
     )
-    returned = await db.execute_fetchall(Q.put_dedup.sql, Q.put_dedup.bind(b_rows=payload))
+    returned = db.rows(Q.put_dedup.sql, Q.put_dedup.bind(b_rows=payload))
     outcome = _dedup_outcome(rows, list(returned))
     duplicates = sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE)
     if duplicates:
-        await db.execute(
-            Q.counter.sql, Q.counter.bind(b_name="duplicates_suppressed", b_n=duplicates)
-        )
+        db.run(Q.counter.sql, Q.counter.bind(b_name="duplicates_suppressed", b_n=duplicates))
     return outcome
 
 
@@ -181,8 +177,8 @@ def ready_params(now: float, rules: ClaimRules) -> dict[str, Any]:
     }
 
 
-async def claim_batches(
-    db: aiosqlite.Connection,
+def claim_batches(
+    db: Tx,
     now: float,
     consumer: str,
     token: str,
@@ -204,8 +200,8 @@ async def claim_batches(
         # The claim's own key order (effective priority, then oldest), read in the same
         # transaction just before it: RETURNING cannot carry the CTE's rank.
         keys_params = Q.peek_keys.bind(**ready_params(now, rules), b_batches=batches)
-        order = [row[0] for row in await db.execute_fetchall(Q.peek_keys.sql, keys_params)]
-    rows = await db.execute_fetchall(Q.claim.sql, params)
+        order = [row[0] for row in db.rows(Q.peek_keys.sql, keys_params)]
+    rows = db.rows(Q.claim.sql, params)
     return assemble_batches(
         map(to_event, rows),
         batch_id=batch_id,
@@ -216,12 +212,10 @@ async def claim_batches(
     )
 
 
-async def ack_pairs(
-    db: aiosqlite.Connection, acks: Sequence[tuple[str, Sequence[int]]], now: float
-) -> None:
+def ack_pairs(db: Tx, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
     pairs = [[event_id, token] for token, ids in acks for event_id in sorted(set(ids))]
     params = Q.ack_pairs.bind(b_pairs=json.dumps(pairs), b_now=now)
-    changed = await db.execute_fetchall(Q.ack_pairs.sql, params)
+    changed = db.rows(Q.ack_pairs.sql, params)
     check_fence(len(list(changed)), len(pairs))
 
 
@@ -238,12 +232,10 @@ def to_event(row: Any) -> Event:
     )
 
 
-async def fenced(
-    db: aiosqlite.Connection, statement: Prepared, token: str, ids: Sequence[int], **values: Any
-) -> None:
+def fenced(db: Tx, statement: Prepared, token: str, ids: Sequence[int], **values: Any) -> None:
     wanted = sorted(set(ids))
     params = statement.bind(b_ids=json.dumps(wanted), b_token=token, **values)
-    changed = await db.execute_fetchall(statement.sql, params)
+    changed = db.rows(statement.sql, params)
     check_fence(len(list(changed)), len(wanted))
 
 

@@ -1,10 +1,11 @@
 """One SQLite connection and its transactions: BEGIN IMMEDIATE writes, short reads, one at a
 time, shielded from cancellation, with the file watched for deletion and the disk for space.
 
-Statements are SQLAlchemy Core constructs (queries.py), compiled once (`Prepared`) and executed
-through aiosqlite. SQLAlchemy's own async layer is not used at run time: its aiosqlite adapter
-costs four thread hops per statement (measured here: ~370 µs per statement against ~100 µs for
-one aiosqlite call), and the hot paths need one hop per statement, with lists bound as JSON.
+Statements are SQLAlchemy Core constructs (queries.py), compiled once (`Prepared`). A whole
+transaction (BEGIN, its statements, COMMIT) runs as one function on aiosqlite's connection
+thread and comes back once: one thread hop per transaction, not one per statement. (SQLAlchemy's
+own async layer costs four hops per statement with aiosqlite: ~370 µs against ~100 µs for one
+aiosqlite call, measured here.) Lists are bound as one JSON parameter.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -36,7 +37,47 @@ MIN_SQLITE = (3, 35, 0)
 # checkpoint, and on a nearly full disk it takes the space that returns before one can run (F14).
 LOW_DISK_BYTES = 8 * 1024 * 1024
 
-Body = Callable[[aiosqlite.Connection], Awaitable[T]]
+Body = Callable[["Tx"], T]  # runs on the connection's thread, inside the transaction
+
+
+class Tx:
+    """The statements of one transaction, on the connection's own thread."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one statement to its end; the number of rows it changed."""
+        cursor = self._connection.execute(sql, params)
+        cursor.fetchall()  # a statement still stepping would keep COMMIT from ending it
+        return cursor.rowcount
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Execute one statement; all its rows."""
+        return self._connection.execute(sql, params).fetchall()
+
+    def dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Execute one statement; its rows as {column: value}."""
+        cursor = self._connection.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute one statement; the first column of its first row (None without rows)."""
+        rows = self._connection.execute(sql, params).fetchall()
+        return rows[0][0] if rows else None
+
+    def many(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        """Execute one statement once per parameter set."""
+        self._connection.executemany(sql, params)
+
+
+class _BeginBusy(Exception):
+    """BEGIN found the write lock held by another connection (raised on the thread)."""
+
+    def __init__(self, cause: sqlite3.OperationalError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +154,7 @@ class Connection:
         async with self._lock:
             self._closed = True
             try:
-                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await self._outside_transaction("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass  # an optimisation: a reader in another process may hold the WAL
             finally:
@@ -124,7 +165,11 @@ class Connection:
         async with self._lock:
             if not self._closed:
                 with contextlib.suppress(sqlite3.Error):
-                    await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    await self._outside_transaction("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def _outside_transaction(self, sql: str) -> None:
+        # Stepped to its end on the thread: a half-read PRAGMA would stay "in progress".
+        await on_connection_thread(self._db, _statement, sql)
 
     async def write(self, body: Body[T], *, fail_fast: bool = False) -> T:
         """Run `body` in one BEGIN IMMEDIATE transaction (F3), shielded from cancellation.
@@ -170,46 +215,24 @@ class Connection:
         writing = begin == "BEGIN IMMEDIATE"
         if writing:
             self._check_file()
+        retry = wait and time.monotonic() < deadline
         try:
-            # Inside the try: if BEGIN took effect but its await still failed, the rollback
-            # below ends the transaction instead of wedging the connection for good.
-            if not await self._begin(begin, retry=wait and time.monotonic() < deadline):
-                return False, None
-            result = await body(self._db)
-            await self._db.execute("COMMIT")
-        except BaseException as exc:
-            await self._rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise storage_error(self.path, exc) from exc
-            raise
+            began, result = await on_connection_thread(self._db, _transaction, body, begin, retry)
+        except _BeginBusy as busy:
+            raise StoreBusyError(
+                f"database {self.path} is locked by another connection "
+                f"({busy}); retry, or raise EVENT_BUSY_TIMEOUT_MS"
+            ) from busy.cause
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from exc
+        if not began:
+            return False, None
         if writing:
             # Deleted while this transaction ran: it committed into an unlinked file (F13),
             # so its work must not be reported as stored.
             self._check_file()
             await self._relieve_disk()
         return True, result
-
-    async def _begin(self, begin: str, *, retry: bool) -> bool:
-        """BEGIN; False when another connection holds the write lock and `retry` allows waiting."""
-        try:
-            await self._db.execute(begin)
-        except sqlite3.OperationalError as exc:
-            if not is_busy(exc):
-                raise storage_error(self.path, exc) from exc
-            if retry:
-                return False
-            raise StoreBusyError(
-                f"database {self.path} is locked by another connection "
-                f"({exc}); retry, or raise EVENT_BUSY_TIMEOUT_MS"
-            ) from exc
-        return True
-
-    async def _rollback(self) -> None:
-        # SQLite may already have rolled back by itself (disk full, F14): no blind ROLLBACK.
-        if self._db.in_transaction:
-            # The original error is what the caller needs to see, not a failed ROLLBACK.
-            with contextlib.suppress(sqlite3.Error):
-                await self._db.execute("ROLLBACK")
 
     async def _relieve_disk(self) -> None:
         # Outside any transaction, under the lock: an optimisation, so failures are ignored.
@@ -219,7 +242,7 @@ class Connection:
             return
         if st.f_bavail * st.f_frsize < LOW_DISK_BYTES:
             with contextlib.suppress(sqlite3.Error):
-                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await self._outside_transaction("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _check_file(self) -> None:
         # A database file deleted or replaced under an open WAL connection keeps accepting
@@ -252,7 +275,47 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-async def scalar(db: aiosqlite.Connection, statement: str, params: tuple[Any, ...]) -> Any:
-    """The first column of the first row (None when there is no row)."""
-    rows = list(await db.execute_fetchall(statement, params))
-    return rows[0][0] if rows else None
+def _statement(connection: sqlite3.Connection, sql: str) -> None:
+    connection.execute(sql).fetchall()
+
+
+def _transaction(
+    connection: sqlite3.Connection, body: Body[T], begin: str, retry: bool
+) -> tuple[bool, T | None]:
+    """BEGIN, `body`, COMMIT on the connection's thread; (False, None) if busy and `retry`."""
+    tx = Tx(connection)
+    try:
+        try:
+            tx.run(begin)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            if retry:
+                return False, None
+            raise _BeginBusy(exc) from exc
+        result = body(tx)
+        tx.run("COMMIT")
+    except BaseException:
+        # SQLite may already have rolled back by itself (disk full, F14): no blind ROLLBACK.
+        # The original error is what the caller needs to see, not a failed ROLLBACK.
+        if connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+        raise
+    return True, result
+
+
+# --- aiosqlite's worker thread ---------------------------------------------------------------
+# aiosqlite runs every call of a connection on one thread, through `Connection._execute(fn,
+# *args)` (aiosqlite >= 0.22.1, pinned in pyproject; tests/integration/test_store.py checks
+# this contract). A transaction is handed over as one function, so it costs one hop.
+
+
+async def on_connection_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(connection, *args)` on `db`'s own thread, with its sqlite3 connection; one hop."""
+    run: Callable[..., Awaitable[T]] = db._execute  # aiosqlite's own queue to its thread
+    return await run(_with_connection, db, fn, *args)
+
+
+def _with_connection(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    return fn(db._conn, *args)  # on the thread: the only place the sqlite3 object is touched

@@ -11,8 +11,6 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import aiosqlite
-
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SchemaError, StorageError
 from eventqueue.core.models import Batch, Priority
@@ -45,7 +43,7 @@ from eventqueue.store.sqlite.bodies import (
     refusals,
     to_event,
 )
-from eventqueue.store.sqlite.connection import Connection, scalar
+from eventqueue.store.sqlite.connection import Connection, Tx
 from eventqueue.store.sqlite.migrations import ensure_schema, schema_status
 
 _TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
@@ -106,7 +104,7 @@ class SQLiteStore:
 
     async def pragma(self, name: str) -> Any:
         """The value of one PRAGMA on the store's own connection (for checks and tests)."""
-        return await self._conn.read(lambda db: scalar(db, f"PRAGMA {name}", ()))
+        return await self._conn.read(lambda db: db.scalar(f"PRAGMA {name}", ()))
 
     async def maintain(self) -> None:
         """Checkpoint the WAL so the file stays small (F7); skipped when busy."""
@@ -132,19 +130,19 @@ class SQLiteStore:
         another connection holds the write lock (the caller spills instead of waiting).
         """
 
-        async def body(db: aiosqlite.Connection) -> PutCommit:
-            outcome = await insert_rows(db, rows, now, dedup_ttl_s) if rows else []
+        def body(db: Tx) -> PutCommit:
+            outcome = insert_rows(db, rows, now, dedup_ttl_s) if rows else []
             if source_positions:
                 pairs = json.dumps([[s, p] for s, p in source_positions.items()])
-                await db.execute(Q.positions.sql, Q.positions.bind(b_positions=pairs, b_now=now))
+                db.run(Q.positions.sql, Q.positions.bind(b_positions=pairs, b_now=now))
             if spill_positions:
                 spill_log, reached = spill_positions
                 params = [
                     Q.spill_save.bind(b_log=spill_log, b_priority=p, b_segment=seg, b_offset=off)
                     for p, (seg, off) in reached.items()
                 ]
-                await db.executemany(Q.spill_save.sql, params)
-            scheduled = await scalar(db, Q.scheduled.sql, Q.scheduled.bind())
+                db.many(Q.spill_save.sql, params)
+            scheduled = db.scalar(Q.scheduled.sql, Q.scheduled.bind())
             return PutCommit(outcome, int(scheduled))
 
         return await self._conn.write(body, fail_fast=fail_fast)
@@ -152,9 +150,9 @@ class SQLiteStore:
     async def spill_positions(self, spill_log: str) -> dict[int, tuple[int, int]]:
         """Per priority, how far `spill_log` was promoted (committed with the promoted rows)."""
 
-        async def body(db: aiosqlite.Connection) -> dict[int, tuple[int, int]]:
+        def body(db: Tx) -> dict[int, tuple[int, int]]:
             params = Q.spill_read.bind(b_log=spill_log)
-            rows = await db.execute_fetchall(Q.spill_read.sql, params)
+            rows = db.rows(Q.spill_read.sql, params)
             return {int(p): (int(seg), int(off)) for p, seg, off in rows}
 
         return await self._conn.read(body)
@@ -162,12 +160,12 @@ class SQLiteStore:
     async def scheduled_count(self) -> int:
         """Pending + claimed rows (what EVENT_QUEUE_SIZE bounds)."""
         statement = Q.scheduled
-        return int(await self._conn.read(lambda db: scalar(db, statement.sql, statement.bind())))
+        return int(await self._conn.read(lambda db: db.scalar(statement.sql, statement.bind())))
 
     async def source_position(self, source: str) -> str | None:
         """The stream position stored with the last committed events of `source`."""
         params = Q.source.bind(b_source=source)
-        position = await self._conn.read(lambda db: scalar(db, Q.source.sql, params))
+        position = await self._conn.read(lambda db: db.scalar(Q.source.sql, params))
         return None if position is None else str(position)
 
     # --- claim, ack, nack, extend, release ------------------------------------------------
@@ -191,17 +189,17 @@ class SQLiteStore:
         `expire` first returns expired leases to pending.
         """
 
-        async def body(db: aiosqlite.Connection) -> list[Batch]:
+        def body(db: Tx) -> list[Batch]:
             if acks:
-                await ack_pairs(db, acks, now)
+                ack_pairs(db, acks, now)
             if expire:
                 params = Q.expire.bind(
                     b_now=now,
                     b_max_attempts=rules.max_attempts,
                     b_lease_horizon=rules.lease_horizon_s,
                 )
-                await db.execute(Q.expire.sql, params)
-            return await claim_batches(db, now, consumer, token, batch_id, rules, batches)
+                db.run(Q.expire.sql, params)
+            return claim_batches(db, now, consumer, token, batch_id, rules, batches)
 
         return await self._conn.write(body)
 
@@ -225,8 +223,8 @@ class SQLiteStore:
         items = [[i, at] for i, at in retry_at.items()] + [[i, None] for i in dead]
         params = Q.nack.bind(b_items=json.dumps(items), b_token=token, b_error=error, b_now=now)
 
-        async def body(db: aiosqlite.Connection) -> None:
-            changed = await db.execute_fetchall(Q.nack.sql, params)
+        def body(db: Tx) -> None:
+            changed = db.rows(Q.nack.sql, params)
             check_fence(len(list(changed)), len(items))
 
         await self._conn.write(body)
@@ -242,8 +240,8 @@ class SQLiteStore:
     async def next_wakeup(self, now: float) -> Wakeup:
         """Times at which work that is not ready now may become ready."""
 
-        async def body(db: aiosqlite.Connection) -> Wakeup:
-            rows = list(await db.execute_fetchall(Q.wakeup.sql, Q.wakeup.bind(b_now=now)))
+        def body(db: Tx) -> Wakeup:
+            rows = list(db.rows(Q.wakeup.sql, Q.wakeup.bind(b_now=now)))
             oldest, retry, expiry = rows[0]
             return Wakeup(oldest, retry, expiry)
 
@@ -254,16 +252,14 @@ class SQLiteStore:
     async def stats(self, *, now: float, rules: ClaimRules) -> StoreStats:
         """Counts by status and priority, counters, oldest pending time, ready keys."""
 
-        async def body(db: aiosqlite.Connection) -> StoreStats:
+        def body(db: Tx) -> StoreStats:
             counts: dict[str, dict[str, int]] = {}
-            for status, priority, count in await db.execute_fetchall(
-                Q.by_status.sql, Q.by_status.bind()
-            ):
+            for status, priority, count in db.rows(Q.by_status.sql, Q.by_status.bind()):
                 counts.setdefault(status, {})[Priority(priority).name] = int(count)
-            rows = await db.execute_fetchall(Q.counters.sql, Q.counters.bind())
-            oldest = await scalar(db, Q.oldest.sql, Q.oldest.bind())
+            rows = db.rows(Q.counters.sql, Q.counters.bind())
+            oldest = db.scalar(Q.oldest.sql, Q.oldest.bind())
             ready_params_ = Q.ready_keys.bind(**ready_params(now, rules))
-            ready = await scalar(db, Q.ready_keys.sql, ready_params_)
+            ready = db.scalar(Q.ready_keys.sql, ready_params_)
             return StoreStats(counts, {n: int(v) for n, v in rows}, oldest, int(ready or 0))
 
         return await self._conn.read(body)
@@ -272,9 +268,9 @@ class SQLiteStore:
         """The batches the next claim of `limit` batches would lease (its own statement)."""
         params = {**ready_params(now, rules), "b_batches": limit, "b_limit": rules.batch_limit}
 
-        async def body(db: aiosqlite.Connection) -> list[PeekBatch]:
-            keys = await db.execute_fetchall(Q.peek_keys.sql, Q.peek_keys.bind(**params))
-            rows = await db.execute_fetchall(Q.peek.sql, Q.peek.bind(**params))
+        def body(db: Tx) -> list[PeekBatch]:
+            keys = db.rows(Q.peek_keys.sql, Q.peek_keys.bind(**params))
+            rows = db.rows(Q.peek.sql, Q.peek.bind(**params))
             return peek_batches(list(keys), [to_event(r) for r in rows], now)
 
         return await self._conn.read(body)
@@ -282,11 +278,9 @@ class SQLiteStore:
     async def show(self, event_id: int) -> EventInfo | None:
         """One event with every column, or None when there is no such id."""
 
-        async def body(db: aiosqlite.Connection) -> EventInfo | None:
-            cursor = await db.execute(Q.event.sql, Q.event.bind(b_id=event_id))
-            row = await cursor.fetchone()
-            names = [d[0] for d in cursor.description]
-            return None if row is None else dict(zip(names, row, strict=True))
+        def body(db: Tx) -> EventInfo | None:
+            found = db.dicts(Q.event.sql, Q.event.bind(b_id=event_id))
+            return found[0] if found else None
 
         info = await self._conn.read(body)
         if info is None:
@@ -298,10 +292,8 @@ class SQLiteStore:
     async def dead(self, *, limit: int) -> list[EventBrief]:
         """Dead letters, most recent first, with their last error."""
 
-        async def body(db: aiosqlite.Connection) -> list[dict[str, Any]]:
-            cursor = await db.execute(Q.dead.sql, Q.dead.bind(b_limit=limit))
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+        def body(db: Tx) -> list[dict[str, Any]]:
+            return db.dicts(Q.dead.sql, Q.dead.bind(b_limit=limit))
 
         return [
             {
@@ -316,18 +308,17 @@ class SQLiteStore:
     async def requeue(self, ids: Sequence[int] | None, *, now: float) -> RequeueResult:
         """Dead events (these ids, or all) back to pending; nothing changes if one is not dead."""
 
-        async def body(db: aiosqlite.Connection) -> RequeueResult:
+        def body(db: Tx) -> RequeueResult:
             if ids is None:
-                cursor = await db.execute(Q.requeue_all.sql, Q.requeue_all.bind(b_now=now))
-                return RequeueResult(requeued=cursor.rowcount, refused=[])
+                requeued = db.run(Q.requeue_all.sql, Q.requeue_all.bind(b_now=now))
+                return RequeueResult(requeued=requeued, refused=[])
             wanted = json.dumps(sorted(set(ids)))
-            found = await db.execute_fetchall(Q.statuses.sql, Q.statuses.bind(b_ids=wanted))
+            found = db.rows(Q.statuses.sql, Q.statuses.bind(b_ids=wanted))
             refused = refusals(ids, {int(i): str(s) for i, s in found})
             if refused:
                 return RequeueResult(requeued=0, refused=refused)
             params = Q.requeue_ids.bind(b_ids=wanted, b_now=now)
-            cursor = await db.execute(Q.requeue_ids.sql, params)
-            return RequeueResult(requeued=cursor.rowcount, refused=[])
+            return RequeueResult(requeued=db.run(Q.requeue_ids.sql, params), refused=[])
 
         return await self._conn.write(body)
 
@@ -335,17 +326,16 @@ class SQLiteStore:
         """Delete up to `limit` done events finished before `cutoff` (one small transaction)."""
         params = Q.purge.bind(b_cutoff=cutoff, b_chunk=limit)
 
-        async def body(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(Q.purge.sql, params)
-            return int(cursor.rowcount)
+        def body(db: Tx) -> int:
+            return db.run(Q.purge.sql, params)
 
         return await self._conn.write(body)
 
     async def settings(self) -> dict[str, str]:
         """The settings the last opener recorded."""
 
-        async def body(db: aiosqlite.Connection) -> dict[str, str]:
-            rows = await db.execute_fetchall(Q.settings.sql, Q.settings.bind())
+        def body(db: Tx) -> dict[str, str]:
+            rows = db.rows(Q.settings.sql, Q.settings.bind())
             return {str(name): str(value) for name, value in rows}
 
         return await self._conn.read(body)
@@ -353,7 +343,7 @@ class SQLiteStore:
     async def save_settings(self, values: Mapping[str, str]) -> None:
         """Record the opener's settings for the debugging views."""
         params = [Q.setting.bind(b_name=k, b_value=v) for k, v in values.items()]
-        await self._conn.write(lambda db: db.executemany(Q.setting.sql, params))
+        await self._conn.write(lambda db: db.many(Q.setting.sql, params))
 
 
 def require_file(path: str) -> None:
