@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
@@ -42,11 +42,23 @@ class NewEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease to take in the transaction that stores CRITICAL events (the hand-off)."""
+
+    consumer: str
+    token: str
+    batch_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PutCommit:
-    """What one put transaction did: (status, id) per row, and pending + claimed after it."""
+    """What one put transaction did: (status, id) per row, pending + claimed after it, and
+    the batches of CRITICAL events it leased (with a `Lease`), best first."""
 
     outcome: list[tuple[PutStatus, int]]
     scheduled: int
+    claimed: list[Batch] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +138,8 @@ def assemble_batches(
         )
         for key, found in by_key.items()
     ]
-    if order is None:
-        return claimed
+    if order is None:  # one key, or all CRITICAL (the hand-off): oldest first
+        return sorted(claimed, key=lambda b: (-b.priority, b.events[0].received_at))
     rank = {key: n for n, key in enumerate(order)}
     return sorted(claimed, key=lambda b: rank.get(b.key, len(rank)))
 

@@ -16,6 +16,7 @@ from eventqueue.core.models import Batch
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
+    Lease,
     NewEvent,
     PeekBatch,
     PutCommit,
@@ -71,11 +72,15 @@ class Store(Protocol):
         source_positions: Mapping[str, str | None] | None = None,
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
+        lease: Lease | None = None,
     ) -> PutCommit:
         """Insert events; duplicates within the TTL are counted on their original, not inserted.
 
         Positions commit in the same transaction. `fail_fast`: raise StoreBusyError at once when
         the write cannot start within EVENT_SPILL_AFTER_MS (the caller spills instead).
+        `lease`: the CRITICAL events this put accepts are leased at once under it (attempt 1,
+        fenced by `token:key`, one batch per key) and returned in `PutCommit.claimed`: the
+        hand-off to a waiting consumer, with no claim transaction in between.
         """
         ...
 
@@ -104,8 +109,12 @@ class Store(Protocol):
         batches: int = 1,
         expire: bool = True,
         acks: Sequence[tuple[str, Sequence[int]]] = (),
+        min_priority: int = 0,
     ) -> list[Batch]:
         """Lease up to `batches` ready batches, best first ([] when none is ready).
+
+        `min_priority`: only events of at least this priority (a consumer reserved for
+        CRITICAL work asks for CRITICAL); keys holding none are not ready for this claim.
 
         `acks` ((token, ids)) are acked first in the same transaction; if any lost its lease,
         LeaseLostError and nothing changes. `expire` first returns expired leases to pending.

@@ -199,8 +199,9 @@ _READY = f"""
                     THEN {CRITICAL} ELSE 0
                END AS min_priority
         FROM summary
-        WHERE full_batch OR oldest <= :window_start::float8 OR newest > :now::float8
-              OR top = {CRITICAL} OR :no_batching::boolean
+        WHERE (full_batch OR oldest <= :window_start::float8 OR newest > :now::float8
+               OR top = {CRITICAL} OR :no_batching::boolean)
+          AND top >= :min_priority::int  -- a claim for CRITICAL work only
     )
 """
 
@@ -209,7 +210,7 @@ _PICK = f"""
     CROSS JOIN LATERAL (
         SELECT e.id FROM events e
         WHERE e.status = 'pending' AND e.batch_key = k.batch_key AND {_available("e")}
-          AND e.priority >= k.min_priority
+          AND e.priority >= k.min_priority AND e.priority >= :min_priority::int
         ORDER BY e.priority DESC, e.received_at, e.id
         LIMIT :limit::int
         {{lock}}
@@ -239,6 +240,20 @@ CLAIM = Query.of(
         batch_id = {_fenced_text("batch_id")},
         attempts = attempts + 1
     FROM picked WHERE events.id = picked.id
+    RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at
+    """,
+)
+
+# The hand-off: a put leases the CRITICAL events it just inserted, in its own transaction.
+LEASE_IDS = Query.of(
+    "lease_ids",
+    f"""
+    UPDATE events SET status = 'claimed', lease_owner = :owner::text,
+        lease_token = {_fenced_text("token")},
+        lease_expires_at = :expires::float8,
+        batch_id = {_fenced_text("batch_id")},
+        attempts = attempts + 1
+    WHERE id = ANY(:ids::bigint[]) AND status = 'pending'
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at
     """,
 )

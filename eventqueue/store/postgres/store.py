@@ -16,6 +16,7 @@ from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
+    Lease,
     NewEvent,
     PeekBatch,
     PutCommit,
@@ -122,11 +123,13 @@ class PostgresStore:
         source_positions: Mapping[str, str | None] | None = None,
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
+        lease: Lease | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
         Positions commit with the events. `fail_fast`: StoreBusyError when a connection or a
-        lock cannot be had within EVENT_SPILL_AFTER_MS (the caller spills instead).
+        lock cannot be had within EVENT_SPILL_AFTER_MS (the caller spills instead). `lease`:
+        the CRITICAL events accepted here are leased in the same transaction (hand-off).
         """
 
         async def body(c: Conn) -> PutCommit:
@@ -140,8 +143,9 @@ class PostgresStore:
                 await _save_spill_positions(c, *spill_positions)
             if any(status is PutStatus.ACCEPTED for status, _ in outcome):
                 await self._notify(c)
+            claimed = await _lease_critical(c, rows, outcome, lease) if lease else []
             scheduled = await c.fetchval(sql.COUNT_SCHEDULED.sql)
-            return PutCommit(outcome, int(scheduled))
+            return PutCommit(outcome, int(scheduled), claimed)
 
         return await self._pool.write(body, fail_fast=fail_fast)
 
@@ -174,14 +178,16 @@ class PostgresStore:
         batches: int = 1,
         expire: bool = True,
         acks: Sequence[tuple[str, Sequence[int]]] = (),
+        min_priority: int = 0,
     ) -> list[Batch]:
         """Lease up to `batches` ready batches, best first ([] when none is ready).
 
         `acks` are acked first in the same transaction (LeaseLostError and no change if one
-        lost its lease); `expire` first returns expired leases to pending.
+        lost its lease); `expire` first returns expired leases to pending. `min_priority`:
+        only events of at least this priority.
         """
         args = sql.CLAIM.args(
-            **ready_args(now, rules),
+            **ready_args(now, rules, min_priority),
             batches=batches,
             limit=rules.batch_limit,
             owner=consumer,
@@ -367,9 +373,10 @@ def channel_for(schema: str) -> str:
     return f"eventqueue.{schema}"[:63]
 
 
-def ready_args(now: float, rules: ClaimRules) -> dict[str, Any]:
+def ready_args(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[str, Any]:
     """The parameters of every statement that decides readiness (claims, ready counts, peek)."""
     return {
+        "min_priority": min_priority,
         "now": now,
         "max_batch": rules.max_batch,
         "window_start": now - rules.window_s,
@@ -377,6 +384,33 @@ def ready_args(now: float, rules: ClaimRules) -> dict[str, Any]:
         "aging_s": rules.aging_s,
         "retry_horizon": rules.retry_horizon_s,
     }
+
+
+async def _lease_critical(
+    c: Conn, rows: Sequence[NewEvent], outcome: list[tuple[PutStatus, int]], lease: Lease
+) -> list[Batch]:
+    """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
+    ids = [
+        row_id
+        for row, (status, row_id) in zip(rows, outcome, strict=True)
+        if status is PutStatus.ACCEPTED and row.priority == Priority.CRITICAL
+    ]
+    if not ids:
+        return []
+    args = sql.LEASE_IDS.args(
+        ids=ids,
+        owner=lease.consumer,
+        token=plain_prefix(lease.token, "a claim token"),
+        expires=lease.expires_at,
+        batch_id=plain_prefix(lease.batch_id, "a batch id"),
+    )
+    return assemble_batches(
+        map(_event, await c.fetch(sql.LEASE_IDS.sql, *args)),
+        batch_id=lease.batch_id,
+        token=lease.token,
+        consumer=lease.consumer,
+        expires_at=lease.expires_at,
+    )
 
 
 async def _insert(

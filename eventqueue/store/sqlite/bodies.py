@@ -14,6 +14,7 @@ from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.records import (
     EventBrief,
+    Lease,
     NewEvent,
     PeekBatch,
     Refusal,
@@ -54,6 +55,7 @@ class Q:
     purge = Prepared.of(sql.purge_done())
     spill_read = Prepared.of(sql.select_spill_positions())
     peek = Prepared.of(sql.peek_ready())
+    lease_ids = Prepared.of(sql.lease_ids())
     peek_keys = Prepared.of(sql.select_ready_keys())
     event = Prepared.of(sql.select_event())
     dead = Prepared.of(sql.select_dead())
@@ -165,9 +167,10 @@ def _dedup_outcome(rows: Sequence[NewEvent], returned: list[Any]) -> list[tuple[
     return outcome
 
 
-def ready_params(now: float, rules: ClaimRules) -> dict[str, Any]:
+def ready_params(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[str, Any]:
     """The parameters of every statement that decides readiness (claims, ready counts, peek)."""
     return {
+        "b_min_priority": min_priority,
         "b_now": now,
         "b_max_batch": rules.max_batch,
         "b_window_start": now - rules.window_s,
@@ -185,9 +188,10 @@ def claim_batches(
     batch_id: str,
     rules: ClaimRules,
     batches: int,
+    min_priority: int = 0,
 ) -> list[Batch]:
     params = Q.claim.bind(
-        **ready_params(now, rules),
+        **ready_params(now, rules, min_priority),
         b_batches=batches,
         b_limit=rules.batch_limit,
         b_owner=consumer,
@@ -199,7 +203,7 @@ def claim_batches(
     if batches > 1:
         # The claim's own key order (effective priority, then oldest), read in the same
         # transaction just before it: RETURNING cannot carry the CTE's rank.
-        keys_params = Q.peek_keys.bind(**ready_params(now, rules), b_batches=batches)
+        keys_params = Q.peek_keys.bind(**ready_params(now, rules, min_priority), b_batches=batches)
         order = [row[0] for row in db.rows(Q.peek_keys.sql, keys_params)]
     rows = db.rows(Q.claim.sql, params)
     return assemble_batches(
@@ -246,3 +250,30 @@ def check_fence(changed: int, wanted: int) -> None:
             f"lease lost: {wanted - changed} of {wanted} events are no longer held under this "
             "claim (its lease expired and another consumer claimed them, or they were finished)"
         )
+
+
+def lease_critical(
+    db: Tx, rows: Sequence[NewEvent], outcome: list[tuple[PutStatus, int]], lease: Lease
+) -> list[Batch]:
+    """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
+    ids = [
+        row_id
+        for row, (status, row_id) in zip(rows, outcome, strict=True)
+        if status is PutStatus.ACCEPTED and row.priority == Priority.CRITICAL
+    ]
+    if not ids:
+        return []
+    params = Q.lease_ids.bind(
+        b_ids=json.dumps(ids),
+        b_owner=lease.consumer,
+        b_token=lease.token,
+        b_expires=lease.expires_at,
+        b_batch_id=lease.batch_id,
+    )
+    return assemble_batches(
+        map(to_event, db.rows(Q.lease_ids.sql, params)),
+        batch_id=lease.batch_id,
+        token=lease.token,
+        consumer=lease.consumer,
+        expires_at=lease.expires_at,
+    )

@@ -185,6 +185,7 @@ def _ready_keys() -> tuple[Any, ColumnElement[int], ColumnElement[bool]]:
     keys = _key_summary()
     ready = and_(
         keys.c.top.is_not(None),  # some claimable event: not all in retry back-off
+        keys.c.top >= bindparam("b_min_priority"),  # a claim for CRITICAL work only
         or_(
             keys.c.full_batch,
             keys.c.oldest <= bindparam("b_window_start"),
@@ -519,6 +520,7 @@ def _claim_selection() -> Select[Any]:
             pick.c.batch_key == ready.c.batch_key,
             _available(pick),
             pick.c.priority >= ready.c.min_priority,
+            pick.c.priority >= bindparam("b_min_priority"),
         )
         .order_by(pick.c.priority.desc(), pick.c.received_at, pick.c.id)
         .limit(bindparam("b_limit"))
@@ -540,6 +542,26 @@ def claim_ready() -> Update:
     return (
         update(events)
         .where(events.c.id.in_(_claim_selection()))
+        .values(
+            status="claimed",
+            lease_owner=bindparam("b_owner"),
+            lease_token=bindparam("b_token") + literal(":") + events.c.batch_key,
+            lease_expires_at=bindparam("b_expires"),
+            batch_id=bindparam("b_batch_id") + literal(":") + events.c.batch_key,
+            attempts=events.c.attempts + 1,
+        )
+        .returning(*EVENT_COLUMNS)
+    )
+
+
+def lease_ids() -> Update:
+    """Lease the pending events `b_ids` (JSON) at once: the CRITICAL hand-off of a put.
+
+    As `claim_ready` leases, fenced per key by `b_token:key`, in the put's own transaction.
+    """
+    return (
+        update(events)
+        .where(_ids_in("b_ids"), _status_is("pending"))
         .values(
             status="claimed",
             lease_owner=bindparam("b_owner"),

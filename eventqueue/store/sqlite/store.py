@@ -17,6 +17,7 @@ from eventqueue.core.models import Batch, Priority
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
+    Lease,
     NewEvent,
     PeekBatch,
     PutCommit,
@@ -38,6 +39,7 @@ from eventqueue.store.sqlite.bodies import (
     claim_batches,
     fenced,
     insert_rows,
+    lease_critical,
     peek_batches,
     ready_params,
     refusals,
@@ -121,6 +123,7 @@ class SQLiteStore:
         source_positions: Mapping[str, str | None] | None = None,
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
+        lease: Lease | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
@@ -128,6 +131,7 @@ class SQLiteStore:
         {priority: (segment, offset) promoted up to}) commit with the events, so a restart
         resumes exactly after what is stored. `fail_fast`: raise StoreBusyError at once when
         another connection holds the write lock (the caller spills instead of waiting).
+        `lease`: lease the CRITICAL events accepted here in the same transaction (hand-off).
         """
 
         def body(db: Tx) -> PutCommit:
@@ -142,8 +146,9 @@ class SQLiteStore:
                     for p, (seg, off) in reached.items()
                 ]
                 db.many(Q.spill_save.sql, params)
+            claimed = lease_critical(db, rows, outcome, lease) if lease and outcome else []
             scheduled = db.scalar(Q.scheduled.sql, Q.scheduled.bind())
-            return PutCommit(outcome, int(scheduled))
+            return PutCommit(outcome, int(scheduled), claimed)
 
         return await self._conn.write(body, fail_fast=fail_fast)
 
@@ -181,6 +186,7 @@ class SQLiteStore:
         batches: int = 1,
         expire: bool = True,
         acks: Sequence[tuple[str, Sequence[int]]] = (),
+        min_priority: int = 0,
     ) -> list[Batch]:
         """Lease up to `batches` ready batches (best first; [] when nothing is ready).
 
@@ -199,7 +205,7 @@ class SQLiteStore:
                     b_lease_horizon=rules.lease_horizon_s,
                 )
                 db.run(Q.expire.sql, params)
-            return claim_batches(db, now, consumer, token, batch_id, rules, batches)
+            return claim_batches(db, now, consumer, token, batch_id, rules, batches, min_priority)
 
         return await self._conn.write(body)
 
