@@ -10,19 +10,22 @@ whole group instead of making the stream wait. Nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import StoreBusyError
-from eventqueue.core.models import Priority
+from eventqueue.core.models import Batch, Priority
 from eventqueue.core.records import NewEvent
 from eventqueue.runtime.faults import crash_point
+from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.overflow import SPILLED, Outcome, Overflow
 from eventqueue.runtime.wakeup import Changes, Room
 from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
 from eventqueue.store.base import Store
 
 _CRITICAL = int(Priority.CRITICAL)
+log = logging.getLogger("eventqueue.queue")
 
 
 class Admission:
@@ -34,10 +37,12 @@ class Admission:
         overflow: Overflow,
         room: Room,
         changes: Changes,
+        handoff: Handoff,
         config: Config,
         clock: Callable[[], float],
     ) -> None:
         self._store = store
+        self._handoff = handoff
         self._overflow = overflow
         self._room = room
         self._config = config
@@ -108,13 +113,16 @@ class Admission:
                 # Durable before the transaction that records the stream position past them.
                 await self._overflow.append([rows[i] for i in spilled])
             chosen = [rows[i] for i in admitted]
+            now = self._clock()
+            critical = any(row.priority == _CRITICAL for row in chosen)
             try:
                 commit = await self._store.put(
                     chosen,
-                    now=self._clock(),
+                    now=now,
                     dedup_ttl_s=self._ttl_s,
                     source_positions=positions,
                     fail_fast=True,
+                    lease=self._handoff.lease(now) if critical else None,
                 )
             except StoreBusyError:
                 # Another connection holds the write lock: spill instead of making the stream wait.
@@ -122,10 +130,20 @@ class Admission:
                 return [SPILLED] * len(rows)
             self._room.scheduled = commit.scheduled
         crash_point("after_commit")
+        if commit.claimed:
+            crash_point("mid_handoff")  # leased and committed, not yet with its consumer
+            for batch in self._handoff.deliver(commit.claimed):
+                self._give_back(batch)
         outcome: list[Outcome] = [SPILLED] * len(rows)
         for index, result in zip(admitted, commit.outcome, strict=True):
             outcome[index] = result
         return outcome
+
+    def _give_back(self, batch: Batch) -> None:
+        # Its consumer stopped waiting between the lease and the commit: pending again now,
+        # rather than after its lease.
+        task = asyncio.create_task(self._store.release(batch.token, batch.ids))
+        task.add_done_callback(_log_failure)
 
     def split(self, rows: Sequence[NewEvent]) -> tuple[list[int], list[int]]:
         """Indexes of rows the table takes now, and of rows to spill.
@@ -147,3 +165,9 @@ class Admission:
             else:
                 spilled.append(index)
         return admitted, spilled
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        # Not lost: the batch is a committed claimed row, pending again once its lease ends.
+        log.warning("giving back an unclaimed hand-off failed (its lease will): %s", error)

@@ -19,6 +19,7 @@ POINTS = (
     "after_spill",  # a spill appended, before its puts return
     "mid_promotion",  # promoted rows and spill position committed, spill segments not released
     "mid_migration",  # the schema migration half applied, not committed
+    "mid_handoff",  # CRITICAL events stored already leased, not yet given to their consumer
 )
 _passes: dict[str, int] = {}
 

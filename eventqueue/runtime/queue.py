@@ -23,6 +23,7 @@ from eventqueue.core.records import NewEvent
 from eventqueue.core.rules import backoff_s, retry_plan, rules_from_config, view_settings
 from eventqueue.runtime.admission import Admission
 from eventqueue.runtime.faults import crash_point
+from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.maintenance import Maintenance
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow import Overflow
@@ -45,6 +46,7 @@ class EventQueue:
         admission: Admission,
         changes: Changes,
         room: Room,
+        handoff: Handoff,
         config: Config,
         *,
         metrics: Metrics,
@@ -59,6 +61,7 @@ class EventQueue:
         self._admission = admission
         self._changes = changes
         self._room = room
+        self._handoff = handoff
         self._classify = classifier
         self._batch_key = batch_key_fn
         self._clock = clock
@@ -110,13 +113,15 @@ class EventQueue:
         except BaseException:
             await store.close()
             raise
-        admission = Admission(store, overflow, room, changes, config, clock)
+        handoff = Handoff(config.lease_s)
+        admission = Admission(store, overflow, room, changes, handoff, config, clock)
         queue = cls(
             store,
             overflow,
             admission,
             changes,
             room,
+            handoff,
             config,
             metrics=metrics,
             classifier=classifier,
@@ -244,12 +249,18 @@ class EventQueue:
         return found[0] if found else None
 
     async def claim_batches(
-        self, consumer: str = "consumer", max_batches: int = 1, *, acks: Sequence[Batch] = ()
+        self,
+        consumer: str = "consumer",
+        max_batches: int = 1,
+        *,
+        acks: Sequence[Batch] = (),
+        min_priority: Priority | int = 0,
     ) -> list[Batch]:
         """Lease up to `max_batches` ready batches in one transaction, best first.
 
         `acks`: finished batches acked in the same transaction. If any of them lost its lease,
         LeaseLostError is raised and nothing is acked or claimed (ack them one by one then).
+        `min_priority`: only events of at least this priority (e.g. CRITICAL work only).
         """
         self._check_open()
         now = self._clock()
@@ -262,6 +273,7 @@ class EventQueue:
             batches=max_batches,
             expire=self._expiry_due(now),
             acks=[(b.token, b.ids) for b in acks],
+            min_priority=int(min_priority),
         )
         if acks:
             self._finished(sum(len(b) for b in acks))
@@ -313,6 +325,31 @@ class EventQueue:
                 if delay <= 0:
                     return None
             await wait_any(changed, stop, timeout=delay)
+        return None
+
+    async def next_critical(
+        self, consumer: str = "reserved", *, stop: asyncio.Event | None = None
+    ) -> Batch | None:
+        """Wait for CRITICAL work only: a batch handed over by the put that stored it, or
+        claimed with `min_priority=CRITICAL`; None once `stop` is set or the queue closes."""
+        while not self._closed and not (stop is not None and stop.is_set()):
+            try:
+                found = await self.claim_batches(consumer, 1, min_priority=Priority.CRITICAL)
+            except QueueClosedError:
+                return None
+            if found:
+                return found[0]
+            # Not woken by every commit (that would be a claim per commit): this process's
+            # CRITICAL puts come as hand-offs; others' are found by the claim after a poll.
+            waiter = self._handoff.wait()
+            try:
+                await wait_any(waiter, stop, timeout=self.config.poll_ms / 1000)
+            finally:
+                waiter.cancel()  # no-op once handed over: the batch stays its result
+            if not waiter.cancelled():
+                batch = waiter.result()
+                self.metrics.count("handed_over", len(batch))
+                return batch
         return None
 
     async def urgent_puts_settled(self, timeout: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from eventqueue.core.config import Config
 from eventqueue.core.records import Wakeup
@@ -73,11 +74,17 @@ def idle_delay(wake: Wakeup, config: Config, now: float) -> float:
     return max(0.001, min(times))
 
 
-async def wait_any(*events: asyncio.Event | None, timeout: float) -> None:
-    """Return when any of `events` is set, or after `timeout` seconds."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
+async def wait_any(
+    *waitables: asyncio.Event | asyncio.Future[Any] | None, timeout: float | None
+) -> None:
+    """Return when any of the events is set or futures done, or after `timeout` seconds.
+
+    The futures are only watched: they are left as they are (their owner settles them).
+    """
+    made = [asyncio.ensure_future(w.wait()) for w in waitables if isinstance(w, asyncio.Event)]
+    given = [w for w in waitables if isinstance(w, asyncio.Future)]
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*made, *given], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for waiter in waiters:
+        for waiter in made:
             waiter.cancel()

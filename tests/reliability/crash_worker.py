@@ -86,6 +86,21 @@ async def consume(q: EventQueue, name: str, fd: int, produced: asyncio.Event) ->
             to_ack = batch
 
 
+async def consume_critical(q: EventQueue, name: str, fd: int, stop: asyncio.Event) -> int:
+    """A reserved consumer: CRITICAL batches handed over by their put (or claimed), until stop."""
+    handled = 0
+    while (batch := await q.next_critical(name, stop=stop)) is not None:
+        lines = [
+            consumer_line(e.payload["attributes"]["event_id"], e.id, e.attempts, digest(e.payload))
+            for e in batch.events
+        ]
+        os.write(fd, b"".join(lines))
+        await asyncio.to_thread(os.fsync, fd)
+        handled += len(batch)
+        await q.ack(batch)
+    return handled
+
+
 async def main(args: argparse.Namespace) -> None:
     logs = Path(args.logs)
     order = put_order(args.unique, args.dup_share, args.seed)
@@ -101,11 +116,17 @@ async def main(args: argparse.Namespace) -> None:
                 asyncio.create_task(consume(q, f"worker-{os.getpid()}-{i}", consumed_fd, produced))
                 for i in range(args.consumers)
             ]
+            stop_reserved = asyncio.Event()
+            reserved = asyncio.create_task(
+                consume_critical(q, f"reserved-{os.getpid()}", consumed_fd, stop_reserved)
+            )
             try:
                 put = await produce(q, order, todo, (attempted_fd, produced_fd), args.chunk)
             finally:
                 produced.set()
             handled = sum(await asyncio.gather(*consumers))
+            stop_reserved.set()
+            handled += await reserved
             stats = (await q.stats()).as_dict()
     finally:
         for fd in (attempted_fd, produced_fd, consumed_fd):

@@ -37,7 +37,14 @@ from .workload import digest, payload, priority_of, put_order
 
 CRASH_LINE = "EVENTQUEUE_CRASH_POINT"
 WORKER = Path(__file__).with_name("crash_worker.py")
-RUNTIME_POINTS = ("after_commit", "after_claim", "mid_spill", "after_spill", "mid_promotion")
+RUNTIME_POINTS = (
+    "after_commit",
+    "after_claim",
+    "mid_spill",
+    "after_spill",
+    "mid_promotion",
+    "mid_handoff",
+)
 
 # Settings every crash run uses unless a test overrides them. A short lease: a batch claimed by
 # a killed process comes back within seconds. Attempts and the dedup window are generous, so

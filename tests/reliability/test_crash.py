@@ -31,6 +31,7 @@ MAX_PASS = {
     "mid_spill": 3,
     "after_spill": 2,
     "mid_promotion": 3,
+    "mid_handoff": 2,
 }
 # Soak cycles put about 4,000 events each: kills land deeper into each cycle's work.
 SOAK_MAX_PASS = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventqueue.core.errors import ConfigError, QueueClosedError
-from eventqueue.core.models import Batch
+from eventqueue.core.models import Batch, Priority
 from eventqueue.runtime.dispatch.claim_pool import ClaimPool
 from eventqueue.runtime.dispatch.handlers import (
     CATCH_ALL,
@@ -75,10 +75,14 @@ class Dispatcher:
         shutdown_grace_s: float = 10.0,
         on_invalid: str = "skip",
         name: str = "dispatcher",
+        reserved: Mapping[Priority, int] | None = None,
     ) -> None:
         _check_settings(concurrency, handler_timeout_s, shutdown_grace_s, on_invalid)
         self.queue = queue
         self.concurrency = concurrency
+        # Consumers that take CRITICAL work only, besides the `concurrency` others: a CRITICAL
+        # event never waits for a slow NORMAL handler to finish.
+        self.reserved = _reserved_consumers(DEFAULT_RESERVED if reserved is None else reserved)
         self.handler_timeout_s = handler_timeout_s
         self.shutdown_grace_s = shutdown_grace_s
         self.on_invalid = on_invalid
@@ -188,8 +192,14 @@ class Dispatcher:
         )
         tasks = _Tasks(
             [
-                asyncio.create_task(self._consume(), name=f"eventqueue-consumer-{i}")
-                for i in range(self.concurrency)
+                *(
+                    asyncio.create_task(self._consume(), name=f"eventqueue-consumer-{i}")
+                    for i in range(self.concurrency)
+                ),
+                *(
+                    asyncio.create_task(self._consume_critical(), name=f"eventqueue-reserved-{i}")
+                    for i in range(self.reserved)
+                ),
             ],
             claimer=asyncio.create_task(self._pool.run(), name="eventqueue-claimer"),
         )
@@ -279,6 +289,16 @@ class Dispatcher:
                 return
             finished = await self._runner.handle(batch)
 
+    async def _consume_critical(self) -> None:
+        """A reserved consumer: CRITICAL batches handed over by their put, or claimed."""
+        name = f"{self.name}-reserved"
+        while (batch := await self.queue.next_critical(name, stop=self._stopping)) is not None:
+            if self._stopping.is_set():
+                await self._settler.release(batch)
+                return
+            if (finished := await self._runner.handle(batch)) is not None:
+                await self._settler.ack(finished)
+
     # --- signals ----------------------------------------------------------------------------
 
     def _install_signals(self) -> Callable[[], None] | None:
@@ -318,6 +338,24 @@ def is_async_callable(fn: object) -> bool:
 
 def _failure(task: asyncio.Task[Any]) -> BaseException | None:
     return None if task.cancelled() else task.exception()
+
+
+DEFAULT_RESERVED: Mapping[Priority, int] = {Priority.CRITICAL: 1}
+
+
+def _reserved_consumers(reserved: Mapping[Priority, int]) -> int:
+    """How many CRITICAL-only consumers `reserved` asks for (only CRITICAL can be reserved)."""
+    try:
+        counts = {Priority.parse(p): n for p, n in reserved.items()}
+    except ValueError as exc:
+        raise ConfigError(f"reserved: {exc}") from None
+    others = sorted(p.name for p in counts if p is not Priority.CRITICAL)
+    if others:
+        raise ConfigError(f"reserved: only CRITICAL consumers can be reserved, not {others}")
+    count = counts.get(Priority.CRITICAL, 0)
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 64:
+        raise ConfigError(f"reserved: {{Priority.CRITICAL: n}} takes n in 0 .. 64, got {count!r}")
+    return count
 
 
 def _check_settings(
