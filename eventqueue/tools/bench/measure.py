@@ -6,7 +6,9 @@ import asyncio
 import os
 import resource
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 # One definition of a percentile in the project: the one the queue's own metrics report.
 from eventqueue.runtime.metrics import percentile
@@ -41,3 +43,23 @@ def percentile_ms(samples_s: Sequence[float], q: float) -> float | None:
 async def settle() -> None:
     """Write back dirty pages (untimed) so the next measurement does not pay for the last."""
     await asyncio.to_thread(os.sync)
+
+
+def bare_fsync_s(folder: Path, writes: int = 300) -> list[float]:
+    """Seconds of each fsync after a 300-byte append, on the bench's own disk (blocking).
+
+    The physical floor of a durable commit, measured in the same run as the queue's figures.
+    """
+    path = folder / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    samples = []
+    try:
+        for _ in range(writes):
+            os.write(fd, b"x" * 300)
+            start = time.perf_counter()
+            os.fsync(fd)
+            samples.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return samples

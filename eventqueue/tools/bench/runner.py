@@ -17,21 +17,24 @@ from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
 from eventqueue.tools.bench.scenarios.latency import critical_latency_scenario
+from eventqueue.tools.bench.scenarios.loop import claim_ack_loop_scenario
 from eventqueue.tools.bench.scenarios.put import put_scenario
 from eventqueue.tools.bench.scenarios.spill import spill_scenarios
 from eventqueue.tools.bench.sizes import Sizes
 
 T = TypeVar("T")
 
-STEPS = ("end_to_end", "put", "claim_ack", "critical_latency", "spill")
+STEPS = ("end_to_end", "put", "claim_ack", "claim_ack_loop", "critical_latency", "spill")
 ROW_ORDER = (
     "put",
     "put_many",
     "claim_ack_2k",
     "claim_ack_20k",
     "claim_ack_1m",
+    "claim_ack_loop",
     "end_to_end",
     "critical_latency",
+    "critical_latency_busy",
     "spill_put",
     "promote",
     "memory",
@@ -68,6 +71,10 @@ async def _scenarios(
     if "critical_latency" in wanted:
         latency = critical_latency_scenario(sz, base, tmp)
         rows.append(await _step(timed, "critical_latency", latency))
+        busy = critical_latency_scenario(sz, base, tmp, busy=True)
+        rows.append(await _step(timed, "critical_latency_busy", busy))
+    if "claim_ack_loop" in wanted:
+        rows.append(await _step(timed, "claim_ack_loop", claim_ack_loop_scenario(sz, base, tmp)))
     if "spill" in wanted:
         rows += await _step(timed, "spill", spill_scenarios(sz, base, tmp))
     return rows
