@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 from eventqueue.core.config import Config
@@ -14,8 +13,9 @@ from eventqueue.core.models import Event, Priority
 from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.tools.bench import workload
-from eventqueue.tools.bench.harness import CONCURRENCY, bench_config, run_dispatcher
+from eventqueue.tools.bench.harness import CONCURRENCY, run_dispatcher
 from eventqueue.tools.bench.measure import percentile_ms, rate
+from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row, queue_pragmas, row
 from eventqueue.tools.bench.sizes import Sizes
 
@@ -73,9 +73,9 @@ class _Probe:
                 await asyncio.wait_for(self.caught_up.wait(), 2.0)
 
 
-async def critical_latency_scenario(sz: Sizes, base: Config, tmp: Path) -> Row:
+async def critical_latency_scenario(sz: Sizes, base: Config, places: Places) -> Row:
     """CRITICAL p50/p99 from put to handler start while NORMAL events arrive on a backlog."""
-    config = bench_config(base, tmp / "critical_latency.db")
+    config = await places.config("critical_latency")
     probe = _Probe(sz)
     async with EventQueue.open(config=config) as q:
         pragma_settings = await queue_pragmas(q)
