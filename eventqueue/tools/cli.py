@@ -356,7 +356,8 @@ def bench(
     "db_path",
     metavar="PATH",
     default=None,
-    help="Keep the database here (a new file). Default: a fresh temporary folder.",
+    help="Keep the database here (a new file). Default: a fresh temporary folder. A "
+    "postgresql:// URL: a new schema eqdemo_* in that database, kept afterwards.",
 )
 @json_option
 def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json: bool) -> None:
