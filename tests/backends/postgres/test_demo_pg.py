@@ -37,7 +37,7 @@ def demo_run(pg_server: str) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
         assert result.exit_code == 0, result.output
         assert len(made) == 1, made
-        yield made.pop(), json.loads(result.stdout)
+        yield next(iter(made)), json.loads(result.stdout)
     finally:
         for schema in made:
             run_sync(lambda s=schema: execute(pg_server, f"DROP SCHEMA {s} CASCADE"))
