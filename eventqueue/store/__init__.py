@@ -6,7 +6,7 @@ is not installed costs nothing until it is asked for."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, cast
 
 from eventqueue.core.config import Config
@@ -89,6 +89,69 @@ def admin(config: Config) -> Admin:
     return cast(Admin, importlib.import_module(f"{module.__name__}.admin"))
 
 
+class Baseline(Protocol):
+    """A raw-driver side for `eventqueue bench`: the queue's work on eventqueue's own schema,
+    on one plain driver connection, with nothing of the queue above it."""
+
+    single_row: bool  # whether `put_single` measures one-row transactions here
+
+    async def settings(self) -> dict[str, Any]:
+        """The durability settings in force on its connection (the queue's must match)."""
+        ...
+
+    async def put(self, events: Sequence[Mapping[str, Any]], *, group: int) -> float:
+        """Encode and insert-or-ignore `events`, `group` per transaction; seconds taken."""
+        ...
+
+    async def put_single(self, events: Sequence[Mapping[str, Any]]) -> float | None:
+        """The same, one event per transaction; seconds taken (None: not measured here)."""
+        ...
+
+    async def fill(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Load a backlog in large transactions (untimed); rows inserted."""
+        ...
+
+    async def claim_ack(
+        self, *, batch_size: int, max_events: int, max_seconds: float
+    ) -> tuple[int, float]:
+        """Claim then ack batches of `batch_size` (a commit each) until `max_events` or
+        `max_seconds`: (events, seconds)."""
+        ...
+
+    async def close(self) -> None:
+        """Close its connection."""
+        ...
+
+
+class RawTools(Protocol):
+    """What the tools do with a server backend's driver directly (store/<backend>/baseline.py):
+    scratch schemas for `bench` and `demo`, and the bench's raw baseline."""
+
+    async def create_scratch(self, url: str, prefix: str) -> str:
+        """A new empty schema `<prefix><random>` on `url`'s database: the URL selecting it."""
+        ...
+
+    async def drop_scratch(self, url: str, prefix: str) -> None:
+        """Drop the scratch schema `url` selects (only one named `<prefix>...`)."""
+        ...
+
+    async def open_baseline(self, config: Config) -> Baseline:
+        """The raw baseline on `config.db_path` (eventqueue's schema created there first)."""
+        ...
+
+
+def raw_tools(config: Config) -> RawTools:
+    """The driver-level tools of the server backend serving `config.db_path` (bench, demo).
+
+    SQLite has none here: its scratch databases are files, and its baseline needs only the
+    stdlib (tools/bench/sqlite_baseline.py).
+    """
+    if backend_of(config.db_path) == "sqlite":
+        raise ConfigError("raw_tools: SQLite needs none (files and the stdlib sqlite3 suffice)")
+    module = backend(config)
+    return cast(RawTools, importlib.import_module(f"{module.__name__}.baseline"))
+
+
 def backend(config: Config) -> _BackendModule:
     """The backend package serving `config.db_path`, imported on first use."""
     if backend_of(config.db_path) == "sqlite":
@@ -104,12 +167,15 @@ def backend(config: Config) -> _BackendModule:
 
 __all__ = [
     "Admin",
+    "Baseline",
     "Capabilities",
+    "RawTools",
     "Store",
     "admin",
     "backend",
     "backend_of",
     "migrate",
     "open_store",
+    "raw_tools",
     "schema_status",
 ]

@@ -302,17 +302,30 @@ def _parse_id(text: str) -> int:
 )
 @click.option("--tiny", is_flag=True, hidden=True, help="Smoke sizes (a few seconds).")
 @click.option("--only", multiple=True, hidden=True, help="Run only this scenario (repeatable).")
-def bench(quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...]) -> None:
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    default=None,
+    help="Bench a PostgreSQL server (postgresql://...) against raw asyncpg instead, in scratch "
+    "schemas it drops afterwards.  [default: SQLite files in a temporary directory]",
+)
+def bench(
+    quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...], db_url: str | None
+) -> None:
     """Measure put, claim + ack, end-to-end, latency and memory against raw sqlite3.
 
     Runs on fresh databases in a temporary directory, with the settings of the environment
     (EVENT_DURABILITY ...); prints a table and the settings used. The full run takes minutes.
+    With --db postgresql://..., the same scenarios run on that server, each in scratch schemas
+    (eqbench_*), against raw asyncpg.
     """
     import asyncio
 
     from eventqueue.tools import bench as benchmark
 
-    rows = asyncio.run(benchmark.run(benchmark.sizes(quick=quick, tiny=tiny), only=only))
+    sz = benchmark.sizes(quick=quick, tiny=tiny)
+    rows = asyncio.run(benchmark.run(sz, only=only, db=db_url))
     benchmark.report(rows, json_path)
 
 
@@ -343,7 +356,8 @@ def bench(quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...])
     "db_path",
     metavar="PATH",
     default=None,
-    help="Keep the database here (a new file). Default: a fresh temporary folder.",
+    help="Keep the database here (a new file). Default: a fresh temporary folder. A "
+    "postgresql:// URL: a new schema eqdemo_* in that database, kept afterwards.",
 )
 @json_option
 def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json: bool) -> None:

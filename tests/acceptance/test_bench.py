@@ -57,6 +57,7 @@ def test_quick_bench_completes_with_sane_figures(tmp_path: Path) -> None:
 
     for row in rows:
         assert row["mode"] == "quick"
+        assert row["backend"] == "sqlite"  # the default, without --db
         if not row["available"]:
             assert row["scenario"] in {"spill_put", "promote"}, row
             assert row["note"], row

@@ -18,12 +18,19 @@ Scenarios (the JSON `scenario` names, in the order printed):
 - spill_put / promote: puts past a small EVENT_QUEUE_SIZE (spilled to disk), then promotion
   back into the table; "not available" for a queue without spill.
 - memory: RSS at two checkpoints of the end_to_end run (events processed), and peak RSS.
+With `--db postgresql://...` the same scenarios run on that server, each database in a
+scratch schema `eqbench_<random>` dropped when its scenario ends (places.py), against raw asyncpg
+(store/postgres/baseline.py, reached through `eventqueue.store.raw_tools`): put as one-row
+transactions and as inserts of 100 rows, claim + ack as FOR UPDATE SKIP LOCKED then ack in
+batches of MAX_BATCH_SIZE. PRAGMA fields say "n/a" there; `settings.server` holds the server's
+durability settings. Every row says its `backend`.
 Variants are measured in alternating rounds, each after an (untimed) sync of the page cache,
 so a slow moment of the disk or a busy neighbour falls on the queue and the baseline alike.
 
 The package: sizes.py (the modes), workload.py (the events), harness.py, measure.py and rows.py
-(shared steps), scenarios/ (one module per scenario), runner.py (the run), report.py (the table
-and the JSON), sqlite_baseline.py (the raw sqlite3 side).
+(shared steps), places.py (files or scratch schemas), scenarios/ (one module per scenario),
+runner.py (the run), report.py (the table and the JSON), sqlite_baseline.py (the raw sqlite3
+side; stdlib only, so it stays here rather than in store/).
 """
 
 from eventqueue.tools.bench.report import report

@@ -13,8 +13,8 @@ from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 CONCURRENCY = 4  # Dispatcher consumers
 
 
-def bench_config(base: Config, path: Path, **overrides: Any) -> Config:
-    """`base` on the database `path`, with those of `overrides` that are settings."""
+def bench_config(base: Config, path: Path | str, **overrides: Any) -> Config:
+    """`base` on the database `path` (a file or a URL), with those of `overrides` that are settings."""
     known = {s.name for s in SETTINGS}
     return base.replace(db_path=str(path), **{k: v for k, v in overrides.items() if k in known})
 

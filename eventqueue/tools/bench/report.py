@@ -46,10 +46,25 @@ def _table(rows: list[Row]) -> Table:
 
 def _settings_line(rows: list[Row]) -> str:
     common: dict[str, Any] = next((r["settings"] for r in rows if "settings" in r), {})
+    if any(r.get("backend") == "postgresql" for r in rows):
+        return _server_line(rows, common)
     return (
         "settings: "
         + ", ".join(f"{k}={common[k]}" for k in _SHARED if k in common)
         + f"; PRAGMAs on both sides: {'; '.join(common.get('pragmas', []))}"
+    )
+
+
+def _server_line(rows: list[Row], common: dict[str, Any]) -> str:
+    """PostgreSQL: no PRAGMAs; the server settings the queue and the baseline share."""
+    server: dict[str, Any] = next(
+        (r["settings"]["server"] for r in rows if "server" in r.get("settings", {})), {}
+    )
+    shown = ", ".join(f"{k}={v}" for k, v in server.items()) or "not read (no baseline ran)"
+    return (
+        "settings: backend=postgresql (scratch schemas, dropped afterwards), "
+        + ", ".join(f"{k}={common[k]}" for k in _SHARED[3:] if k in common)
+        + f"; server settings on both sides: {shown}"
     )
 
 
@@ -61,6 +76,8 @@ def _figures(row: Row) -> str:
     parts: list[str] = []
     if row.get("p99_ms") is not None:
         parts.append(f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
+    if "baseline_single_row_events_per_s" in row:
+        parts.append(f"baseline one row per tx {row['baseline_single_row_events_per_s']:,.0f}/s")
     if "fused_events_per_s" in row:
         parts.append(f"fused {row['fused_events_per_s']:,.0f}/s")
     if "vs_2k" in row:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from eventqueue.core.config import Config
 from eventqueue.runtime.queue import EventQueue
+from eventqueue.store import Baseline, backend_of
 from eventqueue.store.sqlite.pragmas import pragmas
 from eventqueue.store.sqlite.store import SQLiteStore
-from eventqueue.tools.bench import sqlite_baseline
 
 Row = dict[str, Any]
 
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+NOT_APPLICABLE = "n/a"  # an SQLite-only setting (PRAGMAs) in a PostgreSQL row
 
 
 def row(
@@ -50,7 +50,11 @@ def not_available(scenario: str, why: str) -> Row:
 def _common_settings(config: Config) -> dict[str, Any]:
     return {
         "durability": config.durability,
-        "pragmas": pragmas(config.durability, config.busy_timeout_ms),
+        "pragmas": (
+            pragmas(config.durability, config.busy_timeout_ms)
+            if backend_of(config.db_path) == "sqlite"
+            else NOT_APPLICABLE
+        ),
         "max_batch_size": config.max_batch_size,
         "batch_window_ms": config.batch_window_ms,
         "commit_max_events": config.commit_max_events,
@@ -65,7 +69,7 @@ async def queue_pragmas(q: EventQueue) -> dict[str, Any]:
     """The journal mode and synchronous setting in force on the queue's connection."""
     store = q.store
     if not isinstance(store, SQLiteStore):
-        return {}  # PRAGMAs are SQLite's
+        return dict.fromkeys(("journal_mode", "synchronous"), NOT_APPLICABLE)  # SQLite's PRAGMAs
     synchronous = await store.pragma("synchronous")
     return {
         "journal_mode": await store.pragma("journal_mode"),
@@ -73,10 +77,14 @@ async def queue_pragmas(q: EventQueue) -> dict[str, Any]:
     }
 
 
-async def checked_settings(q: EventQueue, db: sqlite3.Connection) -> dict[str, Any]:
-    """The PRAGMAs in force on the queue's connection; the baseline's must be the same."""
+async def checked_settings(q: EventQueue, raw: Baseline) -> dict[str, Any]:
+    """The PRAGMAs in force on the queue's connection; the baseline's must be the same.
+    PostgreSQL: "n/a" for those, and the server's durability settings as `server` (the
+    queue's sessions and the baseline's connection keep the server's defaults alike)."""
     ours = await queue_pragmas(q)
-    theirs = sqlite_baseline.read_pragmas(db)
+    theirs = await raw.settings()
+    if not isinstance(q.store, SQLiteStore):
+        return {**ours, "server": theirs}
     theirs["synchronous"] = _SYNCHRONOUS.get(int(theirs["synchronous"]), theirs["synchronous"])
     if ours != {k: theirs[k] for k in ours}:
         raise RuntimeError(f"baseline PRAGMAs differ from the queue's: {theirs} vs {ours}")

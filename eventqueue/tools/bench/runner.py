@@ -1,18 +1,22 @@
-"""The run: the scenarios asked for, in order, on fresh files in one temporary directory."""
+"""The run: the scenarios asked for, in order, on fresh files in one temporary directory, or
+(`--db postgresql://...`) on scratch schemas of that server, dropped after each scenario."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import click
 
 from eventqueue.core.config import Config
+from eventqueue.store import backend_of
 from eventqueue.tools.bench.measure import peak_rss_mb
+from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
@@ -41,56 +45,78 @@ ROW_ORDER = (
 )
 
 
-async def run(sz: Sizes, *, base: Config | None = None, only: Collection[str] = ()) -> list[Row]:
-    """Every scenario (or those of `only`, from STEPS), rows in the order of the issue."""
+async def run(
+    sz: Sizes, *, base: Config | None = None, only: Collection[str] = (), db: str | None = None
+) -> list[Row]:
+    """Every scenario (or those of `only`, from STEPS), rows in the order of the issue.
+
+    `db`: a PostgreSQL server's URL; each scenario then runs on scratch schemas there. Without
+    it, SQLite files in a temporary folder.
+    """
     base = base if base is not None else Config.load()
     unknown = set(only) - set(STEPS)
     if unknown:
         raise click.UsageError(f"unknown scenario(s) {sorted(unknown)}; known: {STEPS}")
+    if db is not None and backend_of(db) != "postgresql":
+        raise click.UsageError(
+            f"--db takes a postgresql:// URL, not {db!r}: the SQLite bench always runs on fresh "
+            "files in a temporary folder (leave --db out)"
+        )
     started = time.perf_counter()
     timed: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="eventqueue-bench-") as folder:
-        rows = await _scenarios(sz, base, Path(folder), set(only or STEPS), timed)
-    _finish(rows, sz)
+        where = Places(base, Path(folder), db)
+        rows = await _scenarios(sz, base, where, set(only or STEPS), timed)
+    _finish(rows, sz, where.backend)
     _say(f"bench: done in {time.perf_counter() - started:.1f} s ({timed})")
     return rows
 
 
 async def _scenarios(
-    sz: Sizes, base: Config, tmp: Path, wanted: set[str], timed: dict[str, float]
+    sz: Sizes, base: Config, where: Places, wanted: set[str], timed: dict[str, float]
 ) -> list[Row]:
     """The scenarios in `wanted`, each timed into `timed`; their rows in the order run."""
+    tmp = where.tmp
+
+    def step(label: str, scenario: Callable[[Places], Awaitable[T]]) -> Awaitable[T]:
+        return _step(timed, label, Places(base, tmp, where.server), scenario)
+
     rows: list[Row] = []
     if "end_to_end" in wanted:  # first: memory is measured on a fresh process heap
-        rows += await _step(timed, "end_to_end", end_to_end_scenarios(sz, base, tmp))
+        rows += await step("end_to_end", partial(end_to_end_scenarios, sz, base))
     if "put" in wanted:
-        rows += await _step(timed, "put", put_scenario(sz, base, tmp))
+        rows += await step("put", partial(put_scenario, sz, base))
     for name, backlog in sz.backlogs if "claim_ack" in wanted else ():
-        rows.append(await _step(timed, name, claim_scenario(name, backlog, sz, base, tmp)))
+        rows.append(await step(name, partial(claim_scenario, name, backlog, sz, base)))
         _remove(tmp, name)  # free the disk before the next backlog
     if "critical_latency" in wanted:
-        latency = critical_latency_scenario(sz, base, tmp)
-        rows.append(await _step(timed, "critical_latency", latency))
-        busy = critical_latency_scenario(sz, base, tmp, busy=True)
-        rows.append(await _step(timed, "critical_latency_busy", busy))
+        rows.append(await step("critical_latency", partial(critical_latency_scenario, sz, base)))
+        busy = partial(critical_latency_scenario, sz, base, busy=True)
+        rows.append(await step("critical_latency_busy", busy))
     if "claim_ack_loop" in wanted:
-        rows.append(await _step(timed, "claim_ack_loop", claim_ack_loop_scenario(sz, base, tmp)))
+        rows.append(await step("claim_ack_loop", partial(claim_ack_loop_scenario, sz, base)))
     if "spill" in wanted:
-        rows += await _step(timed, "spill", spill_scenarios(sz, base, tmp))
+        rows += await step("spill", partial(spill_scenarios, sz, base))
     return rows
 
 
-async def _step(timed: dict[str, float], label: str, work: Awaitable[T]) -> T:
-    """Await `work`, announced on stderr; its seconds go into `timed[label]`."""
+async def _step(
+    timed: dict[str, float], label: str, places: Places, scenario: Callable[[Places], Awaitable[T]]
+) -> T:
+    """Run `scenario` on `places`, announced on stderr; its seconds go into `timed[label]`.
+    Its scratch schemas (PostgreSQL) are dropped afterwards, whatever happened."""
     _say(f"bench: {label} …")
     t0 = time.perf_counter()
-    result = await work
+    try:
+        result = await scenario(places)
+    finally:
+        await places.close()
     timed[label] = round(time.perf_counter() - t0, 1)
     return result
 
 
-def _finish(rows: list[Row], sz: Sizes) -> None:
-    """Sort the rows, add the flat-claim target, the whole run's peak RSS and the mode."""
+def _finish(rows: list[Row], sz: Sizes, backend: str) -> None:
+    """Sort the rows, add the flat-claim target, the whole run's peak RSS, mode and backend."""
     rows.sort(key=lambda row: ROW_ORDER.index(row["scenario"]))
     _flat_target(rows)
     for row in rows:
@@ -98,6 +124,7 @@ def _finish(rows: list[Row], sz: Sizes) -> None:
             row["peak_rss_mb_whole_run"] = round(peak_rss_mb(), 1)
     for row in rows:
         row["mode"] = sz.mode
+        row["backend"] = backend
 
 
 def _say(text: str) -> None:

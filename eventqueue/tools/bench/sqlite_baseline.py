@@ -141,3 +141,54 @@ def claim_ack(
             if done >= max_events or time.perf_counter() - start >= max_seconds:
                 break
     return done, time.perf_counter() - start
+
+
+class SQLiteBaseline:
+    """The functions above as the bench's raw side (the `eventqueue.store.Baseline` protocol
+    that PostgreSQL's asyncpg baseline also follows): one sqlite3 connection, whose calls run
+    synchronously, with no event loop work in between, as a raw baseline should."""
+
+    single_row = False  # one commit per put: see scripts/group_commit.py
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self._keys: list[tuple[str, int]] | None = None
+
+    @classmethod
+    def connect(cls, path: str, *, durability: str, busy_timeout_ms: int) -> SQLiteBaseline:
+        """The baseline on the file `path` (see `connect`)."""
+        return cls(connect(path, durability=durability, busy_timeout_ms=busy_timeout_ms))
+
+    async def settings(self) -> dict[str, Any]:
+        """The PRAGMAs in force on the connection."""
+        return read_pragmas(self.db)
+
+    async def put(self, events: Sequence[Mapping[str, Any]], *, group: int) -> float:
+        """`put` of the module: group commits of `group`; seconds taken."""
+        return put(self.db, events, group=group)
+
+    async def put_single(self, events: Sequence[Mapping[str, Any]]) -> float | None:
+        """Not measured on SQLite (None)."""
+        return None
+
+    async def fill(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """`fill` of the module; rows inserted."""
+        return fill(self.db, events)
+
+    async def claim_ack(
+        self, *, batch_size: int, max_events: int, max_seconds: float
+    ) -> tuple[int, float]:
+        """`claim_ack` of the module over the keys pending at the first call."""
+        if self._keys is None:
+            self._keys = pending_keys(self.db)
+        return claim_ack(
+            self.db,
+            self._keys,
+            batch_size=batch_size,
+            max_events=max_events,
+            max_seconds=max_seconds,
+        )
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self.db.close()

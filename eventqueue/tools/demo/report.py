@@ -34,6 +34,8 @@ def print_report(report: dict[str, Any]) -> None:
     click.echo(f"\ndatabase: {report['database']}\nlook inside:")
     for query in report["queries"]:
         click.echo(f"  {query['command']}")
+    if "cleanup" in report:
+        click.echo(f"the demo's schema is kept; drop it with:\n  {report['cleanup']}")
 
 
 def _pairs(values: dict[str, Any]) -> Table:

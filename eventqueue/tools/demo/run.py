@@ -1,4 +1,11 @@
-"""`run_demo` and its steps: the database, the server and queue, the dispatch, the runtime report."""
+"""`run_demo` and its steps: the database, the server and queue, the dispatch, the runtime report.
+
+The database: a new SQLite file (in a fresh temporary folder, or at `--db PATH`), or for
+`--db postgresql://...` a new schema `eqdemo_<random>` in that database, selected by libpq's
+`options=-csearch_path=...` in the URL, its spill folder in a fresh temporary folder. The demo
+never writes to anything that existed before it; the schema is kept afterwards for looking
+inside, and the report says how to drop it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,13 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich.console import Console
@@ -20,6 +29,7 @@ from eventqueue.core.config import Config
 from eventqueue.core.errors import ConfigError
 from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 from eventqueue.runtime.queue import EventQueue
+from eventqueue.store import backend_of, raw_tools
 from eventqueue.tools.demo.handlers import add_sample_handlers
 from eventqueue.tools.demo.live import ProgressView, snapshot, watch
 from eventqueue.tools.demo.report import print_report
@@ -30,6 +40,7 @@ from eventqueue.tools.sse_server import SSEServer
 DEFAULT_EVENTS = 2000
 DEFAULT_RATE = 2000.0
 DEFAULT_SECONDS = 60.0
+SCRATCH_PREFIX = "eqdemo_"
 # Small retry settings so dead letters appear within a second; a queue bound that bursts exceed,
 # so the spill to disk shows. The environment is ignored: the demo's checks assume these.
 _SETTINGS: dict[str, Any] = {
@@ -52,20 +63,47 @@ class DemoOptions:
 
 async def run_demo(options: DemoOptions) -> int:
     """Run the demo; print the live view and the report; return 0, or 1 if a check failed."""
-    path = _database_path(options.db_path)
+    path, spill_dir = await _database(options.db_path)
     stream = synthetic_stream(options.events, options.rate_per_s)
     if not options.as_json:
-        click.echo(f"database: {path}")
+        click.echo(f"database: {_shown(path)}")
     with _quiet_logs():
-        report = await _run(options, path, stream)
-    report["checks"] = verify(path, stream, report)
+        report = await _run(options, path, spill_dir, stream)
+    # The checks read through the backend's SQL console, which runs its own event loop.
+    report["checks"] = await asyncio.to_thread(verify, path, stream, report)
     report["ok"] = all(check["ok"] for check in report["checks"])
-    report["queries"] = example_queries(path)
+    report["queries"] = example_queries(_shown(path))
+    if spill_dir is not None:
+        report["cleanup"] = drop_command(_shown(path))
     if options.as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
     return 0 if report["ok"] else 1
+
+
+async def _database(db_path: str | None) -> tuple[str, str | None]:
+    """Where the demo runs: a new SQLite file (no spill folder of its own), or a new schema
+    in the database of a PostgreSQL URL and a spill folder in a fresh temporary folder."""
+    if db_path is None or backend_of(db_path) == "sqlite":
+        return _database_path(db_path), None
+    config = Config.load(env={}, db_path=db_path)
+    url = await raw_tools(config).create_scratch(db_path, SCRATCH_PREFIX)
+    return url, os.path.join(tempfile.mkdtemp(prefix="eventqueue-demo-"), "demo.spill")
+
+
+def drop_command(url: str) -> str:
+    """The psql line that drops the demo's schema (the URL's options select it)."""
+    schema = url.rsplit("search_path%3D", 1)[-1]
+    return f"psql {shlex.quote(url)} -c {shlex.quote(f'DROP SCHEMA {schema} CASCADE')}"
+
+
+def _shown(location: str) -> str:
+    """`location` as printed: a URL's password is never shown (libpq reads PGPASSWORD)."""
+    parts = urlsplit(location)
+    if backend_of(location) == "sqlite" or parts.password is None:
+        return location
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", "@")))
 
 
 def _database_path(db_path: str | None) -> str:
@@ -94,9 +132,13 @@ def _quiet_logs() -> Iterator[None]:
         logger.propagate = propagate
 
 
-async def _run(options: DemoOptions, path: str, stream: Stream) -> dict[str, Any]:
+async def _run(
+    options: DemoOptions, path: str, spill_dir: str | None, stream: Stream
+) -> dict[str, Any]:
     sent = len(stream.events)
-    config = Config.load(env={}, db_path=path, queue_size=max(50, sent // 2), **_SETTINGS)
+    config = Config.load(
+        env={}, db_path=path, spill_dir=spill_dir, queue_size=max(50, sent // 2), **_SETTINGS
+    )
     disconnect = max(1, sent // 3)
     feed = paced(stream.events, options.rate_per_s)
     server = SSEServer(feed, disconnect_after=disconnect)
@@ -112,7 +154,7 @@ async def _run(options: DemoOptions, path: str, stream: Stream) -> dict[str, Any
             "last_event_ids": server.last_event_ids_seen,
             "dropped_after": disconnect,
         }
-    report["database"] = path
+    report["database"] = _shown(path)
     return report
 
 

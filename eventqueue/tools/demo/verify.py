@@ -18,6 +18,10 @@ _STORED = {
     "postgresql": "SELECT (payload::jsonb #>> '{attributes,seq}')::bigint, status, duplicates "
     "FROM events",
 }
+_EVENT_NAME = {
+    "sqlite": "json_extract(payload, '$.event_name')",
+    "postgresql": "payload::json ->> 'event_name'",
+}
 _COUNTER = "SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'duplicates_suppressed'"
 _ALL_ROWS = 10_000_000
 
@@ -31,7 +35,7 @@ def _rows(path: str, query: str) -> list[Any]:
 def verify(path: str, stream: Stream, report: dict[str, Any]) -> list[dict[str, Any]]:
     """Every sent event stored once and finished; the report's counts equal the database's."""
     stored = _rows(path, _STORED[backend_of(path)])
-    (counter,) = _rows(path, _COUNTER)[0]
+    counter = int(_rows(path, _COUNTER)[0][0])
     seqs = [seq for seq, _, _ in stored]
     status = Counter(s for _, s, _ in stored)
     dead = {seq for seq, s, _ in stored if s == "dead"}
@@ -70,17 +74,24 @@ def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
 
 def example_queries(path: str) -> list[dict[str, str]]:
     """Three ways to look inside: the overview, the dead letters, the retried events."""
+    shell = "psql" if backend_of(path) == "postgresql" else "sqlite3"
+    event_name = _EVENT_NAME[backend_of(path)]
     queries = [
-        ("sqlite3", "select * from eq_overview"),
-        ("sqlite3", "select id, event_name, attempts, last_error from eq_dead_letters"),
+        (shell, "select * from eq_overview"),
+        (shell, "select id, event_name, attempts, last_error from eq_dead_letters"),
         (
             "eventqueue sql --db",
-            "select id, json_extract(payload, '$.event_name') as event_name, status, attempts "
+            f"select id, {event_name} as event_name, status, attempts "
             "from events where attempts > 1 order by id limit 20",
         ),
     ]
     # Double quotes keep the SQL readable; "$." is not an expansion in a POSIX shell.
     return [
-        {"tool": tool.split()[0], "sql": q, "command": f'{tool} {shlex.quote(path)} "{q}"'}
+        {"tool": tool.split()[0], "sql": q, "command": _command(tool, path, q)}
         for tool, q in queries
     ]
+
+
+def _command(tool: str, path: str, query: str) -> str:
+    flag = " -c" if tool == "psql" else ""  # psql takes the query as an option
+    return f'{tool} {shlex.quote(path)}{flag} "{query}"'

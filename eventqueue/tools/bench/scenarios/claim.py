@@ -6,25 +6,42 @@ import asyncio
 import contextlib
 import inspect
 import math
-import shutil
-import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from eventqueue.core.config import Config
 from eventqueue.core.models import Batch
 from eventqueue.runtime.queue import EventQueue
-from eventqueue.tools.bench import sqlite_baseline, workload
-from eventqueue.tools.bench.harness import backlog_overrides, bench_config
+from eventqueue.store import Baseline, backend_of
+from eventqueue.tools.bench import workload
+from eventqueue.tools.bench.harness import backlog_overrides
 from eventqueue.tools.bench.measure import rate, settle
+from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row, checked_settings, row
 from eventqueue.tools.bench.sizes import Sizes
 
 # Per variant: [events, seconds] summed over the rounds.
 Totals = dict[str, list[float]]
 Claimed = dict[str, tuple[int, float]]
+
+_FILL = {
+    "sqlite": (
+        "put_many of 1,000, 8 in flight (queue_size, intake and group raised to fit);"
+        " copied for the fused and baseline variants"
+    ),
+    "postgresql": (
+        "put_many of 1,000, 8 in flight (queue_size, intake and group raised to fit);"
+        " the same events loaded again for the fused variant and the baseline (own schemas)"
+    ),
+}
+_BASELINE_HOW = {
+    "sqlite": "UPDATE … RETURNING of one key's next batch (commit), then ack (commit)",
+    "postgresql": (
+        "asyncpg: UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED) RETURNING of one key's next"
+        " batch (commit), then ack (commit)"
+    ),
+}
 
 
 def fused_claim_available() -> bool:
@@ -48,43 +65,46 @@ class _Sides:
 
     queue: EventQueue
     fused: EventQueue | None
-    db: sqlite3.Connection
-    keys: list[tuple[str, int]]
+    raw: Baseline
     batch_size: int
 
 
-async def claim_scenario(name: str, backlog: int, sz: Sizes, base: Config, tmp: Path) -> Row:
+async def claim_scenario(name: str, backlog: int, sz: Sizes, base: Config, places: Places) -> Row:
     """Claim + ack at a steady backlog: rounds of each variant in turn (queue, fused, raw), each
     round topped up again untimed, so the backlog stays near `backlog` and disk noise is shared."""
-    config = bench_config(base, tmp / f"{name}.db", **backlog_overrides(backlog))
+    config = await places.config(name, **backlog_overrides(backlog))
     fused = fused_claim_available()
     async with EventQueue.open(config=config) as q:
         fill_s = await workload.fill(q, backlog)
-    fused_config, base_path = _copy_backlog(config, name, tmp, fused=fused)
-    db = sqlite_baseline.connect(
-        str(base_path), durability=config.durability, busy_timeout_ms=config.busy_timeout_ms
-    )
+    fused_config, raw = await _copy_backlog(config, name, places, backlog, fused=fused)
     plan = _plan(sz, backlog, config.max_batch_size)
     try:
-        totals, pragma_settings = await _measure(config, fused_config, db, plan, backlog)
+        totals, pragma_settings = await _measure(config, fused_config, raw, plan, backlog)
     finally:
-        db.close()
-    specific = {**pragma_settings, **_how(backlog, config.max_batch_size, plan)}
+        await raw.close()
+    how = _how(backlog, config.max_batch_size, plan, backend_of(config.db_path))
+    specific = {**pragma_settings, **how}
     return _claim_row(name, config, specific, totals, fill_s, fused=fused)
 
 
-def _copy_backlog(
-    config: Config, name: str, tmp: Path, *, fused: bool
-) -> tuple[Config | None, Path]:
-    """The fused variant's config and the baseline's file, each on a copy of the backlog."""
+async def _copy_backlog(
+    config: Config, name: str, places: Places, backlog: int, *, fused: bool
+) -> tuple[Config | None, Baseline]:
+    """The fused variant's config and the baseline, each on a copy of the backlog."""
     # The same backlog for every variant: copies of the closed (checkpointed) file. The
     # baseline's copy has the queue's schema, indexes and rows: the raw side claims the same data.
-    fused_config = config.replace(db_path=str(tmp / f"{name}-fused.db"))
+    if places.copies_files:
+        fused_config = places.copy(config, f"{name}-fused") if fused else None
+        return fused_config, await places.raw(f"{name}-baseline", copy_of=config)
+    # No file to copy (PostgreSQL): the same events loaded again into fresh databases.
+    fused_config = None
     if fused:
-        shutil.copyfile(config.db_path, fused_config.db_path)
-    base_path = tmp / f"{name}-baseline.db"
-    shutil.copyfile(config.db_path, base_path)
-    return (fused_config if fused else None), base_path
+        fused_config = await places.config(f"{name}-fused", **backlog_overrides(backlog))
+        async with EventQueue.open(config=fused_config) as qf:
+            await workload.fill(qf, backlog)
+    raw = await places.raw(f"{name}-baseline")
+    await raw.fill(workload.events(backlog, duplicates=False))
+    return fused_config, raw
 
 
 def _plan(sz: Sizes, backlog: int, batch_size: int) -> _Plan:
@@ -94,11 +114,10 @@ def _plan(sz: Sizes, backlog: int, batch_size: int) -> _Plan:
 
 
 async def _measure(
-    config: Config, fused_config: Config | None, db: sqlite3.Connection, plan: _Plan, backlog: int
+    config: Config, fused_config: Config | None, raw: Baseline, plan: _Plan, backlog: int
 ) -> tuple[Totals, dict[str, Any]]:
     """Every round of every variant, each refilled after its round; the totals and PRAGMAs."""
     totals: Totals = {v: [0, 0.0] for v in ("separate", "fused", "baseline")}
-    keys = sqlite_baseline.pending_keys(db)
     # Every key's batch window has passed: what is pending is ready, as in a real backlog.
     await asyncio.sleep(config.batch_window_s + 0.05)
     async with contextlib.AsyncExitStack() as stack:
@@ -106,8 +125,8 @@ async def _measure(
         qf = None
         if fused_config is not None:
             qf = await stack.enter_async_context(EventQueue.open(config=fused_config))
-        pragma_settings = await checked_settings(q, db)
-        sides = _Sides(q, qf, db, keys, config.max_batch_size)
+        pragma_settings = await checked_settings(q, raw)
+        sides = _Sides(q, qf, raw, config.max_batch_size)
         next_event = backlog
         for _ in range(plan.rounds):
             claimed = await _round(sides, plan)
@@ -125,9 +144,7 @@ async def _round(sides: _Sides, plan: _Plan) -> Claimed:
     await settle()
     claimed["separate"] = await _claim_ack(sides.queue, plan.per_round, plan.round_s)
     await settle()
-    claimed["baseline"] = sqlite_baseline.claim_ack(
-        sides.db,
-        sides.keys,
+    claimed["baseline"] = await sides.raw.claim_ack(
         batch_size=sides.batch_size,
         max_events=plan.per_round,
         max_seconds=plan.round_s,
@@ -144,7 +161,7 @@ async def _refill(sides: _Sides, claimed: Claimed, start: int) -> None:
     if sides.fused is not None:
         await workload.fill(sides.fused, claimed["fused"][0], start=start)
     more = workload.events(claimed["baseline"][0], start=start, duplicates=False)
-    sqlite_baseline.fill(sides.db, more)
+    await sides.raw.fill(more)
 
 
 async def _claim_ack(q: EventQueue, max_events: int, max_seconds: float) -> tuple[int, float]:
@@ -174,7 +191,7 @@ async def _claim_fused(q: EventQueue, max_events: int, max_seconds: float) -> tu
     return done, time.perf_counter() - start
 
 
-def _how(backlog: int, batch_size: int, plan: _Plan) -> dict[str, Any]:
+def _how(backlog: int, batch_size: int, plan: _Plan, backend: str) -> dict[str, Any]:
     """The row's settings: the backlog, the rounds and what each variant does."""
     return {
         "backlog": backlog,
@@ -182,13 +199,10 @@ def _how(backlog: int, batch_size: int, plan: _Plan) -> dict[str, Any]:
         "consumers": 1,
         "rounds": plan.rounds,
         "events_per_round": plan.per_round,
-        "fill": (
-            "put_many of 1,000, 8 in flight (queue_size, intake and group raised to fit);"
-            " copied for the fused and baseline variants"
-        ),
+        "fill": _FILL[backend],
         "separate": "q.claim() then q.ack(batch): two transactions per batch",
         "fused": "q.claim(ack=previous): one transaction per batch",
-        "baseline": "UPDATE … RETURNING of one key's next batch (commit), then ack (commit)",
+        "baseline": _BASELINE_HOW[backend],
     }
 
 

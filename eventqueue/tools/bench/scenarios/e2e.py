@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from eventqueue.core.config import Config
@@ -12,8 +11,9 @@ from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.tools.bench import workload
-from eventqueue.tools.bench.harness import CONCURRENCY, bench_config, run_dispatcher
+from eventqueue.tools.bench.harness import CONCURRENCY, run_dispatcher
 from eventqueue.tools.bench.measure import peak_rss_mb, rate, rss_mb
+from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row, queue_pragmas, row
 from eventqueue.tools.bench.sizes import Sizes
 
@@ -51,11 +51,11 @@ class _Progress:
             self.samples.setdefault(mark, rss_mb())
 
 
-async def end_to_end_scenarios(sz: Sizes, base: Config, tmp: Path) -> list[Row]:
+async def end_to_end_scenarios(sz: Sizes, base: Config, places: Places) -> list[Row]:
     """One run of source → Dispatcher → no-op handlers, default settings, the standard event
     mix: its rate is `end_to_end`; RSS at its two checkpoints (events processed: handled or
     suppressed as duplicates) and its peak are `memory`."""
-    config = bench_config(base, tmp / "end_to_end.db")
+    config = await places.config("end_to_end")
     start_rss = rss_mb()
     async with EventQueue.open(config=config) as q:
         progress = _Progress(sz.memory_checkpoints, q.metrics)

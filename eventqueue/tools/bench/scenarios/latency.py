@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 from eventqueue.core.config import Config
@@ -16,8 +15,9 @@ from eventqueue.core.models import Event, Priority
 from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.tools.bench import workload
-from eventqueue.tools.bench.harness import CONCURRENCY, bench_config, run_dispatcher
+from eventqueue.tools.bench.harness import CONCURRENCY, run_dispatcher
 from eventqueue.tools.bench.measure import bare_fsync_s, percentile_ms, rate
+from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row, queue_pragmas, row
 from eventqueue.tools.bench.sizes import Sizes
 
@@ -81,14 +81,14 @@ class _Probe:
 
 
 async def critical_latency_scenario(
-    sz: Sizes, base: Config, tmp: Path, *, busy: bool = False
+    sz: Sizes, base: Config, places: Places, *, busy: bool = False
 ) -> Row:
     """CRITICAL p50/p99 from put to handler start while NORMAL events arrive on a backlog
     (`busy`: and every non-reserved consumer sits in a slow NORMAL handler)."""
     name = "critical_latency_busy" if busy else "critical_latency"
-    config = bench_config(base, tmp / f"{name}.db")
+    config = await places.config(name)
     probe = _Probe(sz, busy=busy)
-    fsync_s = await asyncio.to_thread(bare_fsync_s, tmp)
+    fsync_s = await asyncio.to_thread(bare_fsync_s, places.tmp)
     async with EventQueue.open(config=config) as q:
         pragma_settings = await queue_pragmas(q)
         await workload.fill(q, sz.latency_backlog, only=Priority.NORMAL)

@@ -4,13 +4,13 @@ the public API — at a 20k backlog."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from eventqueue.core.config import Config
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.tools.bench import workload
-from eventqueue.tools.bench.harness import backlog_overrides, bench_config
+from eventqueue.tools.bench.harness import backlog_overrides
 from eventqueue.tools.bench.measure import rate
+from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row, row
 from eventqueue.tools.bench.sizes import Sizes
 
@@ -18,10 +18,10 @@ BACKLOG = 20_000
 TARGET_PER_S = 10_000
 
 
-async def claim_ack_loop_scenario(sz: Sizes, base: Config, tmp: Path) -> Row:
+async def claim_ack_loop_scenario(sz: Sizes, base: Config, places: Places) -> Row:
     """Events per second through `claim()` + `ack()` one batch at a time, one consumer."""
     backlog = min(BACKLOG, sz.backlogs[-1][1])
-    config = bench_config(base, tmp / "claim_ack_loop.db", **backlog_overrides(backlog))
+    config = await places.config("claim_ack_loop", **backlog_overrides(backlog))
     async with EventQueue.open(config=config, batch_window_ms=0) as q:
         await workload.fill(q, backlog)
         handled, seconds = await _loop(q, sz.claim_events * 2, sz.claim_seconds * 2)

@@ -7,14 +7,13 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from eventqueue.core.config import Config
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.tools.bench import workload
-from eventqueue.tools.bench.harness import bench_config
 from eventqueue.tools.bench.measure import rate
+from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row, not_available, queue_pragmas, row
 from eventqueue.tools.bench.scenarios.put import PRODUCERS, PUTS_IN_FLIGHT, producers
 from eventqueue.tools.bench.sizes import Sizes
@@ -43,12 +42,12 @@ class _Promotion:
     seconds: float
 
 
-async def spill_scenarios(sz: Sizes, base: Config, tmp: Path) -> list[Row]:
+async def spill_scenarios(sz: Sizes, base: Config, places: Places) -> list[Row]:
     """Puts past a small EVENT_QUEUE_SIZE (they spill to disk); then, reopened with room for
     all of them, the promoter moving the spill log back into the table."""
     queue_size = min(1_000, sz.spill_events // 5)
     events = [workload.make_event(i, duplicates=False) for i in range(sz.spill_events)]
-    config = bench_config(base, tmp / "spill.db", queue_size=queue_size)
+    config = await places.config("spill", queue_size=queue_size)
     puts = await _put_past_the_bound(config, events)
     if puts is None:
         return _unavailable("not available: this queue has no spill-to-disk overflow yet")
