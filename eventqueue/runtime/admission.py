@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import StoreBusyError
-from eventqueue.core.models import Batch, Priority
-from eventqueue.core.records import NewEvent
+from eventqueue.core.models import Batch, Priority, PutStatus
+from eventqueue.core.records import NewEvent, PutCommit
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.overflow import SPILLED, Outcome, Overflow
@@ -25,6 +25,7 @@ from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
 from eventqueue.store.base import Store
 
 _CRITICAL = int(Priority.CRITICAL)
+ACCEPTED = PutStatus.ACCEPTED
 log = logging.getLogger("eventqueue.queue")
 
 
@@ -59,8 +60,18 @@ class Admission:
             intake_size=config.intake_size,
             on_commit=changes.notify,
             may_record=lambda e: not any(t < e.ticket for t in self._spilling),
+        )
+        # CRITICAL puts without a stream position take a lane of their own: they never wait
+        # for a group of other puts to gather or commit, only for the connection (where the
+        # store lets them go first). Taking them early moves no position past anything.
+        self.urgent = GroupCommitWriter(
+            self._commit_urgent,
+            max_events=config.commit_max_events,
+            intake_size=2**62,
+            on_commit=changes.notify,
             # One shared connection: after a CRITICAL commit, let the claim that it woke in first.
-            yield_after_urgent=store.capabilities.single_connection,
+            yield_after_commit=store.capabilities.single_connection,
+            name="eventqueue-urgent-writer",
         )
         # Puts that find the intake full go to the spill log, gathered into one fsync.
         self._spiller = GroupCommitWriter(
@@ -70,17 +81,19 @@ class Admission:
     def start(self) -> None:
         """Start the writer tasks."""
         self.writer.start()
+        self.urgent.start()
         self._spiller.start()
 
     async def close(self) -> None:
         """Commit (or spill) everything submitted, then stop."""
+        await self.urgent.close()
         await self.writer.close()
         await self._spiller.close()
 
     @property
     def queued(self) -> int:
         """Events submitted and not yet committed or spilled."""
-        return self.writer.queued + self._spiller.queued
+        return self.writer.queued + self.urgent.queued + self._spiller.queued
 
     async def put(
         self, rows: list[NewEvent], source: str | None, position: str | None
@@ -92,10 +105,10 @@ class Admission:
             critical = rows[0].priority == _CRITICAL
         else:
             critical = any(row.priority == _CRITICAL for row in rows)
-        entry = IntakeEntry(
-            rows, future, source, position, ticket=self._tickets, urgent=critical and source is None
-        )
-        if self.writer.has_room(len(rows)) or critical:
+        entry = IntakeEntry(rows, future, source, position, ticket=self._tickets)
+        if critical and source is None and all(row.priority == _CRITICAL for row in rows):
+            self.urgent.submit(entry)
+        elif self.writer.has_room(len(rows)) or critical:
             self.writer.submit(entry)  # CRITICAL is always admitted, even past the intake bound
         else:
             self._spiller.submit(entry)  # the writer is behind: spill rather than wait
@@ -129,15 +142,40 @@ class Admission:
                 await self._overflow.append(chosen)
                 return [SPILLED] * len(rows)
             self._room.scheduled = commit.scheduled
+        self._committed(commit)
+        outcome: list[Outcome] = [SPILLED] * len(rows)
+        for index, result in zip(admitted, commit.outcome, strict=True):
+            outcome[index] = result
+        return outcome
+
+    async def _commit_urgent(
+        self, rows: Sequence[NewEvent], _positions: dict[str, str | None]
+    ) -> list[Outcome]:
+        """The urgent lane's commit: CRITICAL rows only, always admitted, handed over at once."""
+        now = self._clock()
+        try:
+            commit = await self._store.put(
+                rows,
+                now=now,
+                dedup_ttl_s=self._ttl_s,
+                fail_fast=True,
+                lease=self._handoff.lease(now),
+            )
+        except StoreBusyError:
+            await self._overflow.append(rows)  # durable now; promoted first (highest priority)
+            return [SPILLED] * len(rows)
+        # Not under the room lock (CRITICAL needs no room): count what this commit added. A
+        # concurrent group commit may overwrite it with its own count; the next commit corrects.
+        self._room.scheduled += sum(1 for status, _ in commit.outcome if status is ACCEPTED)
+        self._committed(commit)
+        return list(commit.outcome)
+
+    def _committed(self, commit: PutCommit) -> None:
         crash_point("after_commit")
         if commit.claimed:
             crash_point("mid_handoff")  # leased and committed, not yet with its consumer
             for batch in self._handoff.deliver(commit.claimed):
                 self._give_back(batch)
-        outcome: list[Outcome] = [SPILLED] * len(rows)
-        for index, result in zip(admitted, commit.outcome, strict=True):
-            outcome[index] = result
-        return outcome
 
     def _give_back(self, batch: Batch) -> None:
         # Its consumer stopped waiting between the lease and the commit: pending again now,

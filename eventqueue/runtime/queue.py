@@ -358,12 +358,12 @@ class EventQueue:
         A claim that starts while one is being put cannot see it, and holds the connection
         that put waits for: claiming just after it gets the CRITICAL event out sooner.
         """
-        writer = self._admission.writer
-        if not self.store.capabilities.single_connection or not writer.urgent_open:
+        urgent = self._admission.urgent
+        if not self.store.capabilities.single_connection or not urgent.open:
             return  # with a pool, the claim does not wait behind the put's connection
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await writer.urgent_settled()
+                await urgent.settled()
 
     def changed_event(self) -> asyncio.Event:
         """An event set at the next change (commit, ack, nack, release) in this process."""

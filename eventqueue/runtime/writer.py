@@ -13,8 +13,9 @@ from eventqueue.core.models import PutStatus
 from eventqueue.core.records import NewEvent
 
 log = logging.getLogger("eventqueue.writer")
-# Loop turns the writer waits after an urgent commit (the claimer needs a few to start its claim).
-_YIELDS_AFTER_URGENT = 4
+# Loop turns the writer waits after a commit with `yield_after_commit` (the claimer, woken by
+# the commit, needs a few to reach the connection first).
+_YIELDS_AFTER_COMMIT = 4
 
 # Commits rows; returns (status, id) per row in order. Raises on a fault.
 CommitFn = Callable[
@@ -31,9 +32,6 @@ class IntakeEntry:
     source: str | None = None
     position: str | None = None
     ticket: int = 0  # submission order across the writer and the spill writer
-    # Committed ahead of the entries queued before it, in a group of its own kind (a CRITICAL
-    # put with no stream position: taking it early cannot move a position past anything).
-    urgent: bool = False
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,20 +53,21 @@ class GroupCommitWriter:
         intake_size: int,
         on_commit: Callable[[], None] = lambda: None,
         may_record: Callable[[IntakeEntry], bool] = lambda _entry: True,
-        yield_after_urgent: bool = False,
+        yield_after_commit: bool = False,
+        name: str = "eventqueue-writer",
     ) -> None:
         self._commit = commit
         self._on_commit = on_commit
         # Whether an entry's stream position may be committed now (see Admission).
         self._may_record = may_record
-        self._yield_after_urgent = yield_after_urgent
+        self._yield_after_commit = yield_after_commit
+        self._name = name
         self._max_events = max_events
         self._capacity = intake_size
         self._entries: deque[IntakeEntry] = deque()
-        self._urgent: deque[IntakeEntry] = deque()
-        self._urgent_open = 0  # urgent entries submitted and not yet committed (or failed)
-        self._urgent_clear = asyncio.Event()
-        self._urgent_clear.set()
+        self._open = 0  # entries submitted and not yet committed (or failed)
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._queued = 0
         self._has_work = asyncio.Event()
         self._has_room = asyncio.Event()
@@ -87,30 +86,27 @@ class GroupCommitWriter:
 
     def start(self) -> None:
         """Start the writer task."""
-        self._task = asyncio.create_task(self._run(), name="eventqueue-writer")
+        self._task = asyncio.create_task(self._run(), name=self._name)
 
     def submit(self, entry: IntakeEntry) -> None:
         """Queue an entry (the caller checked room or chose to exceed it)."""
-        if entry.urgent:
-            self._urgent.append(entry)
-            self._urgent_open += 1
-            self._urgent_clear.clear()
-        else:
-            self._entries.append(entry)
+        self._entries.append(entry)
+        self._open += 1
+        self._settled.clear()
         self._queued += entry.size
         if self._queued >= self._capacity:
             self._has_room.clear()
         self._has_work.set()
 
     @property
-    def urgent_open(self) -> int:
-        """Urgent entries submitted and not yet committed (or failed)."""
-        return self._urgent_open
+    def open(self) -> int:
+        """Entries submitted and not yet committed (or failed)."""
+        return self._open
 
-    async def urgent_settled(self) -> None:
-        """Wait until every urgent entry submitted so far is committed (or has failed)."""
-        while self._urgent_open:
-            await self._urgent_clear.wait()
+    async def settled(self) -> None:
+        """Wait until every entry submitted so far is committed (or has failed)."""
+        while self._open:
+            await self._settled.wait()
 
     async def wait_for_room(self, rows: int) -> None:
         """Back-pressure: wait until `rows` more fit in the intake."""
@@ -128,7 +124,7 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         while True:
-            if not self._entries and not self._urgent:
+            if not self._entries:
                 if self._stopping:
                     return
                 self._has_work.clear()
@@ -136,22 +132,19 @@ class GroupCommitWriter:
                 continue
             group = self._take_group()
             await self._commit_group(group)
-            if self._yield_after_urgent and group[0].urgent and not self._urgent:
+            if self._yield_after_commit and not self._entries:
                 # Let the consumers' claim, woken by this commit, reach the connection before
                 # the next group does: the CRITICAL event just stored is what it will lease.
-                for _ in range(_YIELDS_AFTER_URGENT):
+                for _ in range(_YIELDS_AFTER_COMMIT):
                     await asyncio.sleep(0)
 
     def _take_group(self) -> list[IntakeEntry]:
-        # Urgent entries first, so a CRITICAL put is not queued behind the puts before it; the
-        # group is then filled up with those, in order, as usual (no transaction of its own).
         group: list[IntakeEntry] = []
         rows = 0
-        for entries in (self._urgent, self._entries):
-            while entries and (not group or rows + entries[0].size <= self._max_events):
-                entry = entries.popleft()
-                group.append(entry)
-                rows += entry.size
+        while self._entries and (not group or rows + self._entries[0].size <= self._max_events):
+            entry = self._entries.popleft()
+            group.append(entry)
+            rows += entry.size
         self._queued -= rows
         if self.has_room(1):
             self._has_room.set()
@@ -161,11 +154,9 @@ class GroupCommitWriter:
         try:
             await self._commit_entries(group)
         finally:
-            urgent = sum(1 for entry in group if entry.urgent)
-            if urgent:
-                self._urgent_open -= urgent
-                if not self._urgent_open:
-                    self._urgent_clear.set()
+            self._open -= len(group)
+            if not self._open:
+                self._settled.set()
 
     async def _commit_entries(self, group: list[IntakeEntry]) -> None:
         rows = [row for entry in group for row in entry.rows]

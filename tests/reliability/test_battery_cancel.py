@@ -96,7 +96,7 @@ async def test_random_cancellations_then_shutdown(open_queue, clock, query) -> N
 
     # Let shielded work that outlived its caller finish; then no transaction is open.
     async with asyncio.timeout(10):
-        await q._admission.writer.close()  # commits puts still queued (their callers gave up)
+        await q._admission.close()  # commits puts still queued (their callers gave up)
         async with q.store._conn._lock:
             assert not q.store._conn._db.in_transaction
 

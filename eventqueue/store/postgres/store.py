@@ -206,6 +206,12 @@ class PostgresStore:
                 statuses = await c.fetch(sql.EXPIRE_LEASES.sql, *expired)
                 if any(status == "pending" for (status,) in statuses):
                     await self._notify(c)
+            order = None
+            if batches > 1:
+                # The claim's own key order, read just before it in the same transaction
+                # (RETURNING carries no rank); keys SKIP LOCKED left out simply do not appear.
+                keys = sql.PEEK_KEYS.args(**ready_args(now, rules, min_priority), batches=batches)
+                order = [from_db(str(r[0])) for r in await c.fetch(sql.PEEK_KEYS.sql, *keys)]
             rows = await c.fetch(sql.CLAIM.sql, *args)
             return assemble_batches(
                 map(_event, rows),
@@ -213,6 +219,7 @@ class PostgresStore:
                 token=token,
                 consumer=consumer,
                 expires_at=now + rules.lease_s,
+                order=order,
             )
 
         return await self._pool.write(body)

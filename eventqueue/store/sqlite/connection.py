@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -72,6 +73,66 @@ class Tx:
         self._connection.executemany(sql, params)
 
 
+class TurnLock:
+    """One transaction at a time on the connection; urgent ones (CRITICAL puts) are served
+    before the others that wait, so a CRITICAL event waits for at most the transaction in
+    progress, never for a queue of claims and group commits."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        """Whether a transaction holds the connection."""
+        return self._held
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        """Wait for the connection's turn (urgent ones first)."""
+        if not self._held:
+            self._held = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._others).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed the turn as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """End this turn: the next waiter (urgent first) gets the connection."""
+        for waiting in (self._urgent, self._others):
+            while waiting:
+                turn = waiting.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # the lock stays held, by that waiter now
+                    return
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def turn(self, *, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        """`async with lock.turn(urgent=...)`: hold the connection for one transaction."""
+        return _Turn(self, urgent)
+
+
+class _Turn:
+    def __init__(self, lock: TurnLock, urgent: bool) -> None:
+        self._lock, self._urgent = lock, urgent
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire(urgent=self._urgent)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class _BeginBusy(Exception):
     """BEGIN found the write lock held by another connection (raised on the thread)."""
 
@@ -107,7 +168,7 @@ class Connection:
         self.path = path
         self._db = db
         self._busy_timeout_s = busy_timeout_ms / 1000.0
-        self._lock = asyncio.Lock()
+        self._lock = TurnLock()
         self._closed = False
         self._identity = _file_identity(path)
         self._wal_identity = _file_identity(path + "-wal")
@@ -171,27 +232,28 @@ class Connection:
         # Stepped to its end on the thread: a half-read PRAGMA would stay "in progress".
         await on_connection_thread(self._db, _statement, sql)
 
-    async def write(self, body: Body[T], *, fail_fast: bool = False) -> T:
+    async def write(self, body: Body[T], *, fail_fast: bool = False, urgent: bool = False) -> T:
         """Run `body` in one BEGIN IMMEDIATE transaction (F3), shielded from cancellation.
 
         While another connection holds the write lock, keep trying for up to busy_timeout_ms;
-        `fail_fast`: raise StoreBusyError after the connection's short wait instead.
+        `fail_fast`: raise StoreBusyError after the connection's short wait instead. `urgent`:
+        take the connection before the other transactions of this process that wait for it.
         """
-        return await self._shielded(body, "BEGIN IMMEDIATE", not fail_fast)
+        return await self._shielded(body, "BEGIN IMMEDIATE", not fail_fast, urgent)
 
     async def read(self, body: Body[T]) -> T:
         """Run `body` in one short read transaction."""
         return await self._shielded(body, "BEGIN DEFERRED", True)
 
-    async def _shielded(self, body: Body[T], begin: str, wait: bool) -> T:
+    async def _shielded(self, body: Body[T], begin: str, wait: bool, urgent: bool = False) -> T:
         # Cancelling an awaited aiosqlite call does not stop its SQL (F2). A cancelled caller
         # therefore leaves the transaction to finish on its own (commit or roll back): the
         # connection is never left inside a transaction.
-        task = asyncio.ensure_future(self._run(body, begin, wait))
+        task = asyncio.ensure_future(self._run(body, begin, wait, urgent))
         task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
 
-    async def _run(self, body: Body[T], begin: str, wait: bool) -> T:
+    async def _run(self, body: Body[T], begin: str, wait: bool, urgent: bool) -> T:
         # The connection's own busy timeout is short (EVENT_SPILL_AFTER_MS) so that a put can
         # spill instead of waiting. Other transactions retry BEGIN until busy_timeout_ms has
         # passed, sleeping *outside* this process's lock so that its puts go on (and spill)
@@ -199,7 +261,7 @@ class Connection:
         deadline = time.monotonic() + self._busy_timeout_s
         pause = 0.005
         while True:
-            async with self._lock:
+            async with self._lock.turn(urgent=urgent):
                 began, result = await self._attempt(body, begin, wait, deadline)
                 if began:
                     return result  # type: ignore[return-value]

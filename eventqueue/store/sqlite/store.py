@@ -150,7 +150,9 @@ class SQLiteStore:
             scheduled = db.scalar(Q.scheduled.sql, Q.scheduled.bind())
             return PutCommit(outcome, int(scheduled), claimed)
 
-        return await self._conn.write(body, fail_fast=fail_fast)
+        # A put carrying CRITICAL events goes before the claims and group commits that wait.
+        urgent = any(row.priority == Priority.CRITICAL for row in rows)
+        return await self._conn.write(body, fail_fast=fail_fast, urgent=urgent)
 
     async def spill_positions(self, spill_log: str) -> dict[int, tuple[int, int]]:
         """Per priority, how far `spill_log` was promoted (committed with the promoted rows)."""

@@ -21,21 +21,21 @@ from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
 from eventqueue.tools.bench.scenarios.latency import critical_latency_scenario
-from eventqueue.tools.bench.scenarios.loop import claim_ack_loop_scenario
+from eventqueue.tools.bench.scenarios.loop import claim_loop_scenario
 from eventqueue.tools.bench.scenarios.put import put_scenario
 from eventqueue.tools.bench.scenarios.spill import spill_scenarios
 from eventqueue.tools.bench.sizes import Sizes
 
 T = TypeVar("T")
 
-STEPS = ("end_to_end", "put", "claim_ack", "claim_ack_loop", "critical_latency", "spill")
+STEPS = ("end_to_end", "put", "claim_ack", "claim_loop", "critical_latency", "spill")
 ROW_ORDER = (
     "put",
     "put_many",
     "claim_ack_2k",
     "claim_ack_20k",
     "claim_ack_1m",
-    "claim_ack_loop",
+    "claim_loop",
     "end_to_end",
     "critical_latency",
     "critical_latency_busy",
@@ -93,8 +93,8 @@ async def _scenarios(
         rows.append(await step("critical_latency", partial(critical_latency_scenario, sz, base)))
         busy = partial(critical_latency_scenario, sz, base, busy=True)
         rows.append(await step("critical_latency_busy", busy))
-    if "claim_ack_loop" in wanted:
-        rows.append(await step("claim_ack_loop", partial(claim_ack_loop_scenario, sz, base)))
+    if "claim_loop" in wanted:
+        rows.append(await step("claim_loop", partial(claim_loop_scenario, sz, base)))
     if "spill" in wanted:
         rows += await step("spill", partial(spill_scenarios, sz, base))
     return rows
