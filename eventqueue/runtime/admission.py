@@ -10,6 +10,7 @@ whole group instead of making the stream wait. Nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 
 from eventqueue.core.config import Config
@@ -17,6 +18,7 @@ from eventqueue.core.errors import StoreBusyError
 from eventqueue.core.models import Priority
 from eventqueue.core.records import NewEvent
 from eventqueue.runtime.faults import crash_point
+from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow import SPILLED, Outcome, Overflow
 from eventqueue.runtime.wakeup import Changes, Room
 from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
@@ -36,7 +38,10 @@ class Admission:
         changes: Changes,
         config: Config,
         clock: Callable[[], float],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics  # its sink, when one is attached, gets each commit's duration
         self._store = store
         self._overflow = overflow
         self._room = room
@@ -108,6 +113,8 @@ class Admission:
                 # Durable before the transaction that records the stream position past them.
                 await self._overflow.append([rows[i] for i in spilled])
             chosen = [rows[i] for i in admitted]
+            sink = None if self._metrics is None else self._metrics.sink
+            started = time.perf_counter() if sink is not None else 0.0
             try:
                 commit = await self._store.put(
                     chosen,
@@ -121,6 +128,8 @@ class Admission:
                 await self._overflow.append(chosen)
                 return [SPILLED] * len(rows)
             self._room.scheduled = commit.scheduled
+            if sink is not None:
+                sink.commit(time.perf_counter() - started, len(chosen))
         crash_point("after_commit")
         outcome: list[Outcome] = [SPILLED] * len(rows)
         for index, result in zip(admitted, commit.outcome, strict=True):
