@@ -60,9 +60,7 @@ def test_upgrade_from_0001_adds_a_null_column_and_keeps_every_row(
     assert version(query) == [("0002",)]
 
 
-def test_downgrade_to_0001_drops_the_column_and_keeps_every_row(
-    at_0001: str, query: Query
-) -> None:
+def test_downgrade_to_0001_drops_the_column_and_keeps_every_row(at_0001: str, query: Query) -> None:
     migrations.upgrade(at_0001)
     query("UPDATE events SET trace_context = '00-' || id WHERE id <= 5")
     before = v1_rows(query)
