@@ -389,6 +389,25 @@ def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json:
     show_default=True,
     help="A bad line or message: report and skip it, or report it and stop.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus /metrics on this port (needs eventqueue[prometheus]).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="The address /metrics binds; 0.0.0.0 lets other hosts scrape it.",
+)
+@click.option(
+    "--tracing",
+    is_flag=True,
+    help="OpenTelemetry spans for puts and handler runs, to the global tracer provider "
+    "(needs eventqueue[otel] and an SDK, e.g. run under opentelemetry-instrument).",
+)
 def listen(
     source: str,
     handlers: str,
@@ -397,6 +416,9 @@ def listen(
     handler_timeout: float | None,
     shutdown_grace: float,
     on_error: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    tracing: bool,
 ) -> None:
     """Run handlers on SOURCE: an http(s) SSE URL, a JSON-lines file, or - for stdin.
 
@@ -409,6 +431,15 @@ def listen(
     from eventqueue.tools.listen import listen as run_listen
 
     options = ListenOptions(
-        source, handlers, db_path, concurrency, handler_timeout, shutdown_grace, on_error
+        source,
+        handlers,
+        db_path,
+        concurrency,
+        handler_timeout,
+        shutdown_grace,
+        on_error,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        tracing=tracing,
     )
     asyncio.run(run_listen(options))
