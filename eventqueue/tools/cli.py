@@ -359,6 +359,32 @@ def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json:
 
 
 @main.command()
+@db_option
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Stop by itself after N refreshes.  [default: until Ctrl-C]",
+)
+def top(db_path: str, interval: float, iterations: int | None) -> None:
+    """A live view: depth by priority and key, rates, latency, dead letters, spill.
+
+    Read-only; each refresh reads in short transactions and holds nothing open between them.
+    """
+    from eventqueue.tools.top import run_top
+
+    run_top(db_path, interval_s=interval, iterations=iterations)
+
+
+@main.command()
 @click.argument("source")
 @click.option(
     "--handlers",
