@@ -224,7 +224,7 @@ class EventQueue:
         self, rows: list[NewEvent], source: str | None, position: str | None
     ) -> list[PutResult]:
         self._check_open()
-        if self.tracing is not None:  # a producer span around the put, its context in the rows
+        if self.tracing is not None and rows:  # a producer span, its context in the rows
             return await self.tracing.put(
                 rows, lambda traced: self._admit(traced, source, position)
             )

@@ -300,8 +300,21 @@ def _parse_id(text: str) -> int:
     help="Also write the results to PATH as a JSON list, one object per scenario.",
 )
 @click.option("--tiny", is_flag=True, hidden=True, help="Smoke sizes (a few seconds).")
-@click.option("--only", multiple=True, hidden=True, help="Run only this scenario (repeatable).")
-def bench(quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...]) -> None:
+@click.option(
+    "--only", multiple=True, hidden=True, help="Run only these scenarios (repeatable, or a,b)."
+)
+@click.option(
+    "--telemetry",
+    type=click.Choice(["metrics", "tracing", "all"]),
+    is_flag=False,
+    flag_value="all",
+    default=None,
+    help="Run the scenarios twice, without then with Prometheus metrics, OpenTelemetry spans "
+    "or both (all, the default), and print the overhead.",
+)
+def bench(
+    quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...], telemetry: str | None
+) -> None:
     """Measure put, claim + ack, end-to-end, latency and memory against raw sqlite3.
 
     Runs on fresh databases in a temporary directory, with the settings of the environment
@@ -311,8 +324,18 @@ def bench(quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...])
 
     from eventqueue.tools import bench as benchmark
 
-    rows = asyncio.run(benchmark.run(benchmark.sizes(quick=quick, tiny=tiny), only=only))
-    benchmark.report(rows, json_path)
+    sizes = benchmark.sizes(quick=quick, tiny=tiny)
+    only = tuple(name for names in only for name in names.split(",") if name)
+    rows = asyncio.run(benchmark.run(sizes, only=only))
+    if not telemetry:
+        benchmark.report(rows, json_path)
+        return
+    from eventqueue.tools.bench import telemetry as bench_telemetry
+
+    traced = asyncio.run(benchmark.run(sizes, only=only, telemetry=telemetry))
+    benchmark.report(rows + traced, json_path)
+    for line in bench_telemetry.overhead(rows, traced):
+        click.echo(line)
 
 
 @main.command()

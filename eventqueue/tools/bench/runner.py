@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -12,6 +13,7 @@ from typing import TypeVar
 import click
 
 from eventqueue.core.config import Config
+from eventqueue.tools.bench import telemetry as bench_telemetry
 from eventqueue.tools.bench.measure import peak_rss_mb
 from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
@@ -38,17 +40,30 @@ ROW_ORDER = (
 )
 
 
-async def run(sz: Sizes, *, base: Config | None = None, only: Collection[str] = ()) -> list[Row]:
-    """Every scenario (or those of `only`, from STEPS), rows in the order of the issue."""
+async def run(
+    sz: Sizes,
+    *,
+    base: Config | None = None,
+    only: Collection[str] = (),
+    telemetry: str | None = None,
+) -> list[Row]:
+    """Every scenario (or those of `only`, from STEPS), rows in the order of the issue.
+
+    `telemetry`: "metrics", "tracing" or "all" on (bench/telemetry.py); rows then named
+    "<scenario> +<telemetry>".
+    """
     base = base if base is not None else Config.load()
     unknown = set(only) - set(STEPS)
     if unknown:
         raise click.UsageError(f"unknown scenario(s) {sorted(unknown)}; known: {STEPS}")
     started = time.perf_counter()
     timed: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="eventqueue-bench-") as folder:
+    on = bench_telemetry.session(telemetry) if telemetry else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="eventqueue-bench-") as folder, on:
         rows = await _scenarios(sz, base, Path(folder), set(only or STEPS), timed)
     _finish(rows, sz)
+    if telemetry:
+        bench_telemetry.mark(rows, telemetry)
     _say(f"bench: done in {time.perf_counter() - started:.1f} s ({timed})")
     return rows
 

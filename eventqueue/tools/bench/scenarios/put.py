@@ -15,7 +15,7 @@ from typing import Any
 
 from eventqueue.core.config import Config
 from eventqueue.runtime.queue import EventQueue
-from eventqueue.tools.bench import sqlite_baseline, workload
+from eventqueue.tools.bench import sqlite_baseline, telemetry, workload
 from eventqueue.tools.bench.harness import bench_config
 from eventqueue.tools.bench.measure import rate, settle
 from eventqueue.tools.bench.rows import Row, checked_settings, row
@@ -117,6 +117,8 @@ async def _measure(
             name: await stack.enter_async_context(EventQueue.open(config=config))
             for name, config in configs.items()
         }
+        for q in queues.values():
+            stack.enter_context(telemetry.attached(q))  # --telemetry only
         timing.pragmas = await checked_settings(queues["put"], db)
         for offset in range(0, len(puts), size):
             await _round(queues, db, puts[offset : offset + size], timing)
