@@ -62,3 +62,17 @@ def test_listen_with_tracing_and_no_sdk_runs_and_stores_no_context(tmp_path: Pat
     with contextlib.closing(sqlite3.connect(db)) as connection:
         rows = connection.execute("SELECT status, trace_context FROM events").fetchall()
     assert rows == [("done", None)] * 3
+
+
+def test_bench_telemetry_measures_the_scenarios_both_ways(tmp_path: Path) -> None:
+    rows_path = tmp_path / "bench.json"
+
+    result = CliRunner().invoke(
+        cli.main,
+        ["bench", "--tiny", "--only", "put", "--telemetry", "metrics", "--json", str(rows_path)],
+    )
+
+    assert result.exit_code == 0, result.output
+    names = [row["scenario"] for row in json.loads(rows_path.read_text())]
+    assert names == ["put", "put_many", "put +metrics", "put_many +metrics"]
+    assert "telemetry overhead (Prometheus exporter), put: " in result.output

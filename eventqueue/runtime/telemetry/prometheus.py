@@ -33,7 +33,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from eventqueue.core.models import Priority, PutStatus, QueueStats
+from eventqueue.core.models import Priority, PutStatus, QueueStats, Status
 from eventqueue.core.records import NewEvent
 
 if TYPE_CHECKING:
@@ -248,9 +248,10 @@ def _state_metrics(s: QueueStats) -> Iterator[Metric]:
         "Events in the database by status and priority (done ones are kept for retention).",
         labels=["status", "priority"],
     )
-    for status, by_priority in sorted(s.counts.items()):
+    for status in Status:  # every combination, zeros included: no series comes and goes
+        by_priority = s.counts.get(str(status), {})
         for priority in Priority:
-            events.add_metric([status, priority.name], by_priority.get(priority.name, 0))
+            events.add_metric([str(status), priority.name], by_priority.get(priority.name, 0))
     yield events
     yield _gauge(
         "oldest_pending_age_seconds",
