@@ -84,6 +84,8 @@ class Event:
     batch_key: str
     attempts: int
     received_at: float
+    # The W3C trace context stored by a traced put ("traceparent[ tracestate]"), else None.
+    trace_context: str | None = None
 
     @property
     def name(self) -> str:

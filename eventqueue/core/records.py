@@ -28,17 +28,25 @@ class NewEvent:
     batch_key: str
     content_hash: str
     received_at: float
+    # The put's W3C trace context, "traceparent[ tracestate]" (None when not traced).
+    trace_context: str | None = None
 
     def to_bytes(self) -> bytes:
         """The event as one spill record (JSON array, UTF-8)."""
         fields = [self.payload_json, self.priority, self.batch_key, self.content_hash]
-        return json.dumps([*fields, self.received_at], ensure_ascii=False).encode("utf-8")
+        fields.append(self.received_at)
+        if self.trace_context is not None:  # untraced records keep the original 5 fields
+            fields.append(self.trace_context)
+        return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NewEvent:
-        """The event a spill record holds (the inverse of `to_bytes`)."""
-        payload_json, priority, batch_key, content_hash, received_at = json.loads(data)
-        return cls(payload_json, int(priority), batch_key, content_hash, float(received_at))
+        """The event a spill record holds (the inverse of `to_bytes`; 5 or 6 fields)."""
+        payload_json, priority, batch_key, content_hash, received_at, *rest = json.loads(data)
+        trace_context = rest[0] if rest else None
+        return cls(
+            payload_json, int(priority), batch_key, content_hash, float(received_at), trace_context
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from eventqueue.core.config import Config
@@ -19,6 +20,7 @@ from eventqueue.core.models import Batch, Priority, PutStatus
 from eventqueue.core.records import NewEvent, PutCommit
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
+from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow import SPILLED, Outcome, Overflow
 from eventqueue.runtime.wakeup import Changes, Room
 from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
@@ -41,7 +43,10 @@ class Admission:
         handoff: Handoff,
         config: Config,
         clock: Callable[[], float],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics  # its sink, when one is attached, gets each commit's duration
         self._store = store
         self._handoff = handoff
         self._overflow = overflow
@@ -128,6 +133,8 @@ class Admission:
             chosen = [rows[i] for i in admitted]
             now = self._clock()
             critical = any(row.priority == _CRITICAL for row in chosen)
+            sink = None if self._metrics is None else self._metrics.sink
+            started = time.perf_counter() if sink is not None else 0.0
             try:
                 commit = await self._store.put(
                     chosen,
@@ -142,6 +149,8 @@ class Admission:
                 await self._overflow.append(chosen)
                 return [SPILLED] * len(rows)
             self._room.scheduled = commit.scheduled
+            if sink is not None:
+                sink.commit(time.perf_counter() - started, len(chosen))
         self._committed(commit)
         outcome: list[Outcome] = [SPILLED] * len(rows)
         for index, result in zip(admitted, commit.outcome, strict=True):

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventqueue.core.codec import encode_event
 from eventqueue.core.config import Config
@@ -30,6 +30,9 @@ from eventqueue.runtime.overflow import Overflow
 from eventqueue.runtime.wakeup import Changes, Room, idle_delay, wait_any
 from eventqueue.store import open_store
 from eventqueue.store.base import Store
+
+if TYPE_CHECKING:
+    from eventqueue.runtime.telemetry.tracing import QueueTracing
 
 Clock = Callable[[], float]
 _CRITICAL = int(Priority.CRITICAL)
@@ -70,6 +73,8 @@ class EventQueue:
         self._last_expiry_check = float("-inf")
         self._closed = False
         self._maintenance: Maintenance | None = None
+        # Spans for put and handler runs: set by telemetry.tracing.instrument(queue), else None.
+        self.tracing: QueueTracing | None = None
 
     @classmethod
     def open(
@@ -114,7 +119,9 @@ class EventQueue:
             await store.close()
             raise
         handoff = Handoff(config.lease_s)
-        admission = Admission(store, overflow, room, changes, handoff, config, clock)
+        admission = Admission(
+            store, overflow, room, changes, handoff, config, clock, metrics=metrics
+        )
         queue = cls(
             store,
             overflow,
@@ -224,10 +231,21 @@ class EventQueue:
         self, rows: list[NewEvent], source: str | None, position: str | None
     ) -> list[PutResult]:
         self._check_open()
+        if self.tracing is not None and rows:  # a producer span, its context in the rows
+            return await self.tracing.put(
+                rows, lambda traced: self._admit(traced, source, position)
+            )
+        return await self._admit(rows, source, position)
+
+    async def _admit(
+        self, rows: list[NewEvent], source: str | None, position: str | None
+    ) -> list[PutResult]:
         outcome = await self._admission.put(rows, source, position)
         count = self.metrics.count
         for status, _ in outcome:
             count(status.value)
+        if self.metrics.sink is not None:
+            self.metrics.sink.put(rows, outcome)
         return [
             PutResult(status, row_id, _PRIORITIES[row.priority], row.content_hash)
             for row, (status, row_id) in zip(rows, outcome, strict=True)
@@ -264,6 +282,8 @@ class EventQueue:
         """
         self._check_open()
         now = self._clock()
+        sink = self.metrics.sink
+        started = time.perf_counter() if sink is not None else 0.0
         batches = await self.store.claim(
             now=now,
             consumer=consumer,
@@ -275,6 +295,10 @@ class EventQueue:
             acks=[(b.token, b.ids) for b in acks],
             min_priority=int(min_priority),
         )
+        if sink is not None:
+            sink.claim(time.perf_counter() - started, len(batches))
+            for acked in acks:
+                sink.settled("handled", acked.key, len(acked))
         if acks:
             self._finished(sum(len(b) for b in acks))
         crash_point("after_claim")
@@ -392,6 +416,8 @@ class EventQueue:
         self._check_open()
         chosen = batch.ids if ids is None else list(ids)
         await self.store.ack(batch.token, chosen, now=self._clock())
+        if self.metrics.sink is not None:
+            self.metrics.sink.settled("handled", batch.key, len(chosen))
         self._finished(len(chosen))
 
     async def nack(
@@ -411,6 +437,9 @@ class EventQueue:
         chosen = set(batch.ids if ids is None else ids)
         plan = retry_plan(self.config, batch, chosen, now=now, retry_in=retry_in)
         await self.store.nack(batch.token, plan.retry_at, plan.dead, error=error[:10_000], now=now)
+        if self.metrics.sink is not None:
+            self.metrics.sink.settled("retried", batch.key, len(plan.retry_at))
+            self.metrics.sink.settled("dead", batch.key, len(plan.dead))
         self._finished(len(plan.dead))
 
     def backoff_s(self, attempts: int) -> float:

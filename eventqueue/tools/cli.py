@@ -301,7 +301,9 @@ def _parse_id(text: str) -> int:
     help="Also write the results to PATH as a JSON list, one object per scenario.",
 )
 @click.option("--tiny", is_flag=True, hidden=True, help="Smoke sizes (a few seconds).")
-@click.option("--only", multiple=True, hidden=True, help="Run only this scenario (repeatable).")
+@click.option(
+    "--only", multiple=True, hidden=True, help="Run only these scenarios (repeatable, or a,b)."
+)
 @click.option(
     "--db",
     "db_url",
@@ -310,8 +312,22 @@ def _parse_id(text: str) -> int:
     help="Bench a PostgreSQL server (postgresql://...) against raw asyncpg instead, in scratch "
     "schemas it drops afterwards.  [default: SQLite files in a temporary directory]",
 )
+@click.option(
+    "--telemetry",
+    type=click.Choice(["metrics", "tracing", "all"]),
+    is_flag=False,
+    flag_value="all",
+    default=None,
+    help="Run the scenarios twice, without then with Prometheus metrics, OpenTelemetry spans "
+    "or both (all, the default), and print the overhead.",
+)
 def bench(
-    quick: bool, json_path: str | None, tiny: bool, only: tuple[str, ...], db_url: str | None
+    quick: bool,
+    json_path: str | None,
+    tiny: bool,
+    only: tuple[str, ...],
+    db_url: str | None,
+    telemetry: str | None,
 ) -> None:
     """Measure put, claim + ack, end-to-end, latency and memory against raw sqlite3.
 
@@ -324,9 +340,18 @@ def bench(
 
     from eventqueue.tools import bench as benchmark
 
-    sz = benchmark.sizes(quick=quick, tiny=tiny)
-    rows = asyncio.run(benchmark.run(sz, only=only, db=db_url))
-    benchmark.report(rows, json_path)
+    sizes = benchmark.sizes(quick=quick, tiny=tiny)
+    only = tuple(name for names in only for name in names.split(",") if name)
+    rows = asyncio.run(benchmark.run(sizes, only=only, db=db_url))
+    if not telemetry:
+        benchmark.report(rows, json_path)
+        return
+    from eventqueue.tools.bench import telemetry as bench_telemetry
+
+    traced = asyncio.run(benchmark.run(sizes, only=only, db=db_url, telemetry=telemetry))
+    benchmark.report(rows + traced, json_path)
+    for line in bench_telemetry.overhead(rows, traced):
+        click.echo(line)
 
 
 @main.command()
@@ -374,6 +399,32 @@ def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json:
 
 
 @main.command()
+@db_option
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Stop by itself after N refreshes.  [default: until Ctrl-C]",
+)
+def top(db_path: str, interval: float, iterations: int | None) -> None:
+    """A live view: depth by priority and key, rates, latency, dead letters, spill.
+
+    Read-only; each refresh reads in short transactions and holds nothing open between them.
+    """
+    from eventqueue.tools.top import run_top
+
+    run_top(db_path, interval_s=interval, iterations=iterations)
+
+
+@main.command()
 @click.argument("source")
 @click.option(
     "--handlers",
@@ -404,6 +455,25 @@ def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json:
     show_default=True,
     help="A bad line or message: report and skip it, or report it and stop.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus /metrics on this port (needs eventqueue[prometheus]).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="The address /metrics binds; 0.0.0.0 lets other hosts scrape it.",
+)
+@click.option(
+    "--tracing",
+    is_flag=True,
+    help="OpenTelemetry spans for puts and handler runs, to the global tracer provider "
+    "(needs eventqueue[otel] and an SDK, e.g. run under opentelemetry-instrument).",
+)
 def listen(
     source: str,
     handlers: str,
@@ -412,6 +482,9 @@ def listen(
     handler_timeout: float | None,
     shutdown_grace: float,
     on_error: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    tracing: bool,
 ) -> None:
     """Run handlers on SOURCE: an http(s) SSE URL, a JSON-lines file, or - for stdin.
 
@@ -424,6 +497,15 @@ def listen(
     from eventqueue.tools.listen import listen as run_listen
 
     options = ListenOptions(
-        source, handlers, db_path, concurrency, handler_timeout, shutdown_grace, on_error
+        source,
+        handlers,
+        db_path,
+        concurrency,
+        handler_timeout,
+        shutdown_grace,
+        on_error,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        tracing=tracing,
     )
     asyncio.run(run_listen(options))

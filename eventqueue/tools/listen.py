@@ -38,6 +38,9 @@ class ListenOptions:
     handler_timeout_s: float | None = None
     shutdown_grace_s: float = 10.0
     on_error: str = "skip"
+    metrics_port: int | None = None  # serve Prometheus /metrics (needs eventqueue[prometheus])
+    metrics_host: str = "127.0.0.1"
+    tracing: bool = False  # OpenTelemetry spans via the global provider (eventqueue[otel])
 
 
 async def listen(options: ListenOptions) -> None:
@@ -53,7 +56,13 @@ async def listen(options: ListenOptions) -> None:
             handler_timeout_s=options.handler_timeout_s,
             shutdown_grace_s=options.shutdown_grace_s,
             on_invalid=options.on_error,
+            metrics_port=options.metrics_port,
+            metrics_host=options.metrics_host,
         )
+        if options.tracing:
+            from eventqueue.runtime.telemetry import instrument
+
+            instrument(queue)
         dispatcher.add_handlers(handlers)
         try:
             # stdin is a new stream every time: a line number stored by an earlier run means

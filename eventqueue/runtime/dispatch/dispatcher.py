@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import inspect
 import logging
 import signal
 from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventqueue.core.errors import ConfigError, QueueClosedError
 from eventqueue.core.models import Batch, Priority
@@ -30,6 +31,9 @@ from eventqueue.runtime.dispatch.handlers import (
 )
 from eventqueue.runtime.dispatch.source_reader import Intake, name_of
 from eventqueue.runtime.queue import EventQueue
+
+if TYPE_CHECKING:
+    from eventqueue.runtime.telemetry.prometheus import MetricsServer
 
 __all__ = [
     "CATCH_ALL",
@@ -76,8 +80,16 @@ class Dispatcher:
         on_invalid: str = "skip",
         name: str = "dispatcher",
         reserved: Mapping[Priority, int] | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
+        """`metrics_port`: serve Prometheus `/metrics` on metrics_host:port while `run` runs
+        (0: any free port, see `metrics_server.port`; needs `eventqueue[prometheus]`)."""
         _check_settings(concurrency, handler_timeout_s, shutdown_grace_s, on_invalid)
+        _check_metrics(metrics_port)
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics_server: MetricsServer | None = None  # while a run serves /metrics
         self.queue = queue
         self.concurrency = concurrency
         # Consumers that take CRITICAL work only, besides the `concurrency` others: a CRITICAL
@@ -145,6 +157,7 @@ class Dispatcher:
         stored with its last committed event. Without a source, run until the queue is empty.
         """
         restore = self._install_signals() if handle_signals else None
+        self._serve_metrics()
         try:
             if source is not None and resume:
                 await self._resume(source)
@@ -152,6 +165,9 @@ class Dispatcher:
         finally:
             if restore is not None:
                 restore()
+            if self.metrics_server is not None:
+                server, self.metrics_server = self.metrics_server, None
+                await server.aclose()
             self._stopping, self._forced = asyncio.Event(), asyncio.Event()
 
     def stop(self) -> None:
@@ -164,6 +180,16 @@ class Dispatcher:
         """Stop now: in-flight handlers are cancelled and their batches released."""
         self._forced.set()
         self.stop()
+
+    def _serve_metrics(self) -> None:
+        if self.metrics_port is None:
+            return
+        from eventqueue.runtime.telemetry.prometheus import start_metrics_server
+
+        self.metrics_server = start_metrics_server(
+            self.queue, port=self.metrics_port, host=self.metrics_host
+        )
+        log.info("serving Prometheus metrics at %s", self.metrics_server.url)
 
     async def _resume(self, source: AsyncIterable[Any]) -> None:
         name, resume_from = name_of(source), getattr(source, "resume_from", None)
@@ -356,6 +382,17 @@ def _reserved_consumers(reserved: Mapping[Priority, int]) -> int:
     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 64:
         raise ConfigError(f"reserved: {{Priority.CRITICAL: n}} takes n in 0 .. 64, got {count!r}")
     return count
+
+
+def _check_metrics(port: int | None) -> None:
+    if port is None:
+        return
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"metrics_port must be 0..65535 (0: any free port), got {port}")
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigError(
+            "metrics_port needs prometheus-client: pip install 'eventqueue[prometheus]'"
+        )
 
 
 def _check_settings(

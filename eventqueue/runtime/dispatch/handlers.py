@@ -123,8 +123,12 @@ class HandlerRunner:
         """Run the handlers and settle the batch; returns it when it is to be acked whole."""
         self._record_start(batch)
         renewer = asyncio.create_task(self._renew(batch))
+        tracing = self.queue.tracing
         try:
-            failed = await self._outcome(batch)
+            if tracing is None:
+                failed = await self._outcome(batch)
+            else:  # a consumer span around the handlers, linked to the events' puts
+                failed = await tracing.process(batch, self._outcome)
         except asyncio.CancelledError:
             await _cancel(renewer)
             await self.settler.release(batch)

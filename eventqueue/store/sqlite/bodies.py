@@ -135,7 +135,10 @@ def insert_rows(
 def _json_row(row: NewEvent) -> list[Any]:
     """One row as statements.put_rows reads it."""
     key, key_escape = _nul_safe(row.batch_key)
-    return [row.payload_json, row.priority, key, row.content_hash, row.received_at, key_escape]
+    fields = [row.payload_json, row.priority, key, row.content_hash, row.received_at, key_escape]
+    if row.trace_context is not None:
+        fields.append(row.trace_context)
+    return fields
 
 
 def _nul_safe(text: str) -> tuple[str, str | None]:
@@ -224,7 +227,7 @@ def ack_pairs(db: Tx, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> 
 
 
 def to_event(row: Any) -> Event:
-    row_id, payload, priority, content_hash, batch_key, attempts, received_at = row
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row
     return Event(
         id=row_id,
         payload=decode_payload(payload),
@@ -233,6 +236,7 @@ def to_event(row: Any) -> Event:
         batch_key=batch_key,
         attempts=attempts,
         received_at=received_at,
+        trace_context=trace,
     )
 
 

@@ -71,6 +71,7 @@ EVENT_COLUMNS = (
     events.c.batch_key,
     events.c.attempts,
     events.c.received_at,
+    events.c.trace_context,
 )
 
 
@@ -380,7 +381,8 @@ def _nul_safe_field(rows: Any, index: int, escape_index: int) -> ColumnElement[A
 
 
 def put_rows(*, dedup: bool) -> Insert:
-    """Insert rows [payload, priority, batch_key, content_hash, received_at, key_escape] (JSON).
+    """Insert rows [payload, priority, batch_key, content_hash, received_at, key_escape
+    (, trace_context)] (JSON).
 
     With dedup, a row whose content hash is held by a live original is not inserted: the
     original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key). RETURNING gives
@@ -396,6 +398,7 @@ def put_rows(*, dedup: bool) -> Insert:
         events.c.status,
         events.c.received_at,
         events.c.available_at,
+        events.c.trace_context,
     ]
     source = (
         select(
@@ -407,6 +410,7 @@ def put_rows(*, dedup: bool) -> Insert:
             literal_column("'pending'"),
             _field(rows, 4),
             _field(rows, 4),
+            _field(rows, 6),  # absent (NULL) when the put was not traced
         )
         .select_from(rows)
         # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.

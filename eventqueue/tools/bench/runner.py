@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -15,6 +16,7 @@ import click
 
 from eventqueue.core.config import Config
 from eventqueue.store import backend_of
+from eventqueue.tools.bench import telemetry as bench_telemetry
 from eventqueue.tools.bench.measure import peak_rss_mb
 from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row
@@ -46,12 +48,18 @@ ROW_ORDER = (
 
 
 async def run(
-    sz: Sizes, *, base: Config | None = None, only: Collection[str] = (), db: str | None = None
+    sz: Sizes,
+    *,
+    base: Config | None = None,
+    only: Collection[str] = (),
+    db: str | None = None,
+    telemetry: str | None = None,
 ) -> list[Row]:
     """Every scenario (or those of `only`, from STEPS), rows in the order of the issue.
 
     `db`: a PostgreSQL server's URL; each scenario then runs on scratch schemas there. Without
-    it, SQLite files in a temporary folder.
+    it, SQLite files in a temporary folder. `telemetry`: "metrics", "tracing" or "all" on
+    (bench/telemetry.py); rows then named "<scenario> +<telemetry>".
     """
     base = base if base is not None else Config.load()
     unknown = set(only) - set(STEPS)
@@ -64,10 +72,13 @@ async def run(
         )
     started = time.perf_counter()
     timed: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="eventqueue-bench-") as folder:
+    on = bench_telemetry.session(telemetry) if telemetry else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="eventqueue-bench-") as folder, on:
         where = Places(base, Path(folder), db)
         rows = await _scenarios(sz, base, where, set(only or STEPS), timed)
     _finish(rows, sz, where.backend)
+    if telemetry:
+        bench_telemetry.mark(rows, telemetry)
     _say(f"bench: done in {time.perf_counter() - started:.1f} s ({timed})")
     return rows
 

@@ -10,7 +10,7 @@ from eventqueue.core.models import Event
 from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.queue import EventQueue
-from eventqueue.tools.bench import workload
+from eventqueue.tools.bench import telemetry, workload
 from eventqueue.tools.bench.harness import CONCURRENCY, run_dispatcher
 from eventqueue.tools.bench.measure import peak_rss_mb, rate, rss_mb
 from eventqueue.tools.bench.places import Places
@@ -60,7 +60,8 @@ async def end_to_end_scenarios(sz: Sizes, base: Config, places: Places) -> list[
     async with EventQueue.open(config=config) as q:
         progress = _Progress(sz.memory_checkpoints, q.metrics)
         settings = await queue_pragmas(q)
-        finished, seconds = await _measure(q, progress, sz)
+        with telemetry.attached(q):  # a no-op unless --telemetry
+            finished, seconds = await _measure(q, progress, sz)
         progress.at_the_stop()
     specific = {**settings, **_how(sz)}
     e2e = _e2e_row(config, specific, progress, seconds, finished=finished)

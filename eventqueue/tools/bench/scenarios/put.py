@@ -14,7 +14,7 @@ from typing import Any
 from eventqueue.core.config import Config
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.store import Baseline, backend_of
-from eventqueue.tools.bench import workload
+from eventqueue.tools.bench import telemetry, workload
 from eventqueue.tools.bench.measure import rate, settle
 from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row, checked_settings, row
@@ -127,6 +127,8 @@ async def _measure(
             name: await stack.enter_async_context(EventQueue.open(config=config))
             for name, config in configs.items()
         }
+        for q in queues.values():
+            stack.enter_context(telemetry.attached(q))  # --telemetry only
         timing.pragmas = await checked_settings(queues["put"], raws[0])
         for offset in range(0, len(puts), size):
             await _round(queues, raws, puts[offset : offset + size], timing)
