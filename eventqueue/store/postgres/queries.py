@@ -66,14 +66,17 @@ def _available(alias: str) -> str:
 
 
 _LEASE_CLEARED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, batch_id = NULL"
-_EVENT_COLUMNS = "id, payload, priority, content_hash, batch_key, attempts, received_at"
+_EVENT_COLUMNS = (
+    "id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context"
+)
 
 # --- put --------------------------------------------------------------------------------------
 
 _ROWS = """
     unnest(:payloads::text[], :priorities::int[], :keys::text[], :hashes::text[],
-           :received::float8[], :copies::int[])
-        WITH ORDINALITY AS r(payload, priority, batch_key, content_hash, received_at, copies, n)
+           :received::float8[], :copies::int[], :traces::text[])
+        WITH ORDINALITY
+        AS r(payload, priority, batch_key, content_hash, received_at, copies, trace_context, n)
 """
 
 # Distinct hashes only (the caller folds repeats into `copies`): ON CONFLICT DO UPDATE may not
@@ -89,9 +92,9 @@ PUT_DEDUP = Query.of(
         FROM generate_series(1, cardinality(:hashes::text[])) AS g
     )
     INSERT INTO events AS e (id, payload, priority, batch_key, content_hash, dedup_key, status,
-                             received_at, available_at, duplicates)
+                             received_at, available_at, duplicates, trace_context)
     SELECT ids.id, r.payload, r.priority, r.batch_key, r.content_hash, r.content_hash,
-           'pending', r.received_at, r.received_at, r.copies - 1
+           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context
     FROM {_ROWS} JOIN ids USING (n)
     ORDER BY r.content_hash
     ON CONFLICT (dedup_key) DO UPDATE SET duplicates = e.duplicates + EXCLUDED.duplicates + 1
@@ -103,9 +106,9 @@ PUT_PLAIN = Query.of(
     "put_plain",
     f"""
     INSERT INTO events (payload, priority, batch_key, content_hash, status, received_at,
-                        available_at, duplicates)
+                        available_at, duplicates, trace_context)
     SELECT r.payload, r.priority, r.batch_key, r.content_hash, 'pending', r.received_at,
-           r.received_at, r.copies - 1
+           r.received_at, r.copies - 1, r.trace_context
     FROM {_ROWS}
     ORDER BY r.n
     RETURNING id
@@ -240,7 +243,8 @@ CLAIM = Query.of(
         batch_id = {_fenced_text("batch_id")},
         attempts = attempts + 1
     FROM picked WHERE events.id = picked.id
-    RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at
+    RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
+        trace_context
     """,
 )
 
@@ -254,7 +258,8 @@ LEASE_IDS = Query.of(
         batch_id = {_fenced_text("batch_id")},
         attempts = attempts + 1
     WHERE id = ANY(:ids::bigint[]) AND status = 'pending'
-    RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at
+    RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
+        trace_context
     """,
 )
 

@@ -57,6 +57,8 @@ events = Table(
     Column("last_error", Text, nullable=True),
     Column("duplicates", Integer, nullable=False, server_default="0"),
     Column("finished_at", Float, nullable=True),
+    # The put's W3C trace context, "traceparent[ tracestate]" (revision 0002; NULL: not traced).
+    Column("trace_context", Text, nullable=True),
     CheckConstraint(f"status IN {STATUSES!r}", name="status"),
     CheckConstraint("priority BETWEEN 1 AND 4", name="priority"),
 )

@@ -467,6 +467,7 @@ def _columns(rows: Sequence[NewEvent], copies: list[int]) -> dict[str, list[Any]
         "hashes": [r.content_hash for r in rows],
         "received": [r.received_at for r in rows],
         "copies": copies,
+        "traces": [r.trace_context for r in rows],
     }
 
 
@@ -504,7 +505,7 @@ def _check_fence(changed: int, wanted: int) -> None:
 
 
 def _event(row: Any) -> Event:
-    row_id, payload, priority, content_hash, batch_key, attempts, received_at = row
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row
     return Event(
         id=int(row_id),
         payload=decode_payload(payload),
@@ -513,6 +514,7 @@ def _event(row: Any) -> Event:
         batch_key=from_db(batch_key),
         attempts=attempts,
         received_at=received_at,
+        trace_context=trace,
     )
 
 
