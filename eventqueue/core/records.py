@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
@@ -199,3 +199,55 @@ def schema_problem(status: SchemaStatus) -> str:
     if current is None:
         return f"{path} holds no eventqueue schema: run {fix}"
     return f"{path} has schema revision {current}, behind head {head}: run {fix}"
+
+
+def brief(event_id: int, payload: str, priority: Any, attempts: int) -> EventBrief:
+    """One event in a list (`dead`): id, event name, priority name, attempts."""
+    return {
+        "id": event_id,
+        "event_name": event_name(payload),
+        "priority": priority_name(priority),
+        "attempts": attempts,
+    }
+
+
+def peek_batches(
+    keys: Iterable[tuple[str, Any, float, Any]], found: Iterable[Event], now: float
+) -> list[PeekBatch]:
+    """`peek`'s answer: per ready key (key, effective priority, oldest, top priority), in claim
+    order, the events the claim would lease."""
+    by_key: dict[str, list[Event]] = {}
+    for event in found:
+        by_key.setdefault(event.batch_key, []).append(event)
+    batches = []
+    for key, effective, oldest, top in keys:
+        events = sorted(by_key.get(key, []), key=lambda e: (-e.priority, e.received_at, e.id))
+        briefs: list[EventBrief] = [
+            {
+                "id": e.id,
+                "event_name": e.name,
+                "priority": e.priority.name,
+                "attempts": e.attempts,
+                "received_at": iso(e.received_at),
+            }
+            for e in events
+        ]
+        batches.append(
+            PeekBatch(
+                key=key,
+                priority=priority_name(effective),
+                top_priority=priority_name(top),
+                oldest_age_s=round(max(0.0, now - oldest), 3),
+                events=briefs,
+            )
+        )
+    return batches
+
+
+def refusals(ids: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
+    """The ids a requeue must refuse (not dead, or missing), given {id: status}."""
+    return [
+        Refusal(id=i, status=statuses.get(i, "missing"))
+        for i in sorted(set(ids))
+        if statuses.get(i) != "dead"
+    ]

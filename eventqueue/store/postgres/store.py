@@ -20,15 +20,16 @@ from eventqueue.core.records import (
     NewEvent,
     PeekBatch,
     PutCommit,
-    Refusal,
     RequeueResult,
     StoreStats,
     Wakeup,
     assemble_batches,
+    brief,
     decode_text,
-    event_name,
     iso,
+    peek_batches,
     priority_name,
+    refusals,
     schema_problem,
 )
 from eventqueue.core.rules import ClaimRules
@@ -299,7 +300,10 @@ class PostgresStore:
             keys = await c.fetch(sql.PEEK_KEYS.sql, *sql.PEEK_KEYS.args(**params))
             found = sql.PEEK_EVENTS.args(**params, limit=rules.batch_limit)
             rows = await c.fetch(sql.PEEK_EVENTS.sql, *found)
-            return _peek_batches(list(keys), [_event(r) for r in rows], now)
+            decoded = [
+                (from_db(str(k)), effective, oldest, top) for k, effective, oldest, top in keys
+            ]
+            return peek_batches(decoded, [_event(r) for r in rows], now)
 
         return await self._pool.read(body)
 
@@ -321,7 +325,7 @@ class PostgresStore:
         rows = await self._pool.read(lambda c: c.fetch(sql.SELECT_DEAD.sql, *args))
         return [
             {
-                **_brief(r["id"], r["payload"], r["priority"], r["attempts"]),
+                **brief(r["id"], r["payload"], r["priority"], r["attempts"]),
                 "batch_key": from_db(r["batch_key"]),
                 "last_error": r["last_error"],
                 "died_at": iso(r["finished_at"]),
@@ -338,7 +342,7 @@ class PostgresStore:
             else:
                 wanted = sorted(set(ids))
                 found = await c.fetch(sql.SELECT_STATUSES.sql, wanted)
-                refused = _refusals(wanted, {int(i): str(s) for i, s in found})
+                refused = refusals(wanted, {int(i): str(s) for i, s in found})
                 if refused:
                     return RequeueResult(requeued=0, refused=refused)
                 query = sql.REQUEUE_IDS
@@ -523,53 +527,6 @@ def _row_count(status: str) -> int:
     with contextlib.suppress(ValueError, IndexError):
         return int(status.split()[-1])
     return 0
-
-
-def _brief(event_id: int, payload: str, priority: Any, attempts: int) -> EventBrief:
-    return {
-        "id": int(event_id),
-        "event_name": event_name(payload),
-        "priority": priority_name(priority),
-        "attempts": attempts,
-    }
-
-
-def _refusals(wanted: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
-    return [
-        Refusal(id=i, status=statuses.get(i, "missing"))
-        for i in wanted
-        if statuses.get(i) != "dead"
-    ]
-
-
-def _peek_batches(keys: list[Any], found: list[Event], now: float) -> list[PeekBatch]:
-    by_key: dict[str, list[Event]] = {}
-    for event in found:
-        by_key.setdefault(event.batch_key, []).append(event)
-    batches = []
-    for key, effective, oldest, top in keys:
-        key = from_db(key)
-        events = sorted(by_key.get(key, []), key=lambda e: (-e.priority, e.received_at, e.id))
-        briefs: list[EventBrief] = [
-            {
-                "id": e.id,
-                "event_name": e.name,
-                "priority": e.priority.name,
-                "attempts": e.attempts,
-                "received_at": iso(e.received_at),
-            }
-            for e in events
-        ]
-        batches.append(
-            PeekBatch(
-                key=key,
-                priority=priority_name(effective),
-                top_priority=priority_name(top),
-                oldest_age_s=round(max(0.0, now - oldest), 3),
-                events=briefs,
-            )
-        )
-    return batches
 
 
 __all__ = ["PostgresStore", "channel_for", "ready_args"]

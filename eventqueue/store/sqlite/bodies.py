@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.records import (
-    EventBrief,
     Lease,
     NewEvent,
-    PeekBatch,
-    Refusal,
     assemble_batches,
-    event_name,
-    iso,
-    priority_name,
 )
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.sqlite import queries as sql
@@ -63,52 +57,6 @@ class Q:
     requeue_ids = Prepared.of(sql.requeue_events(all_dead=False))
     requeue_all = Prepared.of(sql.requeue_events(all_dead=True))
     settings = Prepared.of(sql.select_settings())
-
-
-def brief(event_id: int, payload: str, priority: Any, attempts: int) -> EventBrief:
-    return {
-        "id": event_id,
-        "event_name": event_name(payload),
-        "priority": priority_name(priority),
-        "attempts": attempts,
-    }
-
-
-def peek_batches(keys: list[Any], found: list[Event], now: float) -> list[PeekBatch]:
-    by_key: dict[str, list[Event]] = {}
-    for event in found:
-        by_key.setdefault(event.batch_key, []).append(event)
-    batches = []
-    for key, effective, oldest, top in keys:
-        events = sorted(by_key.get(key, []), key=lambda e: (-e.priority, e.received_at, e.id))
-        briefs: list[EventBrief] = [
-            {
-                "id": e.id,
-                "event_name": e.name,
-                "priority": e.priority.name,
-                "attempts": e.attempts,
-                "received_at": iso(e.received_at),
-            }
-            for e in events
-        ]
-        batches.append(
-            PeekBatch(
-                key=key,
-                priority=priority_name(effective),
-                top_priority=priority_name(top),
-                oldest_age_s=round(max(0.0, now - oldest), 3),
-                events=briefs,
-            )
-        )
-    return batches
-
-
-def refusals(ids: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
-    return [
-        Refusal(id=i, status=statuses.get(i, "missing"))
-        for i in sorted(set(ids))
-        if statuses.get(i) != "dead"
-    ]
 
 
 def insert_rows(

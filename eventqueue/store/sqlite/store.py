@@ -24,9 +24,12 @@ from eventqueue.core.records import (
     RequeueResult,
     StoreStats,
     Wakeup,
+    brief,
     decode_text,
     iso,
+    peek_batches,
     priority_name,
+    refusals,
     schema_problem,
 )
 from eventqueue.core.rules import ClaimRules
@@ -34,15 +37,12 @@ from eventqueue.store.base import Capabilities, SpillPositions
 from eventqueue.store.sqlite.bodies import (
     Q,
     ack_pairs,
-    brief,
     check_fence,
     claim_batches,
     fenced,
     insert_rows,
     lease_critical,
-    peek_batches,
     ready_params,
-    refusals,
     to_event,
 )
 from eventqueue.store.sqlite.connection import Connection, Tx
