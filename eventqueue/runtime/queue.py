@@ -352,29 +352,60 @@ class EventQueue:
         return None
 
     async def next_critical(
-        self, consumer: str = "reserved", *, stop: asyncio.Event | None = None
+        self,
+        consumer: str = "reserved",
+        *,
+        stop: asyncio.Event | None = None,
+        ack: Batch | None = None,
     ) -> Batch | None:
         """Wait for CRITICAL work only: a batch handed over by the put that stored it, or
-        claimed with `min_priority=CRITICAL`; None once `stop` is set or the queue closes."""
-        while not self._closed and not (stop is not None and stop.is_set()):
-            try:
-                found = await self.claim_batches(consumer, 1, min_priority=Priority.CRITICAL)
-            except QueueClosedError:
-                return None
-            if found:
-                return found[0]
-            # Not woken by every commit (that would be a claim per commit): this process's
-            # CRITICAL puts come as hand-offs; others' are found by the claim after a poll.
-            waiter = self._handoff.wait()
-            try:
+        claimed with `min_priority=CRITICAL`; None once `stop` is set or the queue closes.
+
+        `ack`: the batch this consumer just finished, acked in the first claim's transaction
+        (LeaseLostError if its lease was lost: nothing is acked or claimed then).
+        """
+        # Registered first: a CRITICAL put during the claim below is handed over, not missed.
+        waiter = self._handoff.wait()
+        try:
+            while not self._closed and not (stop is not None and stop.is_set()):
+                if waiter.done():
+                    break
+                acks = () if ack is None else (ack,)
+                try:
+                    found = await self.claim_batches(
+                        consumer, 1, acks=acks, min_priority=Priority.CRITICAL
+                    )
+                except QueueClosedError:
+                    return None
+                ack = None
+                if found:
+                    return self._either(found[0], waiter)
+                # Not woken by every commit (that would be a claim per commit): this process's
+                # CRITICAL puts come as hand-offs; others' are found by the claim after a poll.
                 await wait_any(waiter, stop, timeout=self.config.poll_ms / 1000)
-            finally:
-                waiter.cancel()  # no-op once handed over: the batch stays its result
-            if not waiter.cancelled():
-                batch = waiter.result()
-                self.metrics.count("handed_over", len(batch))
-                return batch
-        return None
+        finally:
+            waiter.cancel()  # no-op once handed over: the batch stays its result
+        if ack is not None and not self._closed:
+            await self.ack(ack)  # stopping before any claim: still finish what was handled
+        return self._handed_over(waiter)
+
+    def _either(self, claimed: Batch, waiter: asyncio.Future[Batch]) -> Batch:
+        """The claimed batch, unless a hand-off arrived meanwhile (then that one; the claimed
+        batch goes back to pending at once)."""
+        handed = self._handed_over(waiter)
+        if handed is None:
+            return claimed
+        task = asyncio.create_task(self.release(claimed))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return handed
+
+    def _handed_over(self, waiter: asyncio.Future[Batch]) -> Batch | None:
+        waiter.cancel()
+        if waiter.cancelled():
+            return None
+        batch = waiter.result()
+        self.metrics.count("handed_over", len(batch))
+        return batch
 
     async def urgent_puts_settled(self, timeout: float) -> None:
         """Wait (at most `timeout`) for the CRITICAL puts in progress to commit.

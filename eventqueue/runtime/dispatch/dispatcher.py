@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventqueue.core.errors import ConfigError, QueueClosedError
+from eventqueue.core.errors import ConfigError, LeaseLostError, QueueClosedError
 from eventqueue.core.models import Batch, Priority
 from eventqueue.runtime.dispatch.claim_pool import ClaimPool
 from eventqueue.runtime.dispatch.handlers import (
@@ -318,12 +318,25 @@ class Dispatcher:
     async def _consume_critical(self) -> None:
         """A reserved consumer: CRITICAL batches handed over by their put, or claimed."""
         name = f"{self.name}-reserved"
-        while (batch := await self.queue.next_critical(name, stop=self._stopping)) is not None:
+        finished: Batch | None = None  # handled in full: acked in the next claim's transaction
+        while True:
+            try:
+                batch = await self.queue.next_critical(name, stop=self._stopping, ack=finished)
+            except LeaseLostError:
+                # The folded ack was refused, so nothing was claimed: settle it on its own.
+                if finished is not None:
+                    await self._settler.ack(finished)
+                finished = None
+                continue
+            if finished is not None:
+                self.metrics.count("handled", len(finished))  # acked in the claim's transaction
+            finished = None
+            if batch is None:
+                return
             if self._stopping.is_set():
                 await self._settler.release(batch)
                 return
-            if (finished := await self._runner.handle(batch)) is not None:
-                await self._settler.ack(finished)
+            finished = await self._runner.handle(batch)
 
     # --- signals ----------------------------------------------------------------------------
 

@@ -209,7 +209,8 @@ class SQLiteStore:
                 db.run(Q.expire.sql, params)
             return claim_batches(db, now, consumer, token, batch_id, rules, batches, min_priority)
 
-        return await self._conn.write(body)
+        # A claim for CRITICAL work only takes the connection's next turn, as CRITICAL puts do.
+        return await self._conn.write(body, urgent=min_priority >= Priority.CRITICAL)
 
     async def ack(self, token: str, ids: Sequence[int], *, now: float) -> None:
         """Mark leased events done; LeaseLostError (and no change) if the token is stale."""

@@ -206,6 +206,7 @@ async def _runtime_report(
             "handled": outcomes["handled"],
             "retried": outcomes["retried"],
             "dead": outcomes["dead"],
+            "handed_over": outcomes["handed_over"],  # CRITICAL, straight to a reserved consumer
         },
         "received_out_of_order": source.out_of_order,
         "reconnects": source.reconnects,
