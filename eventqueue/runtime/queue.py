@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from eventqueue.runtime.telemetry.tracing import QueueTracing
 
 Clock = Callable[[], float]
+log = logging.getLogger("eventqueue.queue")
 _CRITICAL = int(Priority.CRITICAL)
 _PRIORITIES = {int(p): p for p in Priority}
 
@@ -396,7 +398,7 @@ class EventQueue:
         if handed is None:
             return claimed
         task = asyncio.create_task(self.release(claimed))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        task.add_done_callback(_log_release_failure)
         return handed
 
     def _handed_over(self, waiter: asyncio.Future[Batch]) -> Batch | None:
@@ -546,3 +548,9 @@ class _Opener:
     ) -> None:
         if self._queue is not None:
             await self._queue.close()
+
+
+def _log_release_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        # Not lost: the batch is a committed claimed row, pending again once its lease ends.
+        log.warning("giving back a CRITICAL batch claimed twice failed (its lease will): %s", error)
