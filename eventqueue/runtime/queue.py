@@ -12,13 +12,12 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from eventqueue.core.codec import encode_event
 from eventqueue.core.config import Config
 from eventqueue.core.errors import (
-    InvalidEventError,
     QueueClosedError,
 )
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
+from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
 from eventqueue.core.records import NewEvent
 from eventqueue.core.rules import backoff_s, retry_plan, rules_from_config, view_settings
@@ -210,24 +209,15 @@ class EventQueue:
         index: int | None = None,
     ) -> NewEvent:
         """Validate, hash and classify one event (raises InvalidEventError; stores nothing)."""
-        try:
-            encoded = encode_event(
-                event, max_bytes=self.config.max_event_bytes, max_depth=self.config.max_depth
-            )
-            if priority is not None:
-                chosen = Priority.parse(priority)
-            else:
-                chosen = self._classify(encoded.payload)
-                if type(chosen) is not Priority:
-                    chosen = Priority(chosen)
-            key = self._batch_key(encoded.payload)
-        except InvalidEventError as exc:
-            raise InvalidEventError(f"event {index}: {exc}") if index is not None else exc from None
-        except ValueError as exc:
-            raise InvalidEventError(f"invalid priority: {exc}") from None
-        if not isinstance(key, str):
-            raise InvalidEventError(f"batch key function returned {type(key).__name__}, not str")
-        return NewEvent(encoded.payload_json, int(chosen), key, encoded.content_hash, self._clock())
+        return prepare_event(
+            event,
+            priority,
+            config=self.config,
+            classifier=self._classify,
+            batch_key_fn=self._batch_key,
+            now=self._clock(),
+            index=index,
+        )
 
     async def _put_rows(
         self, rows: list[NewEvent], source: str | None, position: str | None

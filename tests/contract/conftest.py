@@ -17,9 +17,9 @@ from typing import Any, NoReturn
 import pgtest
 import pytest
 
-from eventqueue.core.codec import encode_event
 from eventqueue.core.config import Config
 from eventqueue.core.models import Batch, Priority
+from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import batch_key, classify
 from eventqueue.core.records import NewEvent
 from eventqueue.core.rules import ClaimRules, rules_from_config
@@ -140,10 +140,8 @@ def make_event(
         "aggregate_id": aggregate_id,
         "attributes": attributes,
     }
-    encoded = encode_event(event, max_bytes=_LIMITS.max_event_bytes, max_depth=_LIMITS.max_depth)
-    chosen = classify(encoded.payload) if priority is None else Priority.parse(priority)
-    return NewEvent(
-        encoded.payload_json, int(chosen), batch_key(encoded.payload), encoded.content_hash, at
+    return prepare_event(
+        event, priority, config=_LIMITS, classifier=classify, batch_key_fn=batch_key, now=at
     )
 
 
