@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -53,8 +54,9 @@ async def produce(args: argparse.Namespace) -> None:
                 await asyncio.to_thread(os.fsync, fd)
             # What this host spilled must reach the shared table before it may leave: wait
             # for the promoter (bounded by the test's deadline for this process).
-            while q.overflow.pending():  # noqa: ASYNC110 (the promoter runs on its own)
-                await asyncio.sleep(0.05)
+            while q.overflow.pending():
+                with contextlib.suppress(TimeoutError):  # a promotion notifies; else look again
+                    await asyncio.wait_for(q.changed_event().wait(), 0.5)
     finally:
         os.close(fd)
 
