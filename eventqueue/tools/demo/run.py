@@ -27,6 +27,7 @@ from rich.console import Console
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import ConfigError
+from eventqueue.core.models import Priority
 from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.store import backend_of, raw_tools
@@ -166,7 +167,10 @@ async def _dispatch(
     t0: float,
 ) -> bool:
     """Run until every event is finished or a signal stops it (True), or the deadline (False)."""
-    dispatcher = Dispatcher(queue, concurrency=4, shutdown_grace_s=2.0)
+    # CRITICAL events come in bursts here (deploys failing together) and every consumer's
+    # handler does simulated I/O: three reserved consumers take a burst as hand-offs.
+    reserved = {Priority.CRITICAL: 3}
+    dispatcher = Dispatcher(queue, concurrency=4, shutdown_grace_s=2.0, reserved=reserved)
     add_sample_handlers(dispatcher)
     running = asyncio.create_task(dispatcher.run(source, handle_signals=True))
     watcher = asyncio.create_task(watch(queue, source, options.events, t0, view)) if view else None
