@@ -251,3 +251,12 @@ def refusals(ids: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
         for i in sorted(set(ids))
         if statuses.get(i) != "dead"
     ]
+
+
+def handoff_ids(rows: Sequence[NewEvent], outcome: Sequence[tuple[PutStatus, int]]) -> list[int]:
+    """The ids of the CRITICAL events a put accepted: what a put with a Lease hands over."""
+    return [
+        row_id
+        for row, (status, row_id) in zip(rows, outcome, strict=True)
+        if status is PutStatus.ACCEPTED and row.priority == Priority.CRITICAL
+    ]

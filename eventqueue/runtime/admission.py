@@ -51,6 +51,7 @@ class Admission:
         self._handoff = handoff
         self._overflow = overflow
         self._room = room
+        self._changes = changes
         self._config = config
         self._clock = clock
         self._ttl_s = config.dedup_ttl_s if config.enable_dedup else None
@@ -184,13 +185,22 @@ class Admission:
         if commit.claimed:
             crash_point("mid_handoff")  # leased and committed, not yet with its consumer
             for batch in self._handoff.deliver(commit.claimed):
-                self._give_back(batch)
+                self.give_back(batch)
 
-    def _give_back(self, batch: Batch) -> None:
-        # Its consumer stopped waiting between the lease and the commit: pending again now,
-        # rather than after its lease.
+    def give_back(self, batch: Batch) -> None:
+        """A CRITICAL batch leased for a consumer that no longer takes it: pending again now,
+        rather than after its lease (in the background; a failure is logged, the lease ends it)."""
         task = asyncio.create_task(self._store.release(batch.token, batch.ids))
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(self._given_back)
+
+    def _given_back(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        if (error := task.exception()) is not None:
+            # Not lost: the batch is a committed claimed row, pending again once its lease ends.
+            log.warning("giving back a CRITICAL batch failed (its lease will): %s", error)
+        else:
+            self._changes.notify()
 
     def split(self, rows: Sequence[NewEvent]) -> tuple[list[int], list[int]]:
         """Indexes of rows the table takes now, and of rows to spill.
@@ -212,9 +222,3 @@ class Admission:
             else:
                 spilled.append(index)
         return admitted, spilled
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (error := task.exception()) is not None:
-        # Not lost: the batch is a committed claimed row, pending again once its lease ends.
-        log.warning("giving back an unclaimed hand-off failed (its lease will): %s", error)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
     from eventqueue.runtime.telemetry.tracing import QueueTracing
 
 Clock = Callable[[], float]
-log = logging.getLogger("eventqueue.queue")
 _CRITICAL = int(Priority.CRITICAL)
 _PRIORITIES = {int(p): p for p in Priority}
 
@@ -387,8 +385,7 @@ class EventQueue:
         handed = self._handed_over(waiter)
         if handed is None:
             return claimed
-        task = asyncio.create_task(self.release(claimed))
-        task.add_done_callback(_log_release_failure)
+        self._admission.give_back(claimed)
         return handed
 
     def _handed_over(self, waiter: asyncio.Future[Batch]) -> Batch | None:
@@ -538,9 +535,3 @@ class _Opener:
     ) -> None:
         if self._queue is not None:
             await self._queue.close()
-
-
-def _log_release_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (error := task.exception()) is not None:
-        # Not lost: the batch is a committed claimed row, pending again once its lease ends.
-        log.warning("giving back a CRITICAL batch claimed twice failed (its lease will): %s", error)

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reliability.workload import digest, payload, put_order
+
 from .mount import PowerLossMount
 from .process import Process
-from .workload import digest, payload, put_order
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker.py"
@@ -91,7 +92,9 @@ class Run:
 
 def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTQUEUE_CRASH", "EVENT_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # The repository (eventqueue) and tests/ (the workload shared with the kill -9 battery).
+    paths = [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env.update(settings)
     return env
 

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from workload import digest, payload, put_order
+from reliability.workload import digest, payload, put_order
 
 from eventqueue import Batch, EventQueue
 

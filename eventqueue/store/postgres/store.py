@@ -26,6 +26,7 @@ from eventqueue.core.records import (
     assemble_batches,
     brief,
     decode_text,
+    handoff_ids,
     iso,
     peek_batches,
     priority_name,
@@ -401,11 +402,7 @@ async def _lease_critical(
     c: Conn, rows: Sequence[NewEvent], outcome: list[tuple[PutStatus, int]], lease: Lease
 ) -> list[Batch]:
     """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
-    ids = [
-        row_id
-        for row, (status, row_id) in zip(rows, outcome, strict=True)
-        if status is PutStatus.ACCEPTED and row.priority == Priority.CRITICAL
-    ]
+    ids = handoff_ids(rows, outcome)
     if not ids:
         return []
     args = sql.LEASE_IDS.args(

@@ -16,6 +16,7 @@ from eventqueue.core.records import (
     Lease,
     NewEvent,
     assemble_batches,
+    handoff_ids,
 )
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.sqlite import queries as sql
@@ -208,11 +209,7 @@ def lease_critical(
     db: Tx, rows: Sequence[NewEvent], outcome: list[tuple[PutStatus, int]], lease: Lease
 ) -> list[Batch]:
     """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
-    ids = [
-        row_id
-        for row, (status, row_id) in zip(rows, outcome, strict=True)
-        if status is PutStatus.ACCEPTED and row.priority == Priority.CRITICAL
-    ]
+    ids = handoff_ids(rows, outcome)
     if not ids:
         return []
     params = Q.lease_ids.bind(
