@@ -61,11 +61,12 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class PutCommit:
-    """What one put transaction did: (status, id) per row, pending + claimed after it, and
-    the batches of CRITICAL events it leased (with a `Lease`), best first."""
+    """What one put transaction did: (status, id) per row, pending + claimed after it (None
+    when not counted), and the batches of CRITICAL events it leased (with a `Lease`), best
+    first."""
 
     outcome: list[tuple[PutStatus, int]]
-    scheduled: int
+    scheduled: int | None
     claimed: list[Batch] = field(default_factory=list)
 
 
@@ -260,3 +261,8 @@ def handoff_ids(rows: Sequence[NewEvent], outcome: Sequence[tuple[PutStatus, int
         for row, (status, row_id) in zip(rows, outcome, strict=True)
         if status is PutStatus.ACCEPTED and row.priority == Priority.CRITICAL
     ]
+
+
+def accepted(outcome: Sequence[tuple[PutStatus, int | None]]) -> int:
+    """How many rows of a put's outcome were stored as new events."""
+    return sum(1 for status, _ in outcome if status is PutStatus.ACCEPTED)

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import StoreBusyError
-from eventqueue.core.models import Batch, Priority, PutStatus
-from eventqueue.core.records import NewEvent, PutCommit
+from eventqueue.core.models import Batch, Priority
+from eventqueue.core.records import NewEvent, PutCommit, accepted
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.metrics import Metrics
@@ -27,7 +27,6 @@ from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
 from eventqueue.store.base import Store
 
 _CRITICAL = int(Priority.CRITICAL)
-ACCEPTED = PutStatus.ACCEPTED
 log = logging.getLogger("eventqueue.queue")
 
 
@@ -59,6 +58,7 @@ class Admission:
         # spilled must not be passed by a later one's position (a crash would skip it). The
         # position then simply commits with a later group.
         self._tickets = 0
+        self._commits = 0  # group commits so far (every RECOUNT_EVERY-th counts the room)
         self._spilling: set[int] = set()
         self.writer = GroupCommitWriter(
             self._commit,
@@ -136,6 +136,7 @@ class Admission:
             critical = any(row.priority == _CRITICAL for row in chosen)
             sink = None if self._metrics is None else self._metrics.sink
             started = time.perf_counter() if sink is not None else 0.0
+            self._commits += 1
             try:
                 commit = await self._store.put(
                     chosen,
@@ -144,12 +145,13 @@ class Admission:
                     source_positions=positions,
                     fail_fast=True,
                     lease=self._handoff.lease(now) if critical else None,
+                    count_scheduled=self._room.worth_counting(self._commits),
                 )
             except StoreBusyError:
                 # Another connection holds the write lock: spill instead of making the stream wait.
                 await self._overflow.append(chosen)
                 return [SPILLED] * len(rows)
-            self._room.scheduled = commit.scheduled
+            self._room.committed(commit.scheduled, accepted(commit.outcome))
             if sink is not None:
                 sink.commit(time.perf_counter() - started, len(chosen))
         self._committed(commit)
@@ -170,13 +172,14 @@ class Admission:
                 dedup_ttl_s=self._ttl_s,
                 fail_fast=True,
                 lease=self._handoff.lease(now),
+                count_scheduled=False,  # CRITICAL needs no room; nothing extra before its commit
             )
         except StoreBusyError:
             await self._overflow.append(rows)  # durable now; promoted first (highest priority)
             return [SPILLED] * len(rows)
-        # Not under the room lock (CRITICAL needs no room): count what this commit added. A
-        # concurrent group commit may overwrite it with its own count; the next commit corrects.
-        self._room.scheduled += sum(1 for status, _ in commit.outcome if status is ACCEPTED)
+        # Not under the room lock: a concurrent group commit may overwrite the estimate with its
+        # own count; the next count corrects it.
+        self._room.committed(None, accepted(commit.outcome))
         self._committed(commit)
         return list(commit.outcome)
 

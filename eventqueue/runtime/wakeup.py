@@ -19,6 +19,8 @@ from eventqueue.core.records import Wakeup
 # Never sleep longer than this without looking again, whatever the clock says: a wall-clock
 # jump must not leave a consumer asleep for hours.
 MAX_IDLE_S = 1.0
+# A put counts pending + claimed at least this often (in commits) while room is plentiful.
+RECOUNT_EVERY = 32
 
 
 class Changes:
@@ -61,6 +63,17 @@ class Room:
     def finished(self, events: int) -> None:
         """`events` left the scheduling set (done or dead) in this process."""
         self.scheduled = max(0, self.scheduled - events)
+
+    def committed(self, scheduled: int | None, accepted: int) -> None:
+        """After a put: the set's size as it counted it, or (not counted) the estimate plus the
+        `accepted` events it added."""
+        self.scheduled = self.scheduled + accepted if scheduled is None else scheduled
+
+    def worth_counting(self, commits: int) -> bool:
+        """Whether a put should count the set exactly (a walk over it): when the estimate says
+        the room may run short, and every RECOUNT_EVERY commits anyway, for the events other
+        processes added or finished (which this process's estimate does not see)."""
+        return self.free <= self.capacity // 2 or commits % RECOUNT_EVERY == 0
 
 
 def idle_delay(wake: Wakeup, config: Config, now: float) -> float:

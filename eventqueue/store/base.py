@@ -73,6 +73,7 @@ class Store(Protocol):
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
         lease: Lease | None = None,
+        count_scheduled: bool = True,
     ) -> PutCommit:
         """Insert events; duplicates within the TTL are counted on their original, not inserted.
 
@@ -81,6 +82,8 @@ class Store(Protocol):
         `lease`: the CRITICAL events this put accepts are leased at once under it (attempt 1,
         fenced by `token:key`, one batch per key) and returned in `PutCommit.claimed`: the
         hand-off to a waiting consumer, with no claim transaction in between.
+        `count_scheduled`: count pending + claimed into `PutCommit.scheduled` (a walk over that
+        set); without it `scheduled` is None and the caller keeps its own estimate.
         """
         ...
 

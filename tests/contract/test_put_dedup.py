@@ -207,3 +207,33 @@ async def test_a_refused_row_fails_the_whole_put_and_stores_nothing(store: Store
 
     assert await store.scheduled_count() == 0
     assert await store.source_position("sse") is None
+
+
+async def test_a_put_without_counting_reports_no_scheduled_count(store: Store) -> None:
+    commit = await store.put(many("a", 3), now=START, dedup_ttl_s=TTL, count_scheduled=False)
+
+    assert commit.scheduled is None
+    assert [status for status, _ in commit.outcome] == [PutStatus.ACCEPTED] * 3
+    assert await store.scheduled_count() == 3
+
+
+@pytest.mark.parametrize("size", [1, 63, 64, 65, 100, 200, 257])
+async def test_a_large_put_keeps_order_ids_and_dedup_across_its_whole_length(
+    store: Store, size: int
+) -> None:
+    # Larger puts are stored in several statements (SQLite: up to 64 rows each): ids ascend in
+    # put order across them, and a repeat far from its original is still its duplicate.
+    rows = many("bulk", size)
+    repeats = [rows[0], rows[size // 2]]
+
+    commit = await store.put(rows + repeats, now=START, dedup_ttl_s=TTL)
+
+    accepted = commit.outcome[:size]
+    assert [status for status, _ in accepted] == [PutStatus.ACCEPTED] * size
+    ids = [event_id for _, event_id in accepted]
+    assert ids == sorted(set(ids))
+    assert commit.outcome[size:] == [
+        (PutStatus.DUPLICATE, ids[0]),
+        (PutStatus.DUPLICATE, ids[size // 2]),
+    ]
+    assert commit.scheduled == size

@@ -20,7 +20,7 @@ from typing import Any
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SpillError, StorageError, StoreBusyError
 from eventqueue.core.models import Priority, PutStatus
-from eventqueue.core.records import NewEvent, PutCommit
+from eventqueue.core.records import NewEvent, PutCommit, accepted
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow.folders import (
@@ -229,7 +229,7 @@ class Overflow:
             if not records:
                 return 0
             commit = await self._promote(held, records, reached)
-            self._room.scheduled = commit.scheduled
+            self._room.committed(commit.scheduled, accepted(commit.outcome))
         crash_point("mid_promotion")
         for priority, position in reached.items():
             held.positions[priority] = position

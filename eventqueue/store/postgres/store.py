@@ -126,6 +126,7 @@ class PostgresStore:
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
         lease: Lease | None = None,
+        count_scheduled: bool = True,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
@@ -146,6 +147,8 @@ class PostgresStore:
             if any(status is PutStatus.ACCEPTED for status, _ in outcome):
                 await self._notify(c)
             claimed = await _lease_critical(c, rows, outcome, lease) if lease else []
+            if not count_scheduled:
+                return PutCommit(outcome, None, claimed)
             scheduled = await c.fetchval(sql.COUNT_SCHEDULED.sql)
             return PutCommit(outcome, int(scheduled), claimed)
 

@@ -4,7 +4,7 @@ transaction each."""
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -26,8 +26,6 @@ from eventqueue.store.sqlite.connection import Prepared, Tx
 class Q:
     """Every statement, prepared once per process."""
 
-    put_dedup = Prepared.of(sql.put_rows(dedup=True))
-    put_plain = Prepared.of(sql.put_rows(dedup=False))
     release_dedup = Prepared.of(sql.release_expired_dedup_keys())
     positions = Prepared.of(sql.save_source_positions())
     counter = Prepared.of(sql.add_to_counter())
@@ -63,40 +61,67 @@ class Q:
 def insert_rows(
     db: Tx, rows: Sequence[NewEvent], now: float, dedup_ttl_s: float | None
 ) -> list[tuple[PutStatus, int]]:
-    payload = json.dumps([_json_row(r) for r in rows], ensure_ascii=False)
-    if dedup_ttl_s is None:
-        returned = db.rows(Q.put_plain.sql, Q.put_plain.bind(b_rows=payload))
-        # One writer, AUTOINCREMENT: the ids of one INSERT ascend in the order of its rows.
+    dedup = dedup_ttl_s is not None
+    if dedup_ttl_s is not None:
+        hashes = json.dumps(sorted({r.content_hash for r in rows}))
+        db.run(
+            Q.release_dedup.sql,
+            Q.release_dedup.bind(b_hashes=hashes, b_cutoff=now - dedup_ttl_s, b_now=now),
+        )
+    returned: list[Any] = []
+    offset = 0
+    for size in statement_sizes(len(rows)):
+        chunk = rows[offset : offset + size]
+        offset += size
+        params = [value for row in chunk for value in _values(row, dedup)]
+        returned += db.rows(put_statement(size, dedup).sql, params)
+    if not dedup:
+        # One writer, AUTOINCREMENT: the ids of these INSERTs ascend in the order of their rows.
         return [(PutStatus.ACCEPTED, row_id) for row_id in sorted(r[0] for r in returned)]
-    hashes = json.dumps(sorted({r.content_hash for r in rows}))
-    db.run(
-        Q.release_dedup.sql,
-        Q.release_dedup.bind(b_hashes=hashes, b_cutoff=now - dedup_ttl_s, b_now=now),
-    )
-    returned = db.rows(Q.put_dedup.sql, Q.put_dedup.bind(b_rows=payload))
-    outcome = _dedup_outcome(rows, list(returned))
+    outcome = _dedup_outcome(rows, returned)
     duplicates = sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE)
     if duplicates:
         db.run(Q.counter.sql, Q.counter.bind(b_name="duplicates_suppressed", b_n=duplicates))
     return outcome
 
 
-def _json_row(row: NewEvent) -> list[Any]:
-    """One row as statements.put_rows reads it."""
-    key, key_escape = _nul_safe(row.batch_key)
-    fields = [row.payload_json, row.priority, key, row.content_hash, row.received_at, key_escape]
-    if row.trace_context is not None:
-        fields.append(row.trace_context)
-    return fields
+# Rows per INSERT: at most 64 (512 parameters, well under SQLite's limit of 32,766), and a
+# remainder split into powers of two, so 7 sizes cover every put: few statements to compile,
+# each kept in the connection's statement cache.
+MAX_ROWS_PER_INSERT = 64
 
 
-def _nul_safe(text: str) -> tuple[str, str | None]:
-    """(text with NUL replaced, the replacement) for statements.put_rows; (text, None) if no NUL."""
-    if "\x00" not in text:
-        return text, None
-    private_use = itertools.chain(range(0xE000, 0xF900), range(0xF0000, 0xFFFFE))
-    escape = next(c for c in map(chr, private_use) if c not in text)
-    return text.replace("\x00", escape), escape
+def statement_sizes(rows: int) -> list[int]:
+    """How `rows` rows are split into INSERTs: full ones of MAX_ROWS_PER_INSERT, then powers of
+    two, largest first (e.g. 100 -> [64, 32, 4])."""
+    sizes = [MAX_ROWS_PER_INSERT] * (rows // MAX_ROWS_PER_INSERT)
+    rest = rows % MAX_ROWS_PER_INSERT
+    sizes += [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
+    return sizes
+
+
+@functools.cache
+def put_statement(rows: int, dedup: bool) -> Prepared:
+    """queries.put_values compiled for `rows` rows (once per size; at most 14 in a process)."""
+    prepared = Prepared.of(sql.put_values(rows, dedup=dedup))
+    expected = tuple(f"r{i}_{name}" for i in range(rows) for name in sql.PUT_COLUMNS)
+    if prepared.order != expected:  # _values binds by position: row after row, PUT_COLUMNS each
+        raise RuntimeError("queries.put_values no longer binds row after row in PUT_COLUMNS order")
+    return prepared
+
+
+def _values(row: NewEvent, dedup: bool) -> tuple[Any, ...]:
+    """One row's parameters, in queries.PUT_COLUMNS order."""
+    return (
+        row.payload_json,
+        row.priority,
+        row.batch_key,
+        row.content_hash,
+        row.content_hash if dedup else None,
+        row.received_at,
+        row.received_at,  # available_at: claimable as soon as it is stored
+        row.trace_context,
+    )
 
 
 def _dedup_outcome(rows: Sequence[NewEvent], returned: list[Any]) -> list[tuple[PutStatus, int]]:

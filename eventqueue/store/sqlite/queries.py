@@ -21,7 +21,6 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
-    null,
     or_,
     select,
     true,
@@ -351,9 +350,10 @@ def select_statuses() -> Select[Any]:
     return select(events.c.id, events.c.status).where(_ids_in("b_ids"))
 
 
-# --- hot path: constant statements that take lists as one JSON parameter ----------------------
-# store.py compiles each of these once and runs it through aiosqlite: one thread hop per
-# statement whatever the number of events, and no per-size statement cache.
+# --- hot path: lists of ids or pairs bound as one JSON parameter; new rows as VALUES ----------
+# Lists of ids or pairs are one JSON text (constant statements, compiled once). New events are
+# bound as plain values (put_values): their payloads are the bulk of the bytes, and parsing
+# them as JSON again in SQLite cost more than the statement itself.
 
 
 def _json_rows(param: str) -> Any:
@@ -369,58 +369,42 @@ def _field(rows: Any, index: int) -> ColumnElement[Any]:
     return func.json_extract(rows.c.value, f"$[{index}]")
 
 
-def _nul_safe_field(rows: Any, index: int, escape_index: int) -> ColumnElement[Any]:
-    # SQLite's JSON functions end a string at an escaped NUL (\u0000). A text holding NUL
-    # travels with each NUL replaced by a character it does not contain, named at
-    # `escape_index` (null when there is no NUL), and is restored here.
-    escape = _field(rows, escape_index)
-    return case(
-        (escape.is_(None), _field(rows, index)),
-        else_=func.replace(_field(rows, index), escape, literal_column("char(0)")),
-    )
+# The columns a put binds, row after row (`put_values`); status is always 'pending'.
+PUT_COLUMNS = (
+    "payload",
+    "priority",
+    "batch_key",
+    "content_hash",
+    "dedup_key",
+    "received_at",
+    "available_at",
+    "trace_context",
+)
 
 
-def put_rows(*, dedup: bool) -> Insert:
-    """Insert rows [payload, priority, batch_key, content_hash, received_at, key_escape
-    (, trace_context)] (JSON).
+def put_values(rows: int, *, dedup: bool) -> Insert:
+    """Insert `rows` rows from plain parameters: PUT_COLUMNS for the first row, then the next.
+
+    Multi-row VALUES with bound parameters, not one JSON text: the values reach SQLite as they
+    are (no JSON parse per field; a NUL in a text survives), about twice as fast per row
+    (measured: 21 against 38 µs per row with 100 rows per statement). The statement's text
+    depends on `rows`, so the store compiles one per size it uses (powers of two).
 
     With dedup, a row whose content hash is held by a live original is not inserted: the
     original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key). RETURNING gives
     (id, content_hash, duplicates); duplicates is 0 exactly for the rows inserted.
     """
-    rows = _json_rows("b_rows")
-    columns = [
-        events.c.payload,
-        events.c.priority,
-        events.c.batch_key,
-        events.c.content_hash,
-        events.c.dedup_key,
-        events.c.status,
-        events.c.received_at,
-        events.c.available_at,
-        events.c.trace_context,
+    values: list[dict[str, Any]] = [
+        {name: bindparam(f"r{i}_{name}") for name in PUT_COLUMNS}
+        | {"status": literal_column("'pending'")}
+        for i in range(rows)
     ]
-    source = (
-        select(
-            _field(rows, 0),
-            _field(rows, 1),
-            _nul_safe_field(rows, 2, 5),
-            _field(rows, 3),
-            _field(rows, 3) if dedup else null(),
-            literal_column("'pending'"),
-            _field(rows, 4),
-            _field(rows, 4),
-            _field(rows, 6),  # absent (NULL) when the put was not traced
-        )
-        .select_from(rows)
-        # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
-        .where(true())
-        .order_by(rows.c.key)
-    )
-    stmt = sqlite_insert(events).from_select(columns, source)
+    stmt = sqlite_insert(events).values(values)
     if dedup:
+        # A literal 1: the rows' values are the only parameters (bound by position).
         stmt = stmt.on_conflict_do_update(
-            index_elements=[events.c.dedup_key], set_={"duplicates": events.c.duplicates + 1}
+            index_elements=[events.c.dedup_key],
+            set_={"duplicates": events.c.duplicates + literal_column("1")},
         )
     return stmt.returning(events.c.id, events.c.content_hash, events.c.duplicates)
 

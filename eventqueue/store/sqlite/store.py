@@ -124,6 +124,7 @@ class SQLiteStore:
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
         lease: Lease | None = None,
+        count_scheduled: bool = True,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
@@ -147,6 +148,8 @@ class SQLiteStore:
                 ]
                 db.many(Q.spill_save.sql, params)
             claimed = lease_critical(db, rows, outcome, lease) if lease and outcome else []
+            if not count_scheduled:
+                return PutCommit(outcome, None, claimed)
             scheduled = db.scalar(Q.scheduled.sql, Q.scheduled.bind())
             return PutCommit(outcome, int(scheduled), claimed)
 
