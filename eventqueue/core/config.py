@@ -163,9 +163,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "commit_max_events",
         "EVENT_COMMIT_MAX_EVENTS",
-        100,
-        "most events one group commit (or promotion chunk) writes; it bounds how long a "
-        "CRITICAL put can wait for the transaction in progress",
+        1000,
+        "most events one group commit writes (a CRITICAL put does not wait for all of them: "
+        "the commit ends early, between its 64-row statements, to let it in)",
         1,
         100_000,
     ),
@@ -224,7 +224,7 @@ class Config:
     max_event_bytes: int = 1_048_576
     max_depth: int = 64
     busy_timeout_ms: int = 5000
-    commit_max_events: int = 100
+    commit_max_events: int = 1000
     intake_size: int = 10_000
     poll_ms: float = 200.0
     spill_after_ms: int = 100

@@ -131,34 +131,50 @@ class Admission:
             if spilled:
                 # Durable before the transaction that records the stream position past them.
                 await self._overflow.append([rows[i] for i in spilled])
-            chosen = [rows[i] for i in admitted]
+            results = await self._commit_admitted([rows[i] for i in admitted], positions)
+        outcome: list[Outcome] = [SPILLED] * len(rows)
+        for index, result in zip(admitted, results, strict=True):
+            outcome[index] = result
+        return outcome
+
+    async def _commit_admitted(
+        self, chosen: list[NewEvent], positions: dict[str, str | None]
+    ) -> list[Outcome]:
+        """Commit `chosen` with `positions`: in one transaction, or in several when the store
+        ends one early to let a CRITICAL put have the connection (the positions commit with
+        the last, so none passes an event not yet stored). Called under the room lock."""
+        results: list[Outcome] = []
+        while True:
+            rest = chosen[len(results) :]
             now = self._clock()
-            critical = any(row.priority == _CRITICAL for row in chosen)
+            critical = any(row.priority == _CRITICAL for row in rest)
             sink = None if self._metrics is None else self._metrics.sink
             started = time.perf_counter() if sink is not None else 0.0
             self._commits += 1
             try:
                 commit = await self._store.put(
-                    chosen,
+                    rest,
                     now=now,
                     dedup_ttl_s=self._ttl_s,
                     source_positions=positions,
                     fail_fast=True,
                     lease=self._handoff.lease(now) if critical else None,
                     count_scheduled=self._room.worth_counting(self._commits),
+                    # Only with dedup: a crash between the parts makes the stream send the first
+                    # part again (its position was not stored yet), and dedup absorbs it.
+                    split=self._ttl_s is not None,
                 )
             except StoreBusyError:
                 # Another connection holds the write lock: spill instead of making the stream wait.
-                await self._overflow.append(chosen)
-                return [SPILLED] * len(rows)
+                await self._overflow.append(rest)
+                return results + [SPILLED] * len(rest)
             self._room.committed(commit.scheduled, accepted(commit.outcome))
             if sink is not None:
-                sink.commit(time.perf_counter() - started, len(chosen))
-        self._committed(commit)
-        outcome: list[Outcome] = [SPILLED] * len(rows)
-        for index, result in zip(admitted, commit.outcome, strict=True):
-            outcome[index] = result
-        return outcome
+                sink.commit(time.perf_counter() - started, len(commit.outcome))
+            self._committed(commit)
+            results += commit.outcome
+            if len(results) == len(chosen):
+                return results
 
     async def _commit_urgent(
         self, rows: Sequence[NewEvent], _positions: dict[str, str | None]

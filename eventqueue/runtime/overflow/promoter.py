@@ -36,6 +36,10 @@ from eventqueue.runtime.overflow.log import SpillPosition, SpillRecord
 from eventqueue.runtime.wakeup import Changes, Room
 from eventqueue.store.base import Store
 
+# Events per promotion transaction at most: a chunk holds the connection ~2 ms, so a CRITICAL
+# put never waits long behind one (group commits may be larger: they end early for it).
+PROMOTION_CHUNK_EVENTS = 100
+
 log = logging.getLogger("eventqueue.overflow")
 
 Outcome = tuple[PutStatus, int | None]
@@ -224,7 +228,11 @@ class Overflow:
             scheduled = await self._store.scheduled_count()
             if scheduled > self._config.queue_size // 2:  # the low-water mark
                 return 0
-            limit = min(self._config.queue_size - scheduled, self._config.commit_max_events)
+            limit = min(
+                self._config.queue_size - scheduled,
+                self._config.commit_max_events,
+                PROMOTION_CHUNK_EVENTS,
+            )
             records, reached = await asyncio.to_thread(_read, held, limit)
             if not records:
                 return 0

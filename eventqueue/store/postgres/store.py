@@ -127,6 +127,7 @@ class PostgresStore:
         fail_fast: bool = False,
         lease: Lease | None = None,
         count_scheduled: bool = True,
+        split: bool = False,  # one pool of connections: a CRITICAL put never waits for this one
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventqueue.core.codec import decode_payload
@@ -59,8 +59,14 @@ class Q:
 
 
 def insert_rows(
-    db: Tx, rows: Sequence[NewEvent], now: float, dedup_ttl_s: float | None
+    db: Tx,
+    rows: Sequence[NewEvent],
+    now: float,
+    dedup_ttl_s: float | None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[tuple[PutStatus, int]]:
+    """Insert `rows`; (status, id) per row. `stop`, asked between statements: when True, the
+    rest is left out and the outcome covers only the rows stored (a prefix, never empty)."""
     dedup = dedup_ttl_s is not None
     if dedup_ttl_s is not None:
         hashes = json.dumps(sorted({r.content_hash for r in rows}))
@@ -71,6 +77,9 @@ def insert_rows(
     returned: list[Any] = []
     offset = 0
     for size in statement_sizes(len(rows)):
+        if offset and stop is not None and stop():
+            rows = rows[:offset]
+            break
         chunk = rows[offset : offset + size]
         offset += size
         params = [value for row in chunk for value in _values(row, dedup)]

@@ -5,7 +5,8 @@ Statements are SQLAlchemy Core constructs (queries.py), compiled once (`Prepared
 transaction (BEGIN, its statements, COMMIT) runs as one function on aiosqlite's connection
 thread and comes back once: one thread hop per transaction, not one per statement. (SQLAlchemy's
 own async layer costs four hops per statement with aiosqlite: ~370 µs against ~100 µs for one
-aiosqlite call, measured here.) Lists are bound as one JSON parameter.
+aiosqlite call, measured here.) Lists of ids are bound as one JSON parameter; new events as
+plain values (bodies.insert_rows).
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ class TurnLock:
     def locked(self) -> bool:
         """Whether a transaction holds the connection."""
         return self._held
+
+    def urgent_waiting(self) -> bool:
+        """Whether an urgent transaction waits for its turn. Also read on the connection's
+        thread, between statements: a deque's length is one atomic read under the GIL (no
+        iteration, which the loop could disturb). A waiter that gave up counts until the next
+        release pops it: at worst one early commit."""
+        return bool(self._urgent)
 
     async def acquire(self, *, urgent: bool = False) -> None:
         """Wait for the connection's turn (urgent ones first)."""
@@ -207,6 +215,10 @@ class Connection:
             await db.close()
             raise storage_error(path, exc) from exc
         return cls(path, db, busy_timeout_ms=busy_timeout_ms)
+
+    def urgent_waiting(self) -> bool:
+        """Whether an urgent transaction (a CRITICAL put) waits for the one in progress."""
+        return self._lock.urgent_waiting()
 
     async def close(self) -> None:
         """Checkpoint the WAL and close the connection (idempotent)."""

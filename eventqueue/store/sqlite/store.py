@@ -125,6 +125,7 @@ class SQLiteStore:
         fail_fast: bool = False,
         lease: Lease | None = None,
         count_scheduled: bool = True,
+        split: bool = False,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
@@ -135,8 +136,16 @@ class SQLiteStore:
         `lease`: lease the CRITICAL events accepted here in the same transaction (hand-off).
         """
 
+        # Between its INSERTs, a split put ends early when a CRITICAL put waits for the
+        # connection: the CRITICAL event waits for one statement, not for a whole large group.
+        stop = self._conn.urgent_waiting if split else None
+
         def body(db: Tx) -> PutCommit:
-            outcome = insert_rows(db, rows, now, dedup_ttl_s) if rows else []
+            outcome = insert_rows(db, rows, now, dedup_ttl_s, stop) if rows else []
+            if len(outcome) < len(rows):  # split: the caller puts the rest, with the positions
+                stored = rows[: len(outcome)]
+                claimed = lease_critical(db, stored, outcome, lease) if lease else []
+                return PutCommit(outcome, None, claimed)
             if source_positions:
                 pairs = json.dumps([[s, p] for s, p in source_positions.items()])
                 db.run(Q.positions.sql, Q.positions.bind(b_positions=pairs, b_now=now))
