@@ -266,3 +266,8 @@ def handoff_ids(rows: Sequence[NewEvent], outcome: Sequence[tuple[PutStatus, int
 def accepted(outcome: Sequence[tuple[PutStatus, int | None]]) -> int:
     """How many rows of a put's outcome were stored as new events."""
     return sum(1 for status, _ in outcome if status is PutStatus.ACCEPTED)
+
+
+# A point where a group commit may end early: after this many of its rows (the end of a whole
+# put), with the stream positions that are safe to store once they are (source -> position).
+SplitPoint = tuple[int, Mapping[str, str | None]]

@@ -10,6 +10,7 @@ whole group instead of making the stream wait. Nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from eventqueue.core.config import Config
 from eventqueue.core.errors import StoreBusyError
 from eventqueue.core.models import Batch, Priority
-from eventqueue.core.records import NewEvent, PutCommit, accepted
+from eventqueue.core.records import NewEvent, PutCommit, SplitPoint, accepted
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.metrics import Metrics
@@ -58,7 +59,6 @@ class Admission:
         # spilled must not be passed by a later one's position (a crash would skip it). The
         # position then simply commits with a later group.
         self._tickets = 0
-        self._commits = 0  # group commits so far (every RECOUNT_EVERY-th counts the room)
         self._spilling: set[int] = set()
         self.writer = GroupCommitWriter(
             self._commit,
@@ -122,35 +122,38 @@ class Admission:
             future.add_done_callback(lambda _f: self._spilling.discard(entry.ticket))
         return await future
 
-    async def _commit(
-        self, rows: Sequence[NewEvent], positions: dict[str, str | None]
-    ) -> list[Outcome]:
+    async def _commit(self, rows: Sequence[NewEvent], points: list[SplitPoint]) -> list[Outcome]:
         """The writer's commit: admit what fits, spill the rest durably first, then commit."""
         async with self._room.lock:
             admitted, spilled = self.split(rows)
             if spilled:
                 # Durable before the transaction that records the stream position past them.
                 await self._overflow.append([rows[i] for i in spilled])
-            results = await self._commit_admitted([rows[i] for i in admitted], positions)
+            # The points counted in admitted rows: a put's spilled rows are already durable.
+            chosen_points = [(bisect.bisect_left(admitted, end), at) for end, at in points]
+            results = await self._commit_admitted([rows[i] for i in admitted], chosen_points)
         outcome: list[Outcome] = [SPILLED] * len(rows)
         for index, result in zip(admitted, results, strict=True):
             outcome[index] = result
         return outcome
 
     async def _commit_admitted(
-        self, chosen: list[NewEvent], positions: dict[str, str | None]
+        self, chosen: list[NewEvent], points: list[SplitPoint]
     ) -> list[Outcome]:
-        """Commit `chosen` with `positions`: in one transaction, or in several when the store
-        ends one early to let a CRITICAL put have the connection (the positions commit with
-        the last, so none passes an event not yet stored). Called under the room lock."""
+        """Commit `chosen`: in one transaction, or in several when the store ends one early, at
+        the end of a put, to let a CRITICAL put have the connection. Each stores the stream
+        positions of the puts it completes, so none passes an event not yet stored, and a
+        crash in between resumes the stream right after the last whole put stored. Called
+        under the room lock."""
         results: list[Outcome] = []
+        positions = points[-1][1] if points else {}
         while True:
-            rest = chosen[len(results) :]
+            done = len(results)
+            rest = chosen[done:]
             now = self._clock()
             critical = any(row.priority == _CRITICAL for row in rest)
             sink = None if self._metrics is None else self._metrics.sink
             started = time.perf_counter() if sink is not None else 0.0
-            self._commits += 1
             try:
                 commit = await self._store.put(
                     rest,
@@ -159,16 +162,14 @@ class Admission:
                     source_positions=positions,
                     fail_fast=True,
                     lease=self._handoff.lease(now) if critical else None,
-                    count_scheduled=self._room.worth_counting(self._commits),
-                    # Only with dedup: a crash between the parts makes the stream send the first
-                    # part again (its position was not stored yet), and dedup absorbs it.
-                    split=self._ttl_s is not None,
+                    count_scheduled=self._room.worth_counting(len(rest), now),
+                    split=[(end - done, at) for end, at in points if end > done],
                 )
             except StoreBusyError:
                 # Another connection holds the write lock: spill instead of making the stream wait.
                 await self._overflow.append(rest)
                 return results + [SPILLED] * len(rest)
-            self._room.committed(commit.scheduled, accepted(commit.outcome))
+            self._room.committed(commit.scheduled, accepted(commit.outcome), now)
             if sink is not None:
                 sink.commit(time.perf_counter() - started, len(commit.outcome))
             self._committed(commit)
@@ -177,7 +178,7 @@ class Admission:
                 return results
 
     async def _commit_urgent(
-        self, rows: Sequence[NewEvent], _positions: dict[str, str | None]
+        self, rows: Sequence[NewEvent], _points: list[SplitPoint]
     ) -> list[Outcome]:
         """The urgent lane's commit: CRITICAL rows only, always admitted, handed over at once."""
         now = self._clock()
@@ -195,7 +196,7 @@ class Admission:
             return [SPILLED] * len(rows)
         # Not under the room lock: a concurrent group commit may overwrite the estimate with its
         # own count; the next count corrects it.
-        self._room.committed(None, accepted(commit.outcome))
+        self._room.committed(None, accepted(commit.outcome), now)
         self._committed(commit)
         return list(commit.outcome)
 

@@ -19,8 +19,8 @@ from eventqueue.core.records import Wakeup
 # Never sleep longer than this without looking again, whatever the clock says: a wall-clock
 # jump must not leave a consumer asleep for hours.
 MAX_IDLE_S = 1.0
-# A put counts pending + claimed at least this often (in commits) while room is plentiful.
-RECOUNT_EVERY = 32
+# A put counts pending + claimed at least this often (seconds) while room is plentiful.
+RECOUNT_AFTER_S = 0.1
 
 
 class Changes:
@@ -52,6 +52,7 @@ class Room:
     def __init__(self, capacity: int, scheduled: int = 0) -> None:
         self.capacity = capacity
         self.scheduled = scheduled
+        self.counted_at = float("-inf")  # when `scheduled` was last counted (wall clock)
         # Held while the room is counted and filled (a put group or a promotion chunk).
         self.lock = asyncio.Lock()
 
@@ -64,16 +65,22 @@ class Room:
         """`events` left the scheduling set (done or dead) in this process."""
         self.scheduled = max(0, self.scheduled - events)
 
-    def committed(self, scheduled: int | None, accepted: int) -> None:
-        """After a put: the set's size as it counted it, or (not counted) the estimate plus the
-        `accepted` events it added."""
-        self.scheduled = self.scheduled + accepted if scheduled is None else scheduled
+    def committed(self, scheduled: int | None, accepted: int, now: float) -> None:
+        """After a put at `now`: the set's size as it counted it, or (not counted) the estimate
+        plus the `accepted` events it added."""
+        if scheduled is None:
+            self.scheduled += accepted
+        else:
+            self.scheduled = scheduled
+            self.counted_at = now
 
-    def worth_counting(self, commits: int) -> bool:
-        """Whether a put should count the set exactly (a walk over it): when the estimate says
-        the room may run short, and every RECOUNT_EVERY commits anyway, for the events other
-        processes added or finished (which this process's estimate does not see)."""
-        return self.free <= self.capacity // 2 or commits % RECOUNT_EVERY == 0
+    def worth_counting(self, rows: int, now: float) -> bool:
+        """Whether a put of `rows` at `now` should count the set exactly (a walk over it): when
+        the estimate says the room may run short after it, and at least every RECOUNT_AFTER_S
+        anyway, for what other processes added or finished (this estimate does not see it)."""
+        if self.free - rows <= self.capacity // 2:
+            return True
+        return not 0.0 <= now - self.counted_at < RECOUNT_AFTER_S  # or the clock stepped back
 
 
 def idle_delay(wake: Wakeup, config: Config, now: float) -> float:

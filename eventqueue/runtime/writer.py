@@ -10,16 +10,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from eventqueue.core.models import PutStatus
-from eventqueue.core.records import NewEvent
+from eventqueue.core.records import NewEvent, SplitPoint
 
 log = logging.getLogger("eventqueue.writer")
 # Loop turns the writer waits after a commit with `yield_after_commit` (the claimer, woken by
 # the commit, needs a few to reach the connection first).
 _YIELDS_AFTER_COMMIT = 4
 
-# Commits rows; returns (status, id) per row in order. Raises on a fault.
+# Commits rows; returns (status, id) per row in order. Raises on a fault. The points say where
+# each put of the group ends and the stream positions safe to store from there on; the last
+# point's positions go with the whole group.
 CommitFn = Callable[
-    [Sequence[NewEvent], dict[str, str | None]], Awaitable[list[tuple[PutStatus, int | None]]]
+    [Sequence[NewEvent], list[SplitPoint]], Awaitable[list[tuple[PutStatus, int | None]]]
 ]
 
 
@@ -159,12 +161,16 @@ class GroupCommitWriter:
                 self._settled.set()
 
     async def _commit_entries(self, group: list[IntakeEntry]) -> None:
-        rows = [row for entry in group for row in entry.rows]
-        positions = {
-            e.source: e.position for e in group if e.source is not None and self._may_record(e)
-        }
+        rows: list[NewEvent] = []
+        points: list[SplitPoint] = []
+        reached: dict[str, str | None] = {}
+        for entry in group:
+            rows += entry.rows
+            if entry.source is not None and self._may_record(entry):
+                reached = {**reached, entry.source: entry.position}
+            points.append((len(rows), reached))
         try:
-            results = await self._commit(rows, positions)
+            results = await self._commit(rows, points)
         except Exception as exc:  # every waiting put gets the fault; the writer keeps going
             log.warning("group commit of %d events failed: %s", len(rows), exc)
             for entry in group:

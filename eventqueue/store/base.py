@@ -21,6 +21,7 @@ from eventqueue.core.records import (
     PeekBatch,
     PutCommit,
     RequeueResult,
+    SplitPoint,
     StoreStats,
     Wakeup,
 )
@@ -74,7 +75,7 @@ class Store(Protocol):
         fail_fast: bool = False,
         lease: Lease | None = None,
         count_scheduled: bool = True,
-        split: bool = False,
+        split: Sequence[SplitPoint] | None = None,
     ) -> PutCommit:
         """Insert events; duplicates within the TTL are counted on their original, not inserted.
 
@@ -85,10 +86,11 @@ class Store(Protocol):
         hand-off to a waiting consumer, with no claim transaction in between.
         `count_scheduled`: count pending + claimed into `PutCommit.scheduled` (a walk over that
         set); without it `scheduled` is None and the caller keeps its own estimate.
-        `split`: the store may commit only a prefix of `rows` (never empty) when urgent work
-        waits for the connection this put holds; `outcome` then covers that prefix, no
-        positions are saved and `scheduled` is None. The caller puts the rest, with the
-        positions. (A backend whose writers do not share a connection stores every row.)
+        `split`: (rows, positions) points where whole puts of this group end: the store may
+        commit only the rows up to one of them when urgent work waits for the connection this
+        put holds, storing that point's positions instead of `source_positions`; `outcome`
+        then covers that prefix and `scheduled` is None, and the caller puts the rest. (A
+        backend whose writers do not share a connection stores every row.)
         """
         ...
 

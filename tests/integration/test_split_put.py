@@ -1,14 +1,18 @@
-"""A large group commit ends early, between its INSERT statements, when a CRITICAL put waits
-for the connection; the rest follows in the next transaction with the stream positions."""
+"""A large group commit ends early, at the end of a put about every 64 rows, when a CRITICAL
+put waits for the connection; the rest follows in the next transaction. Each part stores the
+stream positions of the puts it completes, so a crash in between loses and repeats nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
 from conftest import START, OpenQueue, event
 
-from eventqueue.core.models import PutStatus
+from eventqueue.core.models import Priority, PutStatus
+from eventqueue.store.sqlite.bodies import stop_cuts
 
 
 def waiting_always(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -23,7 +27,15 @@ def waiting_always(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return asked
 
 
-async def test_a_split_put_commits_its_first_statement_and_no_positions(
+def test_cuts_fall_at_whole_puts_about_64_rows_apart() -> None:
+    assert stop_cuts(range(1, 201), 200) == [64, 128, 192]  # single puts
+    assert stop_cuts(range(100, 1001, 100), 1000) == list(range(100, 1000, 100))
+    assert stop_cuts([1000], 1000) == []  # one put is never cut
+    assert stop_cuts([30, 1000], 1000) == [30]
+    assert stop_cuts([64], 200) == [64]
+
+
+async def test_a_split_put_stores_its_first_part_with_that_parts_position(
     open_queue: OpenQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     q = await open_queue()
@@ -31,13 +43,17 @@ async def test_a_split_put_commits_its_first_statement_and_no_positions(
     waiting_always(q.store, monkeypatch)
 
     commit = await q.store.put(
-        rows, now=START, dedup_ttl_s=300.0, source_positions={"sse": "200"}, split=True
+        rows,
+        now=START,
+        dedup_ttl_s=300.0,
+        source_positions={"sse": "200"},
+        split=[(64, {"sse": "64"}), (200, {"sse": "200"})],
     )
 
     assert [status for status, _ in commit.outcome] == [PutStatus.ACCEPTED] * 64
     assert commit.scheduled is None
     assert await q.store.scheduled_count() == 64
-    assert await q.store.source_position("sse") is None  # only with the last part
+    assert await q.store.source_position("sse") == "64"  # not past what is stored
 
 
 async def test_a_put_that_is_not_split_ignores_waiting_critical_puts(
@@ -53,37 +69,67 @@ async def test_a_put_that_is_not_split_ignores_waiting_critical_puts(
     assert await q.store.source_position("sse") == "9"
 
 
-async def test_the_writer_commits_the_rest_of_a_split_group_with_its_position(
+@pytest.mark.parametrize("dedup", [True, False])
+async def test_the_writer_commits_a_split_group_in_parts_with_exact_positions(
+    open_queue: OpenQueue, monkeypatch: pytest.MonkeyPatch, dedup: bool
+) -> None:
+    q = await open_queue(commit_max_events=1000, enable_dedup=dedup)
+    stored: list[str | None] = []
+    real_put = q.store.put
+
+    async def put(*args: Any, **kwargs: Any) -> Any:
+        commit = await real_put(*args, **kwargs)
+        stored.append(await q.store.source_position("sse"))  # after each part
+        return commit
+
+    monkeypatch.setattr(q.store, "put", put)
+    asked = waiting_always(q.store, monkeypatch)
+
+    results = await asyncio.gather(
+        *(q.put(event(aggregate_id=f"a{i}"), source="sse", position=str(i)) for i in range(300))
+    )
+
+    assert len(asked) >= 4  # 300 one-event puts in parts of 64: it really was split
+    assert [r.status for r in results] == [PutStatus.ACCEPTED] * 300
+    ids = [r.id for r in results]
+    assert ids == sorted(set(ids))  # put order across the parts
+    # Each part stored the position of the last put it completed, ending with the last one.
+    assert stored[:4] == ["63", "127", "191", "255"] and stored[-1] == "299"
+
+
+async def test_a_critical_put_commits_between_the_parts_of_a_large_group(
     open_queue: OpenQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     q = await open_queue(commit_max_events=1000)
-    events = [event(aggregate_id=f"a{i}") for i in range(300)] + [event(aggregate_id="a7")]
-    asked = waiting_always(q.store, monkeypatch)
+    connection = q.store._conn
+    real = connection.urgent_waiting
+    at_first_check, go_on = threading.Event(), threading.Event()
 
-    results = await q.put_many(events, source="sse", position="301")
+    def urgent_waiting() -> bool:  # on the connection thread, between two parts
+        if not at_first_check.is_set():
+            at_first_check.set()
+            go_on.wait(10)  # handshake: the test queues a real CRITICAL put meanwhile
+        return real()
 
-    assert len(asked) >= 4  # 300 rows in parts of 64: it really was split
-    statuses = [r.status for r in results]
-    assert statuses == [PutStatus.ACCEPTED] * 300 + [PutStatus.DUPLICATE]
-    ids = [r.id for r in results[:300]]
-    assert ids == sorted(set(ids))  # put order across the parts
-    assert results[300].id == results[7].id  # a repeat of an event of an earlier part
-    assert await q.store.source_position("sse") == "301"
-    assert await q.store.scheduled_count() == 300
+    queued = asyncio.Event()
+    real_acquire = connection._lock.acquire
 
+    async def acquire(*, urgent: bool = False) -> None:
+        if urgent:
+            queued.set()  # it joins the urgent waiters before its first await
+        await real_acquire(urgent=urgent)
 
-async def test_without_dedup_a_group_is_never_split(
-    open_queue: OpenQueue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A crash between two parts would have the stream send the first part again; only dedup
-    # makes that harmless, so without it the group commits whole.
-    q = await open_queue(commit_max_events=1000, enable_dedup=False)
-    asked = waiting_always(q.store, monkeypatch)
+    monkeypatch.setattr(connection, "urgent_waiting", urgent_waiting)
+    monkeypatch.setattr(connection._lock, "acquire", acquire)
+    group = asyncio.gather(*(q.put(event(aggregate_id=f"a{i}")) for i in range(300)))
+    assert await asyncio.to_thread(at_first_check.wait, 10)
+    critical = asyncio.ensure_future(q.put(event("payment_failed"), priority=Priority.CRITICAL))
+    await asyncio.wait_for(queued.wait(), 10)
+    assert real()  # the CRITICAL put now waits for the connection
+    go_on.set()
 
-    results = await q.put_many(
-        [event(aggregate_id=f"a{i}") for i in range(300)], source="s", position="300"
-    )
+    results, urgent = await group, await critical
 
-    assert not asked
+    ids = [r.id for r in results]
+    assert ids[63] < urgent.id < ids[64]  # stored after the first 64, before the rest
     assert [r.status for r in results] == [PutStatus.ACCEPTED] * 300
-    assert await q.store.source_position("s") == "300"

@@ -20,7 +20,7 @@ from typing import Any
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SpillError, StorageError, StoreBusyError
 from eventqueue.core.models import Priority, PutStatus
-from eventqueue.core.records import NewEvent, PutCommit, accepted
+from eventqueue.core.records import NewEvent, PutCommit, SplitPoint, accepted
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow.folders import (
@@ -185,7 +185,7 @@ class Overflow:
         self.wake()
 
     async def spill_commit(
-        self, rows: Sequence[NewEvent], _positions: dict[str, str | None]
+        self, rows: Sequence[NewEvent], _points: list[SplitPoint]
     ) -> list[Outcome]:
         """A commit function for a spill-only writer (puts that found the intake full)."""
         await self.append(rows)
@@ -237,7 +237,7 @@ class Overflow:
             if not records:
                 return 0
             commit = await self._promote(held, records, reached)
-            self._room.committed(commit.scheduled, accepted(commit.outcome))
+            self._room.committed(commit.scheduled, accepted(commit.outcome), self._clock())
         crash_point("mid_promotion")
         for priority, position in reached.items():
             held.positions[priority] = position

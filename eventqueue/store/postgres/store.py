@@ -21,6 +21,7 @@ from eventqueue.core.records import (
     PeekBatch,
     PutCommit,
     RequeueResult,
+    SplitPoint,
     StoreStats,
     Wakeup,
     assemble_batches,
@@ -127,7 +128,8 @@ class PostgresStore:
         fail_fast: bool = False,
         lease: Lease | None = None,
         count_scheduled: bool = True,
-        split: bool = False,  # one pool of connections: a CRITICAL put never waits for this one
+        # One pool of connections: a CRITICAL put never waits for this one, so never split.
+        split: Sequence[SplitPoint] | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 

@@ -64,9 +64,10 @@ def insert_rows(
     now: float,
     dedup_ttl_s: float | None,
     stop: Callable[[], bool] | None = None,
+    cuts: Sequence[int] = (),
 ) -> list[tuple[PutStatus, int]]:
-    """Insert `rows`; (status, id) per row. `stop`, asked between statements: when True, the
-    rest is left out and the outcome covers only the rows stored (a prefix, never empty)."""
+    """Insert `rows`; (status, id) per row. `stop` is asked at each of `cuts` (row counts,
+    ascending): when True, the rest is left out and the outcome covers only the rows stored."""
     dedup = dedup_ttl_s is not None
     if dedup_ttl_s is not None:
         hashes = json.dumps(sorted({r.content_hash for r in rows}))
@@ -76,14 +77,15 @@ def insert_rows(
         )
     returned: list[Any] = []
     offset = 0
-    for size in statement_sizes(len(rows)):
+    for cut in [*cuts, len(rows)]:
         if offset and stop is not None and stop():
             rows = rows[:offset]
             break
-        chunk = rows[offset : offset + size]
-        offset += size
-        params = [value for row in chunk for value in _values(row, dedup)]
-        returned += db.rows(put_statement(size, dedup).sql, params)
+        for size in statement_sizes(cut - offset):
+            chunk = rows[offset : offset + size]
+            offset += size
+            params = [value for row in chunk for value in _values(row, dedup)]
+            returned += db.rows(put_statement(size, dedup).sql, params)
     if not dedup:
         # One writer, AUTOINCREMENT: the ids of these INSERTs ascend in the order of their rows.
         return [(PutStatus.ACCEPTED, row_id) for row_id in sorted(r[0] for r in returned)]
@@ -107,6 +109,22 @@ def statement_sizes(rows: int) -> list[int]:
     rest = rows % MAX_ROWS_PER_INSERT
     sizes += [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
     return sizes
+
+
+def stop_cuts(ends: Sequence[int], total: int) -> list[int]:
+    """Where a split put may stop, from the row counts at which its puts end (`ends`,
+    ascending): at whole puts only, about MAX_ROWS_PER_INSERT rows apart (a single put of more
+    rows is never cut). Never 0 or `total` (nothing to ask there)."""
+    cuts: list[int] = []
+    last = candidate = 0
+    for end in ends:
+        if end - last > MAX_ROWS_PER_INSERT and candidate > last:
+            cuts.append(candidate)
+            last = candidate
+        candidate = end
+    if total - last > MAX_ROWS_PER_INSERT and last < candidate < total:
+        cuts.append(candidate)
+    return cuts
 
 
 @functools.cache

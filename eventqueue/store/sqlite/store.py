@@ -22,6 +22,7 @@ from eventqueue.core.records import (
     PeekBatch,
     PutCommit,
     RequeueResult,
+    SplitPoint,
     StoreStats,
     Wakeup,
     brief,
@@ -43,6 +44,7 @@ from eventqueue.store.sqlite.bodies import (
     insert_rows,
     lease_critical,
     ready_params,
+    stop_cuts,
     to_event,
 )
 from eventqueue.store.sqlite.connection import Connection, Tx
@@ -125,7 +127,7 @@ class SQLiteStore:
         fail_fast: bool = False,
         lease: Lease | None = None,
         count_scheduled: bool = True,
-        split: bool = False,
+        split: Sequence[SplitPoint] | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
@@ -136,19 +138,24 @@ class SQLiteStore:
         `lease`: lease the CRITICAL events accepted here in the same transaction (hand-off).
         """
 
-        # Between its INSERTs, a split put ends early when a CRITICAL put waits for the
-        # connection: the CRITICAL event waits for one statement, not for a whole large group.
+        # Between whole puts about 64 rows apart, a split group commit ends early when a
+        # CRITICAL put waits for the connection, which then waits for ~64 rows, not 1000.
         stop = self._conn.urgent_waiting if split else None
+        points = dict(split or ())  # rows -> positions safe to store with them
+        cuts = stop_cuts(sorted(points), len(rows)) if split else []
 
         def body(db: Tx) -> PutCommit:
-            outcome = insert_rows(db, rows, now, dedup_ttl_s, stop) if rows else []
-            if len(outcome) < len(rows):  # split: the caller puts the rest, with the positions
+            outcome = insert_rows(db, rows, now, dedup_ttl_s, stop, cuts) if rows else []
+            positions = source_positions
+            if len(outcome) < len(rows):  # ended early: the caller puts the rest
+                positions = points[len(outcome)]
+            if positions:
+                pairs = json.dumps([[s, p] for s, p in positions.items()])
+                db.run(Q.positions.sql, Q.positions.bind(b_positions=pairs, b_now=now))
+            if len(outcome) < len(rows):
                 stored = rows[: len(outcome)]
                 claimed = lease_critical(db, stored, outcome, lease) if lease else []
                 return PutCommit(outcome, None, claimed)
-            if source_positions:
-                pairs = json.dumps([[s, p] for s, p in source_positions.items()])
-                db.run(Q.positions.sql, Q.positions.bind(b_positions=pairs, b_now=now))
             if spill_positions:
                 spill_log, reached = spill_positions
                 params = [
