@@ -165,7 +165,7 @@ SETTINGS: tuple[Setting, ...] = (
         "EVENT_COMMIT_MAX_EVENTS",
         1000,
         "most events one group commit writes (a CRITICAL put does not wait for all of them: "
-        "the commit ends early, between its 64-row statements, to let it in)",
+        "the commit ends early for it, at the end of a put about every 64 events)",
         1,
         100_000,
     ),

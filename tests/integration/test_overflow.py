@@ -44,15 +44,20 @@ async def drain(q: EventQueue, expected: Iterable[int]) -> list[Delivery]:
             return handled
 
 
-async def until(condition: Callable[[], Awaitable[bool]], deadline_s: float = 30.0) -> None:
-    """Wait (bounded) for a cheap condition that is itself the thing under test."""
+async def until(
+    q: EventQueue, condition: Callable[[], Awaitable[bool]], deadline_s: float = 30.0
+) -> None:
+    """Wait (bounded) for a condition that only a change of `q` (a commit, a promotion, an
+    ack) can make true: looked at again at each change, never on a timer."""
 
-    async def poll() -> None:
-        # Polling is the point here: the condition is what the test waits for, and has no event.
-        while not await condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    async def wait() -> None:
+        while True:
+            changed = q.changed_event()  # taken before looking: no change is missed
+            if await condition():
+                return
+            await changed.wait()
 
-    await asyncio.wait_for(poll(), deadline_s)
+    await asyncio.wait_for(wait(), deadline_s)
 
 
 def assert_handled_once(handled: list[Delivery], ids: Iterable[int]) -> None:
@@ -178,13 +183,18 @@ async def test_put_spills_at_once_while_a_claim_of_the_same_process_waits_for_th
     )
     lock = sqlite3.connect(db_path, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")
+    turn_lock = q.store._conn._lock
+    holds_the_store = asyncio.Event()
+    acquire = turn_lock.acquire
+
+    async def acquire_and_tell(*, urgent: bool = False) -> None:
+        await acquire(urgent=urgent)
+        holds_the_store.set()  # handshake: the claim has the connection (and waits for BEGIN)
+
+    turn_lock.acquire = acquire_and_tell
     claim = asyncio.create_task(q.claim("consumer"))  # a consumer, as a Dispatcher runs one
     try:
-
-        async def claim_holds_the_store() -> bool:
-            return q.store._conn._lock.locked()
-
-        await until(claim_holds_the_store, 5.0)
+        await asyncio.wait_for(holds_the_store.wait(), 5.0)
         result = await asyncio.wait_for(q.put(payload(1)), 2.0)
         assert result.spilled
     finally:
@@ -240,7 +250,7 @@ async def test_reopened_queue_with_room_promotes_the_spill_without_a_consumer(
     async def promoted() -> bool:
         return q.overflow.pending() == 0
 
-    await until(promoted)
+    await until(q, promoted)
     rows = query("SELECT payload, status, attempts FROM events")
     assert sorted(json.loads(p)["attributes"]["event_id"] for p, _, _ in rows) == ids
     assert {(s, a) for _, s, a in rows} == {("pending", 0)}
@@ -285,7 +295,7 @@ async def test_promotion_and_admission_share_the_queue_size_bound(
     async def promoted() -> bool:
         return q.metrics.outcomes["promoted"] > 0 and q.overflow.pending() < 20
 
-    await until(promoted)
+    await until(q, promoted)
     high = [
         {"event_type": "workflow_event", "event_name": "build_started", "aggregate_id": i}
         for i in range(10)

@@ -16,7 +16,6 @@ from typing import Any
 import asyncpg
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -24,6 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from eventqueue.core.errors import SchemaError
 from eventqueue.core.records import SchemaState
+from eventqueue.store import revisions
 from eventqueue.store.postgres import queries as sql
 
 # The same version table as on SQLite: eventqueue's history beside a host application's.
@@ -42,18 +42,12 @@ def alembic_config() -> AlembicConfig:
 
 def head_revision() -> str:
     """The newest revision this version of eventqueue knows."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:
-        raise SchemaError("eventqueue's PostgreSQL migrations have no head revision")
-    return head
+    return revisions.head_revision(alembic_config(), "eventqueue's PostgreSQL migrations")
 
 
 def is_known_revision(revision: str) -> bool:
     """True when this version of eventqueue has the revision (False: a newer one wrote it)."""
-    try:
-        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
-    except CommandError:
-        return False
+    return revisions.is_known_revision(alembic_config(), revision)
 
 
 def state_of(current: str | None) -> SchemaState:

@@ -10,7 +10,6 @@ from urllib.parse import quote
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, inspect
 from sqlalchemy.exc import DBAPIError
@@ -18,6 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from eventqueue.core.errors import SchemaError, StorageError
 from eventqueue.core.records import SchemaState, SchemaStatus
+from eventqueue.store import revisions
 from eventqueue.store.sqlite.errors import storage_error
 from eventqueue.store.sqlite.pragmas import make_migration_engine
 
@@ -43,18 +43,12 @@ def alembic_config() -> AlembicConfig:
 
 def head_revision() -> str:
     """The newest revision this version of eventqueue knows."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:
-        raise SchemaError("eventqueue's migrations have no head revision")
-    return head
+    return revisions.head_revision(alembic_config(), "eventqueue's migrations")
 
 
 def is_known_revision(revision: str) -> bool:
     """True when this version of eventqueue has the revision (False: a newer one wrote it)."""
-    try:
-        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
-    except CommandError:
-        return False
+    return revisions.is_known_revision(alembic_config(), revision)
 
 
 def schema_state(engine: Engine) -> tuple[str | None, bool]:

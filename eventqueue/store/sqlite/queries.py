@@ -522,24 +522,27 @@ def _claim_selection() -> Select[Any]:
 
 
 def claim_ready() -> Update:
-    """Lease the events of `_claim_selection` in one statement, returning them.
-
-    Each batch's lease token and id are `b_token` and `b_batch_id` followed by ":" and its
-    key, so every batch is fenced on its own.
-    """
+    """Lease the events of `_claim_selection` in one statement, returning them (fenced per
+    batch, see `_leased`)."""
     return (
         update(events)
         .where(events.c.id.in_(_claim_selection()))
-        .values(
-            status="claimed",
-            lease_owner=bindparam("b_owner"),
-            lease_token=bindparam("b_token") + literal(":") + events.c.batch_key,
-            lease_expires_at=bindparam("b_expires"),
-            batch_id=bindparam("b_batch_id") + literal(":") + events.c.batch_key,
-            attempts=events.c.attempts + 1,
-        )
+        .values(**_leased())
         .returning(*EVENT_COLUMNS)
     )
+
+
+def _leased() -> dict[str, Any]:
+    # What a lease sets, for a claim and for a hand-off alike: each batch's token and id are
+    # `b_token` and `b_batch_id` followed by ":" and its key, so every batch is fenced on its own.
+    return {
+        "status": "claimed",
+        "lease_owner": bindparam("b_owner"),
+        "lease_token": bindparam("b_token") + literal(":") + events.c.batch_key,
+        "lease_expires_at": bindparam("b_expires"),
+        "batch_id": bindparam("b_batch_id") + literal(":") + events.c.batch_key,
+        "attempts": events.c.attempts + 1,
+    }
 
 
 def lease_ids() -> Update:
@@ -550,14 +553,7 @@ def lease_ids() -> Update:
     return (
         update(events)
         .where(_ids_in("b_ids"), _status_is("pending"))
-        .values(
-            status="claimed",
-            lease_owner=bindparam("b_owner"),
-            lease_token=bindparam("b_token") + literal(":") + events.c.batch_key,
-            lease_expires_at=bindparam("b_expires"),
-            batch_id=bindparam("b_batch_id") + literal(":") + events.c.batch_key,
-            attempts=events.c.attempts + 1,
-        )
+        .values(**_leased())
         .returning(*EVENT_COLUMNS)
     )
 
