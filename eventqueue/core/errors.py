@@ -35,6 +35,20 @@ class SpillError(EventQueueError):
     """The overflow spill log could not be written durably."""
 
 
+class SourceRejectedError(EventQueueError):
+    """A stream source's server refused it with a 4xx (other than 408/429): a configuration
+    error that retrying cannot fix, so the source stops. Carries `status` and `url`."""
+
+    def __init__(self, url: str, status: int, reason: str = "") -> None:
+        answer = f"HTTP {status} {reason}".rstrip()
+        super().__init__(
+            f"{url}: the server refused the stream ({answer}); a client error is not retried: "
+            "check the URL and any credentials or headers the server needs"
+        )
+        self.url = url
+        self.status = status
+
+
 class PartialFailure(EventQueueError):
     """Raised by a batch handler: these events failed (id -> error); the rest succeeded."""
 

@@ -4,7 +4,10 @@ Every source has a `name`, a `position` (where the last yielded event came from)
 `resume_from(position)`. The dispatcher stores `position` in the same transaction as the events
 and, after a restart, calls `resume_from` before iterating, so nothing is read twice or lost.
 Malformed input is never dropped silently: it is logged, counted in `errors`, and either skipped
-(`on_error="skip"`) or raised as `InvalidEventError` (`on_error="stop"`).
+(`on_error="skip"`) or raised as `InvalidEventError` (`on_error="stop"`). SSE messages of a type
+the source does not read are counted by type in `skipped`, with a warning for the first of each.
+A server that refuses the stream with a 4xx (other than 408/429) stops the source with
+`SourceRejectedError`; 5xx answers and network errors are retried with back-off.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import logging
 import os
 import random
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from types import TracebackType
 from typing import IO, Any, Protocol, Self
@@ -23,11 +27,24 @@ from typing import IO, Any, Protocol, Self
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from eventqueue.core.errors import ConfigError, EventQueueError, InvalidEventError
+from eventqueue.core.errors import (
+    ConfigError,
+    EventQueueError,
+    InvalidEventError,
+    SourceRejectedError,
+)
 
 logger = logging.getLogger("eventqueue.sources")
 
 ON_ERROR_CHOICES = ("skip", "stop")
+# What an SSE source reads unless told otherwise: the typed messages of the original stream, and
+# untyped ones (type "message" per the SSE spec), which most SSE servers send by default.
+DEFAULT_EVENT_TYPES = ("event_created", "message")
+# Client errors that are worth retrying: a request timeout and "too many requests".
+_RETRIED_4XX = frozenset({408, 429})
+# Distinct skipped types counted by name; a stream inventing more is counted under one key.
+_MAX_SKIPPED_TYPES = 100
+_OTHER_TYPES = "(other types)"
 _JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
@@ -142,12 +159,16 @@ def _reject_constant(name: str) -> Any:
 
 
 class SSESource(_BaseSource):
-    """Events of one type from an SSE stream; reconnects with back-off and `Last-Event-ID`."""
+    """Events of the chosen types from an SSE stream; reconnects with back-off and `Last-Event-ID`.
+
+    `event_types` are the message types read (a string for one; default `DEFAULT_EVENT_TYPES`:
+    `event_created` and untyped messages). Messages of other types are counted in `skipped`.
+    """
 
     def __init__(
         self,
         url: str,
-        event: str = "event_created",
+        event_types: Iterable[str] | str | None = None,
         *,
         last_event_id: str | None = None,
         reconnect_initial_s: float = 0.1,
@@ -159,7 +180,8 @@ class SSESource(_BaseSource):
     ) -> None:
         super().__init__(f"sse:{url}", on_error, last_event_id)
         self.url = url
-        self.event = event
+        self.event_types = _event_types(event_types)
+        self.skipped: Counter[str] = Counter()  # messages not of `event_types`, by type
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self.timeout_s = timeout_s
@@ -198,7 +220,10 @@ class SSESource(_BaseSource):
                         if item is not None:
                             yield item
                 cause: Exception | None = None
-            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            except httpx.HTTPStatusError as exc:
+                _raise_if_rejected(self.url, exc)
+                cause = exc
+            except httpx.TransportError as exc:
                 cause = exc
             failures += 1
             await self._before_reconnect(failures, cause)
@@ -220,18 +245,37 @@ class SSESource(_BaseSource):
                 yield message
 
     def _accept(self, message: ServerSentEvent) -> dict[str, Any] | None:
-        """The event in `message` if it is of our type; records id and retry of every message."""
+        """The event in `message` if it is of our types; records id and retry of every message."""
         if message.retry is not None:
             self.retry_s = message.retry / 1000
         if message.id:
             self._last_seen_id = message.id
         # Per the SSE spec a message with no data is not dispatched (httpx-sse yields it anyway).
-        if message.event != self.event or not message.data:
+        if not message.data:
+            return None
+        if message.event not in self.event_types:
+            self._skip(message)
             return None
         item = self._decode(f"id {message.id or '?'}", message.data)
         if item is not None and message.id:
             self.position = message.id
         return item
+
+    def _skip(self, message: ServerSentEvent) -> None:
+        """Count a message of another type; warn at the first of each type (never silent)."""
+        kind = message.event
+        if kind not in self.skipped and len(self.skipped) >= _MAX_SKIPPED_TYPES:
+            kind = _OTHER_TYPES
+        self.skipped[kind] += 1
+        if self.skipped[kind] == 1:
+            logger.warning(
+                "%s: skipping messages of type %r (first at id %s): this source reads %s; "
+                "choose the types with event_types= (eventqueue listen --event TYPE)",
+                self.name,
+                kind,
+                message.id or "?",
+                ", ".join(sorted(self.event_types)),
+            )
 
     async def _before_reconnect(self, failures: int, cause: Exception | None) -> None:
         """Sleep the back-off delay, or raise EventQueueError once `max_reconnects` is spent."""
@@ -254,6 +298,26 @@ class SSESource(_BaseSource):
         return delay_s * random.uniform(0.5, 1.0)
 
 
+def _event_types(event_types: Iterable[str] | str | None) -> frozenset[str]:
+    """The message types to read, checked: at least one, each a non-empty string."""
+    if event_types is None:
+        return frozenset(DEFAULT_EVENT_TYPES)
+    types = [event_types] if isinstance(event_types, str) else list(event_types)
+    if not types:
+        raise ConfigError("event_types is empty: the source would read nothing; name a type")
+    for kind in types:
+        if not isinstance(kind, str) or not kind:
+            raise ConfigError(f"event_types: {kind!r} is not a message type (a non-empty string)")
+    return frozenset(types)
+
+
+def _raise_if_rejected(url: str, error: httpx.HTTPStatusError) -> None:
+    """Raise SourceRejectedError for a 4xx that retrying cannot fix (not 408 or 429)."""
+    response = error.response
+    if 400 <= response.status_code < 500 and response.status_code not in _RETRIED_4XX:
+        raise SourceRejectedError(url, response.status_code, response.reason_phrase) from error
+
+
 def _brief(error: Exception) -> str:
     """One line naming a connection failure, for logs and the give-up message."""
     if isinstance(error, httpx.HTTPStatusError):
@@ -263,7 +327,7 @@ def _brief(error: Exception) -> str:
 
 def sse_source(
     url: str,
-    event: str = "event_created",
+    event_types: Iterable[str] | str | None = None,
     *,
     last_event_id: str | None = None,
     reconnect_initial_s: float = 0.1,
@@ -273,10 +337,10 @@ def sse_source(
     max_reconnects: int | None = None,
     on_error: str = "skip",
 ) -> SSESource:
-    """A source of the `event`-typed messages at `url`, JSON-decoded; see SSESource."""
+    """A source of the messages of `event_types` at `url`, JSON-decoded; see SSESource."""
     return SSESource(
         url,
-        event,
+        event_types,
         last_event_id=last_event_id,
         reconnect_initial_s=reconnect_initial_s,
         reconnect_max_s=reconnect_max_s,

@@ -456,6 +456,14 @@ def top(db_path: str, interval: float, iterations: int | None) -> None:
     help="A bad line or message: report and skip it, or report it and stop.",
 )
 @click.option(
+    "--event",
+    "event_types",
+    multiple=True,
+    metavar="TYPE",
+    help="Read SSE messages of this type (repeatable; replaces the default: event_created and "
+    "untyped messages). Others are skipped, counted and warned about.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     metavar="PORT",
@@ -482,6 +490,7 @@ def listen(
     handler_timeout: float | None,
     shutdown_grace: float,
     on_error: str,
+    event_types: tuple[str, ...],
     metrics_port: int | None,
     metrics_host: str,
     tracing: bool,
@@ -507,5 +516,6 @@ def listen(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         tracing=tracing,
+        event_types=event_types,
     )
     asyncio.run(run_listen(options))

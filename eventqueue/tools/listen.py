@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,12 +42,13 @@ class ListenOptions:
     metrics_port: int | None = None  # serve Prometheus /metrics (needs eventqueue[prometheus])
     metrics_host: str = "127.0.0.1"
     tracing: bool = False  # OpenTelemetry spans via the global provider (eventqueue[otel])
+    event_types: tuple[str, ...] = ()  # SSE message types to read; () = the source's default
 
 
 async def listen(options: ListenOptions) -> None:
     """Run the handlers on the source until it ends or a signal, then print a summary."""
     handlers = load_handlers(options.handlers)
-    source = open_source(options.source, options.on_error)
+    source = open_source(options.source, options.on_error, options.event_types)
     _log_to_stderr()
     started = time.monotonic()
     async with EventQueue.open(options.db_path) as queue:
@@ -121,10 +123,14 @@ def _describe(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
-def open_source(spec: str, on_error: str) -> SSESource | JSONLSource:
+def open_source(
+    spec: str, on_error: str, event_types: tuple[str, ...] = ()
+) -> SSESource | JSONLSource:
     """SSE for an http(s) URL; JSON lines for `-` (stdin) or an existing file."""
     if spec.lower().startswith(("http://", "https://")):
-        return sse_source(spec, on_error=on_error)
+        return sse_source(spec, event_types or None, on_error=on_error)
+    if event_types:
+        raise ConfigError(f"--event applies to an SSE URL; {spec!r} is read as JSON lines")
     if spec != "-" and not os.path.isfile(spec):
         raise ConfigError(
             f"source {spec!r} is not an http(s) URL, an existing file, or - for stdin"
@@ -138,16 +144,27 @@ def summary(
     """A few lines for people: what came in, what happened to it, how fast handlers started."""
     o = metrics.outcomes
     avg = f"{metrics.batched_events / metrics.batches:.1f}" if metrics.batches else "-"
+    skipped = source.skipped if isinstance(source, SSESource) else Counter[str]()
     lines = [
         f"listen {source.name}: ran {elapsed_s:.1f} s; stored position {position or 'none'}",
         f"  in: read {o['read']}, accepted {o['accepted']}, duplicates {o['duplicate']}, "
-        f"spilled {o['spilled']}, bad input {source.errors}, rejected {o['invalid']}",
+        f"spilled {o['spilled']}, bad input {source.errors}, rejected {o['invalid']}, "
+        f"skipped {skipped.total()}",
+        *_skipped(skipped),
         f"  out: handled {o['handled']}, retried {o['retried']}, dead {o['dead']}, "
         f"released {o['released']}, lease lost {o['lease_lost']}",
         f"  batches: {metrics.batches}, average size {avg}",
         "  latency, receipt to handler start: " + _latencies(metrics),
     ]
     return "\n".join(lines)
+
+
+def _skipped(skipped: Counter[str]) -> list[str]:
+    """A line naming the message types skipped and how many of each, when there were any."""
+    if not skipped:
+        return []
+    counts = ", ".join(f"{kind} {n}" for kind, n in skipped.most_common())
+    return [f"  skipped by type: {counts} (read them with --event TYPE)"]
 
 
 def _latencies(metrics: Metrics) -> str:

@@ -2,7 +2,8 @@
 
 Every connection replays the stream's history from the client's `Last-Event-ID` and then follows
 live additions, so a reconnecting client resumes without gaps or repeats. Numbered items are sent
-as `id: <n>\\nevent: <type>\\ndata: <json>\\n\\n` with n = 1, 2, 3, ...; `publish()` interleaves
+as `id: <n>\\nevent: <type>\\ndata: <json>\\n\\n` with n = 1, 2, 3, ... (no `event:` line when the
+type is "": an untyped message, as most SSE servers send by default); `publish()` interleaves
 raw SSE text (comments such as `: ping`, frames without an id) for tests.
 
 The body uses chunked transfer encoding, so a simulated drop (`disconnect_after`) reaches the
@@ -17,6 +18,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterable, Iterable
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +31,6 @@ _STREAM_HEAD = (
     b"Transfer-Encoding: chunked\r\n"
     b"Connection: close\r\n\r\n"
 )
-_UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 # How many items a synchronous `events` iterable may add before the pump yields to the loop.
 _PUMP_BATCH = 256
@@ -42,7 +43,7 @@ class SSEServer:
     background task, paced by `rate_per_s` when given (pass it for an endless generator: history
     is kept in memory). `add()` and `add_data()` append numbered items live; `publish()` appends raw
     SSE text. `disconnect_after=N` drops the first served connection after N numbered items;
-    `reject_first=N` answers the first N connections with 503. With `close_at_end=True` a
+    `reject_first=N` answers the first N connections with `reject_status` (503 by default). With `close_at_end=True` a
     connection ends cleanly once it has sent everything and the feed is finished (`events`
     exhausted, or `finish()` called when `events` is None); otherwise it stays open for live items.
     """
@@ -59,6 +60,7 @@ class SSEServer:
         retry_ms: int = 50,
         close_at_end: bool = False,
         reject_first: int = 0,
+        reject_status: int = 503,
     ) -> None:
         self.event = event
         self.host = host
@@ -71,6 +73,7 @@ class SSEServer:
         self._disconnect_after = disconnect_after
         self._close_at_end = close_at_end
         self._reject_first = reject_first
+        self._rejection = _status_only(reject_status)
         self._history: list[tuple[int | None, bytes]] = []
         self._index_of_id: dict[int, int] = {}
         self._finished = False
@@ -127,10 +130,12 @@ class SSEServer:
         return self.add_data(json.dumps(event, separators=(",", ":")))
 
     def add_data(self, data: str, *, event: str | None = None) -> int:
-        """Append a numbered item with raw `data` text (e.g. invalid JSON) and an optional type."""
+        """Append a numbered item with raw `data` text (e.g. invalid JSON) and an optional type
+        (default: the server's `event`; "" sends the item untyped)."""
         event_id = len(self._index_of_id) + 1
+        kind = self.event if event is None else event
         lines = "".join(f"data: {line}\n" for line in data.split("\n"))
-        frame = f"id: {event_id}\nevent: {event or self.event}\n{lines}\n"
+        frame = f"id: {event_id}\n" + (f"event: {kind}\n" if kind else "") + f"{lines}\n"
         self._index_of_id[event_id] = len(self._history)
         self._append(event_id, frame)
         return event_id
@@ -215,7 +220,7 @@ class SSEServer:
         self.last_event_ids_seen.append(last_event_id)
         self._notify()
         if self.connections <= self._reject_first:
-            writer.write(_UNAVAILABLE)
+            writer.write(self._rejection)
             await writer.drain()
             return
         writer.write(_STREAM_HEAD)
@@ -250,6 +255,12 @@ class SSEServer:
                 return
             # No await between the length check and taking the Event, so no addition is missed.
             await self._changed.wait()
+
+
+def _status_only(status: int) -> bytes:
+    """A complete response with `status` and no body, e.g. 503 Service Unavailable."""
+    reason = HTTPStatus(status).phrase
+    return f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
 
 
 async def _write_chunk(writer: asyncio.StreamWriter, payload: bytes) -> None:

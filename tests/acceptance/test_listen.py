@@ -177,6 +177,72 @@ async def test_a_second_signal_forces_the_stop_and_releases_the_blocked_batch(
     ]
 
 
+async def test_listen_reads_an_untyped_stream_and_counts_skipped_types(
+    tmp_path: Path, listeners: Any
+) -> None:
+    db, log = tmp_path / "events.db", tmp_path / "handled.jsonl"
+    async with SSEServer(event="") as server:  # untyped messages, as sse-starlette sends
+        server.add_data(json.dumps(order(1)), event="event_deleted")
+        server.add_data(json.dumps(order(2)), event="event_deleted")
+        server.add_data(json.dumps(order(3)), event="ping")
+        for n in (4, 5):
+            server.add(order(n))
+        listener = await listeners(
+            server.url, "--handlers", "listen_handlers:HANDLERS", "--db", str(db), log=log
+        )
+        await listener.wait_for(lambda: listener.handled() >= 2)
+        listener.proc.send_signal(signal.SIGTERM)
+        assert await listener.finish() == 0, listener.err
+
+    assert sorted(json.loads(line)["aggregate_id"] for line in log.read_text().splitlines()) == [
+        4,
+        5,
+    ]
+    summary = "\n".join(listener.out)
+    assert "read 2, accepted 2" in summary
+    assert "skipped 3" in summary
+    assert "skipped by type: event_deleted 2, ping 1 (read them with --event TYPE)" in summary
+    warnings = [line for line in listener.err if "skipping messages of type" in line]
+    assert len(warnings) == 2, listener.err
+
+
+async def test_listen_event_option_chooses_the_types_read(tmp_path: Path, listeners: Any) -> None:
+    db, log = tmp_path / "events.db", tmp_path / "handled.jsonl"
+    async with SSEServer() as server:
+        server.add_data(json.dumps(order(1)), event="order_placed")
+        server.add(order(2))  # event_created: not read once --event is given
+        server.add_data(json.dumps(order(3)), event="order_paid")
+        args = ["--handlers", "listen_handlers:HANDLERS", "--db", str(db)]
+        events = ["--event", "order_placed", "--event", "order_paid"]
+        listener = await listeners(server.url, *args, *events, log=log)
+        await listener.wait_for(lambda: listener.handled() >= 2)
+        listener.proc.send_signal(signal.SIGTERM)
+        assert await listener.finish() == 0, listener.err
+
+    assert sorted(json.loads(line)["aggregate_id"] for line in log.read_text().splitlines()) == [
+        1,
+        3,
+    ]
+    assert "skipped by type: event_created 1" in "\n".join(listener.out)
+
+
+async def test_listen_stops_with_exit_2_when_the_server_answers_404(
+    tmp_path: Path, listeners: Any
+) -> None:
+    db, log = tmp_path / "events.db", tmp_path / "handled.jsonl"
+    async with SSEServer([order(1)], reject_first=1, reject_status=404) as server:
+        args = ["--handlers", "listen_handlers:HANDLERS", "--db", str(db)]
+        listener = await listeners(server.url, *args, log=log)
+        code = await listener.finish()  # by itself: a 404 is not retried
+
+        assert code == 2, listener.err
+        assert server.connections == 1
+    message = "\n".join(listener.err)
+    assert f"Error: {server.url}: the server refused the stream (HTTP 404 Not Found)" in message
+    assert "check the URL" in message
+    assert "Traceback" not in message
+
+
 # --- the command in-process ---------------------------------------------------------------------
 
 
@@ -271,6 +337,19 @@ def test_listen_refuses_bad_handlers_with_exit_2(tmp_path: Path, spec: str, mess
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "events.db").exists()  # refused before anything was opened
+
+
+def test_listen_refuses_event_types_for_a_jsonl_source(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(lines(order(1)))
+
+    db = tmp_path / "events.db"
+    result = listen(
+        str(source), "--handlers", "listen_handlers:HANDLERS", "--db", str(db), "--event", "x"
+    )
+
+    assert result.exit_code == 2
+    assert "--event applies to an SSE URL" in result.output
 
 
 def test_listen_refuses_a_source_that_is_neither_url_nor_file(tmp_path: Path) -> None:

@@ -13,7 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from eventqueue.core.errors import EventQueueError, InvalidEventError
+from eventqueue.core.errors import (
+    ConfigError,
+    EventQueueError,
+    InvalidEventError,
+    SourceRejectedError,
+)
 from eventqueue.runtime.sources import JSONLSource, Source, SSESource, jsonl_source, sse_source
 from eventqueue.tools.sse_server import SSEServer
 
@@ -97,6 +102,77 @@ async def test_sse_skips_other_event_types_and_comments(server: SSEServer) -> No
         assert await take(source, 2) == [{"n": 1}, {"n": 2}]
         assert source.position == "3"
         assert source.errors == 0
+        assert source.skipped == {"event_deleted": 1}
+
+
+async def test_sse_reads_untyped_messages_by_default() -> None:
+    # What most SSE servers send (sse-starlette's default): no `event:` field, type "message".
+    async with SSEServer(numbered(3), event="") as server, fast_sse(server.url) as source:
+        assert await take(source, 3) == numbered(3)
+        assert source.skipped == {}
+
+
+async def test_sse_counts_skipped_types_and_warns_once_per_type(
+    server: SSEServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.add_data('{"n": "a"}', event="event_deleted")
+    server.add_data('{"n": "b"}', event="ping")
+    server.add_data('{"n": "c"}', event="event_deleted")
+    server.add({"n": 1})
+    with caplog.at_level(logging.WARNING, logger="eventqueue.sources"):
+        async with fast_sse(server.url) as source:
+            assert await take(source, 1) == [{"n": 1}]
+            assert source.skipped == {"event_deleted": 2, "ping": 1}
+            assert source.position == "4"
+    warnings = [r.getMessage() for r in caplog.records if "skipping messages" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "type 'event_deleted' (first at id 1)" in warnings[0]
+    assert "reads event_created, message" in warnings[0]
+    assert "--event TYPE" in warnings[0]
+
+
+async def test_sse_event_types_replace_the_default(server: SSEServer) -> None:
+    server.add_data('{"n": 1}', event="order")
+    server.add({"n": "typed"})
+    server.add_data('{"n": "untyped"}', event="")
+    server.add_data('{"n": 2}', event="refund")
+    async with fast_sse(server.url, event_types=["order", "refund"]) as source:
+        assert await take(source, 2) == [{"n": 1}, {"n": 2}]
+        assert source.skipped == {"event_created": 1, "message": 1}
+    async with sse_source(server.url, "refund") as source:  # a string names one type
+        assert await take(source, 1) == [{"n": 2}]
+
+
+@pytest.mark.parametrize("bad", [[], [""], ["ok", 3]])
+async def test_sse_event_types_are_checked(bad: list[Any]) -> None:
+    with pytest.raises(ConfigError, match="event_types"):
+        sse_source("http://127.0.0.1:1/", event_types=bad)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410])
+async def test_sse_stops_at_a_client_error_without_retrying(status: int) -> None:
+    async with (
+        SSEServer(numbered(1), reject_first=1, reject_status=status) as server,
+        fast_sse(server.url) as source,
+    ):
+        with pytest.raises(SourceRejectedError, match=f"HTTP {status} ") as caught:
+            await take(source, 1)
+        assert server.connections == 1
+        assert source.reconnects == 0
+    assert caught.value.status == status
+    assert caught.value.url == server.url
+    assert "is not retried: check the URL" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+async def test_sse_retries_server_errors_timeouts_and_throttling(status: int) -> None:
+    async with (
+        SSEServer(numbered(2), reject_first=2, reject_status=status) as server,
+        fast_sse(server.url) as source,
+    ):
+        assert await take(source, 2) == numbered(2)
+        assert server.connections == 3
+        assert source.reconnects == 2
 
 
 async def test_sse_resumes_after_a_dropped_connection_without_gaps_or_repeats() -> None:
