@@ -36,14 +36,14 @@ class SpillError(EventQueueError):
 
 
 class SourceRejectedError(EventQueueError):
-    """A stream source's server refused it with a 4xx (other than 408/429): a configuration
-    error that retrying cannot fix, so the source stops. Carries `status` and `url`."""
+    """A stream source's server refused it (a 4xx other than 408/429) or answered with
+    something that is not a stream: a configuration error that retrying cannot fix, so the
+    source stops. Carries `status` and `url`."""
 
-    def __init__(self, url: str, status: int, reason: str = "") -> None:
-        answer = f"HTTP {status} {reason}".rstrip()
+    def __init__(self, url: str, status: int, problem: str) -> None:
         super().__init__(
-            f"{url}: the server refused the stream ({answer}); a client error is not retried: "
-            "check the URL and any credentials or headers the server needs"
+            f"{url}: {problem}; this is not retried: check the URL and any credentials or "
+            "headers the server needs"
         )
         self.url = url
         self.status = status

@@ -6,8 +6,9 @@ and, after a restart, calls `resume_from` before iterating, so nothing is read t
 Malformed input is never dropped silently: it is logged, counted in `errors`, and either skipped
 (`on_error="skip"`) or raised as `InvalidEventError` (`on_error="stop"`). SSE messages of a type
 the source does not read are counted by type in `skipped`, with a warning for the first of each.
-A server that refuses the stream with a 4xx (other than 408/429) stops the source with
-`SourceRejectedError`; 5xx answers and network errors are retried with back-off.
+A server that refuses the stream with a 4xx (other than 408/429), or answers with something that
+is not an SSE stream, stops the source with `SourceRejectedError`; 5xx answers and network
+errors are retried with back-off.
 """
 
 from __future__ import annotations
@@ -240,6 +241,7 @@ class SSESource(_BaseSource):
             self._client, "GET", self.url, headers=headers, timeout=timeout
         ) as event_source:
             event_source.response.raise_for_status()
+            _check_stream(self.url, event_source.response)
             logger.info("%s: connected (Last-Event-ID %s)", self.name, self._last_seen_id)
             async for message in event_source.aiter_sse():
                 yield message
@@ -315,7 +317,20 @@ def _raise_if_rejected(url: str, error: httpx.HTTPStatusError) -> None:
     """Raise SourceRejectedError for a 4xx that retrying cannot fix (not 408 or 429)."""
     response = error.response
     if 400 <= response.status_code < 500 and response.status_code not in _RETRIED_4XX:
-        raise SourceRejectedError(url, response.status_code, response.reason_phrase) from error
+        answer = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+        problem = f"the server refused the stream ({answer})"
+        raise SourceRejectedError(url, response.status_code, problem) from error
+
+
+def _check_stream(url: str, response: httpx.Response) -> None:
+    """Raise SourceRejectedError unless the answer is an SSE stream (a web page, JSON ...)."""
+    content_type = response.headers.get("content-type", "").partition(";")[0].strip()
+    if content_type.lower() != "text/event-stream":
+        problem = (
+            f"the server answered HTTP {response.status_code} with Content-Type "
+            f"{content_type or 'none'!r}, not an SSE stream (text/event-stream)"
+        )
+        raise SourceRejectedError(url, response.status_code, problem)
 
 
 def _brief(error: Exception) -> str:

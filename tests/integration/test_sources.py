@@ -164,6 +164,45 @@ async def test_sse_stops_at_a_client_error_without_retrying(status: int) -> None
     assert "is not retried: check the URL" in str(caught.value)
 
 
+async def test_sse_stops_when_the_answer_is_not_an_event_stream() -> None:
+    connections = 0
+
+    async def web_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+            b"Content-Length: 6\r\nConnection: close\r\n\r\n<html>"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(web_page, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    try:
+        async with fast_sse(url) as source:
+            with pytest.raises(SourceRejectedError, match="Content-Type 'text/html'") as caught:
+                await take(source, 1)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections == 1
+    assert caught.value.status == 200
+    assert "not an SSE stream (text/event-stream)" in str(caught.value)
+
+
+async def test_sse_counts_types_beyond_a_hundred_under_one_key(server: SSEServer) -> None:
+    for n in range(105):
+        server.add_data('{"n": 0}', event=f"type_{n}")
+    server.add({"n": 1})
+    async with fast_sse(server.url) as source:
+        assert await take(source, 1) == [{"n": 1}]
+    assert len(source.skipped) == 101
+    assert source.skipped["(other types)"] == 5
+    assert source.skipped.total() == 105
+
+
 @pytest.mark.parametrize("status", [408, 429, 500, 503])
 async def test_sse_retries_server_errors_timeouts_and_throttling(status: int) -> None:
     async with (
