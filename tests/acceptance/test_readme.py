@@ -128,6 +128,8 @@ async def test_readme_block_runs(block: Block, tmp_path: Path) -> None:
             if pg_url is not None:
                 text = _EXAMPLE_PG.sub(pg_url, text)
             code, out, err = await _run(block, text, first_line, tmp_path)
+    if block.mode == "interrupt" and not out:
+        pytest.fail(f"{block.where}: printed nothing before it ended\n{err[-4000:]}", pytrace=False)
     if code != 0:
         pytest.fail(
             f"{block.where}: exited {code}\n--- stdout ---\n{out[-2000:]}\n"
@@ -179,7 +181,8 @@ async def _run(block: Block, text: str, first_line: int, cwd: Path) -> tuple[int
         cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(HERE)},
+        # Unbuffered: the `interrupt` handshake is the block's first line, printed without flush.
+        env={**os.environ, "PYTHONPATH": str(HERE), "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None and proc.stderr is not None
     errors = asyncio.ensure_future(proc.stderr.read())
