@@ -480,6 +480,13 @@ class EventQueue:
         await self.store.release(batch.token, batch.ids)
         self.notify()
 
+    async def give_back(self, batch: Batch) -> None:
+        """Give back a batch that no handler received: pending at once, its attempt uncounted
+        (`release` keeps the attempt: a released batch may have been partly handled)."""
+        self._check_open()
+        await self.store.give_back(batch.token, batch.ids)
+        self.notify()
+
     # --- inspection -------------------------------------------------------------------------
 
     async def stats(self) -> QueueStats:

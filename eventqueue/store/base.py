@@ -153,6 +153,10 @@ class Store(Protocol):
     async def release(self, token: str, ids: Sequence[int]) -> None:
         """Leased events back to pending now; LeaseLostError if the token is stale."""
 
+    async def give_back(self, token: str, ids: Sequence[int]) -> None:
+        """Leased events that no handler received (a hand-off or claim nobody took) back to
+        pending now, the attempt their lease counted undone; LeaseLostError if stale."""
+
     async def next_wakeup(self, now: float) -> Wakeup:
         """When work that is not ready now may become ready."""
         ...

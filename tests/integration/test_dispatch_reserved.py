@@ -104,3 +104,26 @@ async def test_no_reserved_consumer_when_asked_for_none(tmp_path: Path) -> None:
     async with EventQueue.open(str(tmp_path / "e.db")) as q:
         assert Dispatcher(q, reserved={}).reserved == 0
         assert Dispatcher(q).reserved == 1
+
+
+async def test_a_hand_off_nobody_took_is_given_back_with_its_attempt_uncounted(
+    tmp_path: Path,
+) -> None:
+    # Issue 19.3: a give-back kept the attempt its lease counted, so an event given back at its
+    # last attempt was claimed once more and dead-lettered with attempts > EVENT_MAX_ATTEMPTS.
+    async with EventQueue.open(str(tmp_path / "e.db"), batch_window_ms=0) as q:
+        waiter = q._handoff.wait()
+        leased = q._handoff.lease
+
+        def lease_then_stop_waiting(now: float) -> Any:
+            lease = leased(now)
+            waiter.cancel()  # the reserved consumer stops waiting between lease and hand-off
+            return lease
+
+        q._handoff.lease = lease_then_stop_waiting  # type: ignore[method-assign]
+        result = await q.put(event("sync_error", 1))
+        batch = await q.next_batch("worker", timeout=WAIT_S)  # woken by the give-back
+
+        assert batch is not None and batch.ids == [result.id]
+        assert batch.events[0].attempts == 1
+        assert q.metrics.outcomes["handed_over"] == 0

@@ -335,6 +335,10 @@ ACK = Query.of(
 )
 EXTEND = Query.of("extend", _fenced("lease_expires_at = :expires::float8"))
 RELEASE = Query.of("release", _fenced(f"status = 'pending', {_LEASE_CLEARED}"))
+# A lease no handler received (a hand-off or claim nobody took): its attempt is undone.
+GIVE_BACK = Query.of(
+    "give_back", _fenced(f"status = 'pending', attempts = attempts - 1, {_LEASE_CLEARED}")
+)
 
 # [id, retry_at or NULL]: pending at retry_at, or dead (NULL) keeping the error.
 NACK = Query.of(

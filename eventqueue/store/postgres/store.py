@@ -275,6 +275,15 @@ class PostgresStore:
 
         await self._pool.write(body)
 
+    async def give_back(self, token: str, ids: Sequence[int]) -> None:
+        """Leased events no handler received: pending now, their attempt uncounted."""
+
+        async def body(c: Conn) -> None:
+            await _fenced(c, sql.GIVE_BACK, token, ids)
+            await self._notify(c)
+
+        await self._pool.write(body)
+
     async def next_wakeup(self, now: float) -> Wakeup:
         """When work that is not ready now may become ready."""
         args = sql.NEXT_WAKEUP.args(now=now)

@@ -624,6 +624,19 @@ def release_ids() -> Update:
     return _fenced({"status": "pending", "batch_id": None, **_LEASE_CLEARED})
 
 
+def give_back_ids() -> Update:
+    """Leased events no handler received back to pending now, the attempt their lease counted
+    undone (a hand-off or claim nobody took): they were not attempted."""
+    return _fenced(
+        {
+            "status": "pending",
+            "batch_id": None,
+            "attempts": events.c.attempts - 1,
+            **_LEASE_CLEARED,
+        }
+    )
+
+
 def nack_items() -> Update:
     """Leased events [[id, retry_at or null], ...] (JSON): pending at retry_at, or dead if null."""
     items = _json_rows("b_items")

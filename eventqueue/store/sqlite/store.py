@@ -265,6 +265,10 @@ class SQLiteStore:
         """Give leased events back to pending now (shutdown); LeaseLostError if stale."""
         await self._conn.write(lambda db: fenced(db, Q.release, token, ids))
 
+    async def give_back(self, token: str, ids: Sequence[int]) -> None:
+        """Leased events no handler received: pending now, their attempt uncounted."""
+        await self._conn.write(lambda db: fenced(db, Q.give_back, token, ids))
+
     async def next_wakeup(self, now: float) -> Wakeup:
         """Times at which work that is not ready now may become ready."""
 
