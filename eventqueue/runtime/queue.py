@@ -486,9 +486,13 @@ class EventQueue:
         await self.store.extend(batch.token, batch.ids, expires_at=self._clock() + length)
 
     async def release(self, batch: Batch) -> None:
-        """Give an unfinished batch back to pending at once (e.g. on shutdown)."""
+        """Give an unfinished batch back to pending at once (e.g. on shutdown); its events at
+        their last attempt are dead-lettered instead, as when their lease expires."""
         self._check_open()
-        await self.store.release(batch.token, batch.ids)
+        max_attempts = self.config.max_attempts
+        await self.store.release(
+            batch.token, batch.ids, now=self._clock(), max_attempts=max_attempts
+        )
         self.notify()
 
     async def give_back(self, batch: Batch) -> None:
