@@ -349,3 +349,18 @@ def _check(setting: Setting, value: Any, label: str) -> None:
             )
     if setting.name == "db_path" and not str(value):
         raise ConfigError(f"{label} is empty; give a database file path")
+    if setting.name == "db_path" and _in_memory(str(value)):
+        # Refused, not emulated: the queue opens its database more than once (the schema on
+        # one connection, the queue on another, the CLI and a restart on more) and keeps its
+        # spill folders beside it, and an in-memory database lives and dies with one connection.
+        raise ConfigError(
+            f"{label}={value!r}: an in-memory database is not supported; eventqueue needs a "
+            "file that every connection, process and restart reaches (and its durable spill "
+            "folder beside it). For tests, use a file in a temporary folder, e.g. "
+            "EventQueue.open(str(tmp_path / 'events.db'), durability='normal')"
+        )
+
+
+def _in_memory(path: str) -> bool:
+    """An SQLite in-memory database name (`:memory:`, or a `file:` URI with mode=memory)."""
+    return path == ":memory:" or (path.startswith("file:") and "mode=memory" in path)

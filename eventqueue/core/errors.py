@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
 
 class EventQueueError(Exception):
     """Root of every error eventqueue raises on purpose."""
@@ -13,6 +15,11 @@ class ConfigError(EventQueueError, ValueError):
 
 class InvalidEventError(EventQueueError, ValueError):
     """An event was rejected at `put`: the message names the problem; nothing was stored."""
+
+
+class InvalidArgumentError(EventQueueError, ValueError):
+    """A call was given an argument out of its range (e.g. `nack(retry_in=nan)`); the message
+    names it and the range. Raised before anything changes: the batch keeps its lease."""
 
 
 class LeaseLostError(EventQueueError):
@@ -50,11 +57,25 @@ class SourceRejectedError(EventQueueError):
 
 
 class PartialFailure(EventQueueError):
-    """Raised by a batch handler: these events failed (id -> error); the rest succeeded."""
+    """Raised by a batch handler: these events failed (id -> error); the rest succeeded.
 
-    def __init__(self, failed: dict[int, str]) -> None:
+    `permanent`: those of the failed ids that will never succeed: dead-lettered at once
+    instead of retried (each must be a key of `failed`).
+    """
+
+    def __init__(self, failed: Mapping[int, str], *, permanent: Collection[int] = ()) -> None:
         super().__init__(f"{len(failed)} event(s) of the batch failed")
         self.failed = dict(failed)
+        self.permanent = frozenset(permanent)
+        if stray := sorted(self.permanent - set(self.failed)):
+            raise InvalidArgumentError(
+                f"PartialFailure(permanent=...) names ids that are not failed: {stray[:10]}"
+            )
+
+
+class PermanentFailure(EventQueueError):
+    """Raised by a handler: its event(s) will never succeed; the Dispatcher dead-letters them at
+    once (`nack(..., dead=True)`) with this message as their last error, instead of retrying."""
 
 
 class StoreBusyError(StorageError):

@@ -100,9 +100,16 @@ class RetryPlan:
 
 
 def retry_plan(
-    config: Config, batch: Batch, ids: Collection[int], *, now: float, retry_in: float | None
+    config: Config,
+    batch: Batch,
+    ids: Collection[int],
+    *,
+    now: float,
+    retry_in: float | None,
+    dead_now: bool = False,
 ) -> RetryPlan:
-    """Retry or dead-letter each of `ids` of `batch` after a failure at `now`.
+    """Retry or dead-letter each of `ids` of `batch` after a failure at `now` (`dead_now`: a
+    permanent failure, every one dead-lettered whatever its attempts).
 
     Ids that are not the batch's are kept, due now: they are not held under its claim, so the
     store's fence refuses them (LeaseLostError) instead of quietly ignoring them.
@@ -112,7 +119,7 @@ def retry_plan(
     for event in batch.events:
         if event.id not in ids:
             continue
-        if is_dead(event.attempts, config.max_attempts):
+        if dead_now or is_dead(event.attempts, config.max_attempts):
             dead.append(event.id)
         else:
             delay = retry_in if retry_in is not None else backoff_s(config, event.attempts)

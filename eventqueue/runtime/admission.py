@@ -209,8 +209,10 @@ class Admission:
 
     def give_back(self, batch: Batch) -> None:
         """A CRITICAL batch leased for a consumer that no longer takes it: pending again now,
-        rather than after its lease (in the background; a failure is logged, the lease ends it)."""
-        task = asyncio.create_task(self._store.release(batch.token, batch.ids))
+        rather than after its lease (in the background; a failure is logged, the lease ends it).
+        No handler saw it, so the attempt its lease counted is undone: counted, a CRITICAL retry
+        given back at its last attempt would be claimed past EVENT_MAX_ATTEMPTS."""
+        task = asyncio.create_task(self._store.give_back(batch.token, batch.ids))
         task.add_done_callback(self._given_back)
 
     def _given_back(self, task: asyncio.Task[None]) -> None:
@@ -218,7 +220,7 @@ class Admission:
             return
         if (error := task.exception()) is not None:
             # Not lost: the batch is a committed claimed row, pending again once its lease ends.
-            log.warning("giving back a CRITICAL batch failed (its lease will): %s", error)
+            log.warning("giving back a batch failed (its lease will): %s", error)
         else:
             self._changes.notify()
 

@@ -11,10 +11,9 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from eventqueue.core.arguments import error_text, extend_s, retry_in_s
 from eventqueue.core.config import Config
-from eventqueue.core.errors import (
-    QueueClosedError,
-)
+from eventqueue.core.errors import InvalidArgumentError, QueueClosedError
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
@@ -447,16 +446,27 @@ class EventQueue:
         retry_in: float | None = None,
         *,
         ids: Sequence[int] | None = None,
+        dead: bool = False,
     ) -> None:
-        """The batch (or these events) failed: retry after back-off, or dead after max attempts."""
+        """The batch (or these events) failed: retry after back-off (or `retry_in` seconds, 0 ..
+        7 days), dead after max attempts; `dead=True`: dead-letter them now (a permanent failure).
+
+        Arguments out of range raise InvalidArgumentError before anything changes.
+        """
         self._check_open()
-        if retry_in is not None and retry_in + 1.0 > self._rules.retry_horizon_s:
+        text = error_text(error)
+        delay = retry_in_s(retry_in)
+        if not isinstance(dead, bool):
+            raise InvalidArgumentError(f"dead must be True or False, got {dead!r}")
+        if dead and delay is not None:
+            raise InvalidArgumentError("nack: give retry_in or dead=True, not both")
+        if delay is not None and delay + 1.0 > self._rules.retry_horizon_s:
             # A long explicit delay is not a clock step.
-            self._rules = dataclasses.replace(self._rules, retry_horizon_s=retry_in + 1.0)
+            self._rules = dataclasses.replace(self._rules, retry_horizon_s=delay + 1.0)
         now = self._clock()
         chosen = set(batch.ids if ids is None else ids)
-        plan = retry_plan(self.config, batch, chosen, now=now, retry_in=retry_in)
-        await self.store.nack(batch.token, plan.retry_at, plan.dead, error=error[:10_000], now=now)
+        plan = retry_plan(self.config, batch, chosen, now=now, retry_in=delay, dead_now=dead)
+        await self.store.nack(batch.token, plan.retry_at, plan.dead, error=text[:10_000], now=now)
         if self.metrics.sink is not None:
             self.metrics.sink.settled("retried", batch.key, len(plan.retry_at))
             self.metrics.sink.settled("dead", batch.key, len(plan.dead))
@@ -467,17 +477,29 @@ class EventQueue:
         return backoff_s(self.config, attempts)
 
     async def extend(self, batch: Batch, seconds: float | None = None) -> None:
-        """Renew the batch's lease for `seconds` (default EVENT_LEASE_SECONDS) from now."""
+        """Renew the batch's lease for `seconds` (default EVENT_LEASE_SECONDS; more than 0, at
+        most 1 day) from now; InvalidArgumentError, with nothing changed, when out of range."""
         self._check_open()
-        length = seconds if seconds is not None else self.config.lease_s
+        length = extend_s(seconds) if seconds is not None else self.config.lease_s
         if length + 1.0 > self._rules.lease_horizon_s:  # a long lease is not a clock step
             self._rules = dataclasses.replace(self._rules, lease_horizon_s=length + 1.0)
         await self.store.extend(batch.token, batch.ids, expires_at=self._clock() + length)
 
     async def release(self, batch: Batch) -> None:
-        """Give an unfinished batch back to pending at once (e.g. on shutdown)."""
+        """Give an unfinished batch back to pending at once (e.g. on shutdown); its events at
+        their last attempt are dead-lettered instead, as when their lease expires."""
         self._check_open()
-        await self.store.release(batch.token, batch.ids)
+        max_attempts = self.config.max_attempts
+        await self.store.release(
+            batch.token, batch.ids, now=self._clock(), max_attempts=max_attempts
+        )
+        self.notify()
+
+    async def give_back(self, batch: Batch) -> None:
+        """Give back a batch that no handler received: pending at once, its attempt uncounted
+        (`release` keeps the attempt: a released batch may have been partly handled)."""
+        self._check_open()
+        await self.store.give_back(batch.token, batch.ids)
         self.notify()
 
     # --- inspection -------------------------------------------------------------------------

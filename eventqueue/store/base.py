@@ -150,8 +150,15 @@ class Store(Protocol):
     async def extend(self, token: str, ids: Sequence[int], *, expires_at: float) -> None:
         """Push the lease expiry out; LeaseLostError if the token is stale."""
 
-    async def release(self, token: str, ids: Sequence[int]) -> None:
-        """Leased events back to pending now; LeaseLostError if the token is stale."""
+    async def release(
+        self, token: str, ids: Sequence[int], *, now: float, max_attempts: int
+    ) -> None:
+        """Leased events back to pending now, or dead (finished at `now`) when their attempts
+        reached `max_attempts`, as an expired lease; LeaseLostError if the token is stale."""
+
+    async def give_back(self, token: str, ids: Sequence[int]) -> None:
+        """Leased events that no handler received (a hand-off or claim nobody took) back to
+        pending now, the attempt their lease counted undone; LeaseLostError if stale."""
 
     async def next_wakeup(self, now: float) -> Wakeup:
         """When work that is not ready now may become ready."""

@@ -23,6 +23,7 @@ from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import batch_key, classify
 from eventqueue.core.records import NewEvent
 from eventqueue.core.rules import ClaimRules, rules_from_config
+from eventqueue.runtime.queue import EventQueue
 from eventqueue.store import open_store
 from eventqueue.store.base import Store
 
@@ -209,6 +210,15 @@ async def drain(
         order.append(batch.ids)
         await store.ack(batch.token, batch.ids, now=now)
     raise AssertionError("drain did not finish")
+
+
+@pytest.fixture
+async def queue(backend_config: Config) -> AsyncIterator[EventQueue]:
+    """An EventQueue on a fresh database of the backend under test, ready at once (no batch
+    window), for what the queue's own calls promise on every backend."""
+    config = backend_config.replace(batch_window_ms=0, max_attempts=3)
+    async with EventQueue.open(config=config, migrate=True) as opened:
+        yield opened
 
 
 async def snapshot(store: Store, ids: Sequence[int]) -> list[dict[str, Any] | None]:

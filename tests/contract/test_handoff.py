@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from contract.conftest import START, claim, make_event, many, put, status_of
+from contract.conftest import START, claim, claim_rules, make_event, many, put, status_of
 from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Priority, PutStatus
 from eventqueue.core.records import Lease
@@ -78,3 +78,41 @@ async def test_a_claim_for_critical_work_takes_only_critical_events(store: Store
     assert [await status_of(store, i) for i in normal] == ["pending"] * len(normal)
     assert await claim(store, token="t2", batches=5, min_priority=int(Priority.CRITICAL)) == []
     assert len(await claim(store, token="t3", batches=5)) >= 1  # the NORMAL work is still there
+
+
+async def test_a_hand_off_given_back_is_pending_with_its_attempt_uncounted(store: Store) -> None:
+    # Nobody took the hand-off: no handler saw the event, so its first claim is attempt 1.
+    commit = await store.put([make_event("sync_error")], now=START, dedup_ttl_s=300.0, lease=LEASE)
+    (batch,) = commit.claimed
+
+    await store.give_back(batch.token, batch.ids)
+
+    (again,) = await claim(store, now=START + 1, token="t2")
+    assert again.ids == batch.ids and again.events[0].attempts == 1
+
+
+async def test_a_claim_given_back_at_its_last_attempt_is_not_claimed_past_it(store: Store) -> None:
+    # The demo's dead letters with attempts 4 of 3: a retry at its last attempt, claimed and
+    # given back (a hand-off won the reserved consumer), was claimed again as attempt 4.
+    rules = claim_rules(window_s=0.0, max_attempts=3)
+    (event_id,) = await put(store, [make_event("sync_error")])
+    for attempt in (1, 2):
+        failed = (await claim(store, now=START + attempt, rules=rules, token=f"t{attempt}"))[0]
+        await store.nack(failed.token, {event_id: START + attempt}, [], error="x", now=START)
+    last = (await claim(store, now=START + 3, rules=rules, token="t3"))[0]
+    assert last.events[0].attempts == 3
+
+    await store.give_back(last.token, last.ids)
+
+    (again,) = await claim(store, now=START + 4, rules=rules, token="t4")
+    assert again.events[0].attempts == 3
+
+
+async def test_a_stale_give_back_is_fenced_and_changes_nothing(store: Store) -> None:
+    commit = await store.put([make_event("sync_error")], now=START, dedup_ttl_s=300.0, lease=LEASE)
+    (batch,) = commit.claimed
+    await store.ack(batch.token, batch.ids, now=START + 1)
+
+    with pytest.raises(LeaseLostError):
+        await store.give_back(batch.token, batch.ids)
+    assert await status_of(store, batch.ids[0]) == "done"

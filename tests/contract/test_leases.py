@@ -104,7 +104,7 @@ async def test_a_stale_token_is_refused_and_changes_nothing(store: Store, call: 
         elif call == "extend":
             await store.extend(stale.token, stale.ids, expires_at=EXPIRED + 30)
         else:
-            await store.release(stale.token, stale.ids)
+            await store.release(stale.token, stale.ids, now=START, max_attempts=5)
 
     assert await snapshot(store, ids) == before
     assert {info["lease_owner"] for info in before if info} == {"worker-2"}
@@ -185,13 +185,34 @@ async def test_release_returns_the_events_to_pending_at_once(store: Store) -> No
     ids = await put(store, many("job", 3))
     batch = await claim_one(store, rules=RULES, consumer="worker-1")
 
-    await store.release(batch.token, batch.ids)
+    await store.release(batch.token, batch.ids, now=START, max_attempts=5)
 
     for info in await snapshot(store, ids):
         assert info is not None
         assert (info["status"], info["lease_owner"], info["lease_token"]) == ("pending", None, None)
     again = await claim_one(store, rules=RULES, consumer="worker-2", token="t2")
     assert again.ids == ids
+
+
+async def test_a_release_at_the_last_attempt_dead_letters_instead_of_a_claim_past_it(
+    store: Store,
+) -> None:
+    # Issue 19.3: released at attempts == max, the event was claimed again as attempt max + 1.
+    rules = claim_rules(window_s=0.0, max_attempts=2)
+    (event_id,) = await put(store, [make_event("job")])
+    first = await claim_one(store, rules=rules, token="t1")
+    await store.release(first.token, first.ids, now=START + 1, max_attempts=2)
+    assert await status_of(store, event_id) == "pending"  # attempt 1 of 2: back to pending
+
+    last = await claim_one(store, now=START + 2, rules=rules, token="t2")
+    await store.release(last.token, last.ids, now=START + 3, max_attempts=2)
+
+    info = await store.show(event_id)
+    assert info is not None
+    assert (info["status"], info["attempts"]) == ("dead", 2)
+    assert info["last_error"] == "released unhandled at its last attempt"
+    assert info["lease_token"] is None and info["finished_at"] is not None
+    assert await claim(store, now=START + 4, rules=rules, token="t3") == []
 
 
 async def test_acks_folded_into_a_claim_are_done_in_the_same_call(store: Store) -> None:

@@ -19,9 +19,10 @@ from contract.conftest import (
     status_of,
 )
 from eventqueue.core.config import Config
-from eventqueue.core.errors import LeaseLostError
+from eventqueue.core.errors import InvalidArgumentError, LeaseLostError
 from eventqueue.core.models import Batch
 from eventqueue.core.rules import retry_plan, rules_from_config
+from eventqueue.runtime.queue import EventQueue
 from eventqueue.store.base import Store
 
 RULES = claim_rules(window_s=0.0, max_attempts=3)
@@ -213,3 +214,57 @@ async def test_retry_plan_backs_off_then_dead_letters_on_the_last_attempt(store:
     info = await store.show(event_id)
     assert info is not None
     assert (info["status"], info["attempts"], info["last_error"]) == ("dead", 3, "e3")
+
+
+# --- dead-lettering at once: nack(..., dead=True) (issue 18.4) --------------------------------
+
+
+def job(n: int) -> dict[str, object]:
+    return {"event_type": "t", "event_name": "job", "aggregate_id": "a", "attributes": {"n": n}}
+
+
+async def test_nack_dead_dead_letters_at_the_first_attempt(queue: EventQueue) -> None:
+    (result,) = await queue.put_many([job(1)])
+    batch = await queue.claim("c")
+    assert batch is not None and batch.events[0].attempts == 1
+
+    await queue.nack(batch, error="unknown customer", dead=True)
+
+    info = await queue.store.show(result.id or 0)
+    assert info is not None
+    assert (info["status"], info["attempts"], info["last_error"]) == (
+        "dead",
+        1,
+        "unknown customer",
+    )
+    assert await queue.claim("c") is None
+    assert (await queue.stats()).count("dead") == 1
+
+
+async def test_nack_dead_with_ids_dead_letters_only_those(queue: EventQueue) -> None:
+    first, second = await queue.put_many([job(1), job(2)])
+    batch = await queue.claim("c")
+    assert batch is not None and batch.ids == [first.id, second.id]
+
+    await queue.nack(batch, error="malformed", ids=[second.id or 0], dead=True)
+
+    assert await status_of(queue.store, second.id or 0) == "dead"
+    assert await status_of(queue.store, first.id or 0) == "claimed"
+    await queue.ack(batch, ids=[first.id or 0])  # the rest of the batch is still ours
+    assert await status_of(queue.store, first.id or 0) == "done"
+
+
+async def test_nack_dead_with_a_retry_delay_is_refused_and_changes_nothing(
+    queue: EventQueue,
+) -> None:
+    (result,) = await queue.put_many([job(1)])
+    batch = await queue.claim("c")
+    assert batch is not None
+    before = await snapshot(queue.store, batch.ids)
+
+    with pytest.raises(InvalidArgumentError, match="retry_in or dead"):
+        await queue.nack(batch, error="x", retry_in=5, dead=True)
+
+    assert await snapshot(queue.store, batch.ids) == before
+    await queue.ack(batch)
+    assert await status_of(queue.store, result.id or 0) == "done"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from eventqueue import ConfigError, Dispatcher, Event, EventQueue, Priority
+from eventqueue.runtime.dispatch.claim_pool import ClaimPool
 
 WAIT_S = 10.0  # a bound on waits for handshakes, never a sleep
 
@@ -104,3 +105,61 @@ async def test_no_reserved_consumer_when_asked_for_none(tmp_path: Path) -> None:
     async with EventQueue.open(str(tmp_path / "e.db")) as q:
         assert Dispatcher(q, reserved={}).reserved == 0
         assert Dispatcher(q).reserved == 1
+
+
+async def test_a_hand_off_nobody_took_is_given_back_with_its_attempt_uncounted(
+    tmp_path: Path,
+) -> None:
+    # Issue 19.3: a give-back kept the attempt its lease counted, so an event given back at its
+    # last attempt was claimed once more and dead-lettered with attempts > EVENT_MAX_ATTEMPTS.
+    async with EventQueue.open(str(tmp_path / "e.db"), batch_window_ms=0) as q:
+        waiter = q._handoff.wait()
+        leased = q._handoff.lease
+
+        def lease_then_stop_waiting(now: float) -> Any:
+            lease = leased(now)
+            waiter.cancel()  # the reserved consumer stops waiting between lease and hand-off
+            return lease
+
+        q._handoff.lease = lease_then_stop_waiting  # type: ignore[method-assign]
+        result = await q.put(event("sync_error", 1))
+        batch = await q.next_batch("worker", timeout=WAIT_S)  # woken by the give-back
+
+        assert batch is not None and batch.ids == [result.id]
+        assert batch.events[0].attempts == 1
+        assert q.metrics.outcomes["handed_over"] == 0
+
+
+async def test_a_claim_set_aside_for_a_hand_off_is_given_back_with_its_attempt_uncounted(
+    tmp_path: Path,
+) -> None:
+    # next_critical claimed a batch while a hand-off arrived: it takes the hand-off and gives
+    # the claimed batch back, unhandled; its next claim is still its first attempt.
+    async with EventQueue.open(str(tmp_path / "e.db"), batch_window_ms=0) as q:
+        await q.put(event("sync_error", 1))
+        await q.put(event("payment_failed", 2))
+        claimed = await q.claim_batches("reserved", 1, min_priority=Priority.CRITICAL)
+        handed = await q.claim_batches("reserved", 1, min_priority=Priority.CRITICAL)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter.set_result(handed[0])
+
+        assert q._either(claimed[0], waiter) is handed[0]
+
+        again = await q.next_batch("worker", timeout=WAIT_S)  # woken by the give-back
+        assert again is not None and again.ids == claimed[0].ids
+        assert again.events[0].attempts == 1
+
+
+async def test_a_pooled_claim_nobody_waits_for_is_given_back_with_its_attempt_uncounted(
+    tmp_path: Path,
+) -> None:
+    async with EventQueue.open(str(tmp_path / "e.db"), batch_window_ms=0) as q:
+        pool = ClaimPool(q, "pool", stopping=asyncio.Event(), metrics=q.metrics, ack_alone=q.ack)
+        await q.put(event("order_created", 1))
+        (claimed,) = await q.claim_batches("pool", 1)
+
+        pool._hand_out(claimed)  # the consumer that asked was cancelled meanwhile
+
+        again = await q.next_batch("worker", timeout=WAIT_S)  # woken by the give-back
+        assert again is not None and again.ids == claimed.ids
+        assert again.events[0].attempts == 1

@@ -258,6 +258,8 @@ class FinalState:
     spill_pending: int
     quarantined: int
     segment_files: int
+    # (id, attempts) of dead letters with more attempts than EVENT_MAX_ATTEMPTS: never any.
+    dead_past_max: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def scheduled(self) -> int:
@@ -266,15 +268,32 @@ class FinalState:
     def line(self) -> str:
         return (
             f"integrity={self.integrity} counts={self.counts} spill_pending={self.spill_pending} "
-            f"quarantined={self.quarantined} segment_files={self.segment_files}"
+            f"quarantined={self.quarantined} segment_files={self.segment_files} "
+            f"dead_past_max={self.dead_past_max[:5]}"
         )
 
 
-def final_state(db: Path) -> FinalState:
+# (id, attempts) of every dead letter with attempts > ? (EVENT_MAX_ATTEMPTS): the contract
+# allows none (a dead letter is an event whose attempts were used up, never exceeded).
+DEAD_PAST_MAX_ATTEMPTS = (
+    "SELECT id, attempts FROM events WHERE status = 'dead' AND attempts > ? ORDER BY id"
+)
+
+
+def dead_past_max_attempts(
+    connection: sqlite3.Connection, max_attempts: int
+) -> list[tuple[int, int]]:
+    """Dead letters with more attempts than `max_attempts` (see DEAD_PAST_MAX_ATTEMPTS)."""
+    found = connection.execute(DEAD_PAST_MAX_ATTEMPTS, (max_attempts,))
+    return [(int(i), int(a)) for i, a in found]
+
+
+def final_state(db: Path, *, max_attempts: int) -> FinalState:
     """Read the database with plain sqlite3 and every spill folder of it, read-only."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
         integrity = [row[0] for row in connection.execute("PRAGMA integrity_check")]
         counts = dict(connection.execute("SELECT status, count(*) FROM events GROUP BY status"))
+        past_max = dead_past_max_attempts(connection, max_attempts)
         saved = connection.execute("SELECT log, priority, segment, offset FROM spill_positions")
         positions: dict[str, dict[int, SpillPosition]] = defaultdict(dict)
         for log, priority, segment, offset in saved:
@@ -286,7 +305,7 @@ def final_state(db: Path) -> FinalState:
         pending += sum(stats.records.values())
         quarantined += stats.quarantined_records
         files += len(list(folder.glob("p*.log")))
-    return FinalState(integrity, counts, pending, quarantined, files)
+    return FinalState(integrity, counts, pending, quarantined, files, past_max)
 
 
 # --- the producer + consumer worker ---------------------------------------------------------
@@ -370,7 +389,7 @@ class CrashHarness:
         return score(self.logs, self.order, self.attempted_ops)
 
     def final_state(self) -> FinalState:
-        return final_state(self.db)
+        return final_state(self.db, max_attempts=int(self.settings["EVENT_MAX_ATTEMPTS"]))
 
     def assert_contract(self) -> tuple[Score, FinalState]:
         """Everything RELIABILITY.md promises after the last run; returns what it measured."""
@@ -382,6 +401,7 @@ class CrashHarness:
         if self.retry:  # the last run put every op again until acknowledged
             assert result.acknowledged == result.attempted == result.delivered, report
         assert state.integrity == ["ok"], report
+        assert state.dead_past_max == [], report
         assert state.scheduled == 0 and state.counts.get("dead", 0) == 0, report
         assert state.spill_pending == 0, report
         return result, state

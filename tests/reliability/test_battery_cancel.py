@@ -13,6 +13,8 @@ from typing import Any
 from eventqueue import EventQueue, LeaseLostError
 from eventqueue.core.models import Batch
 
+from .harness import DEAD_PAST_MAX_ATTEMPTS
+
 OPERATIONS = 1_000
 LEASE_S = 30.0
 SEED = 20_240_607
@@ -129,6 +131,7 @@ async def test_nothing_is_lost_after_random_cancellations(open_queue, clock, que
             await q.ack(batch)
     rows = dict(query("SELECT id, status FROM events"))
     assert set(rows.values()) <= {"done", "dead"}  # dead: nacked max_attempts times
+    assert query(DEAD_PAST_MAX_ATTEMPTS, (q.config.max_attempts,)) == []
     assert model.put_ids <= set(rows)
     assert delivered.isdisjoint(model.acked), "an acked event was delivered again"
     async with asyncio.timeout(10):

@@ -122,7 +122,7 @@ class ClaimPool:
 
     def _give_back(self, batch: Batch) -> None:
         # Nobody is waiting any more (a consumer was cancelled): give the batch back at once.
-        task = asyncio.create_task(self._queue.release(batch))
+        task = asyncio.create_task(self._queue.give_back(batch))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _answer_all(self, answer: Batch | None) -> None:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
-from eventqueue.core.errors import EventQueueError, LeaseLostError, PartialFailure
+from eventqueue.core.errors import (
+    EventQueueError,
+    LeaseLostError,
+    PartialFailure,
+    PermanentFailure,
+)
 from eventqueue.core.models import Batch, Event
 from eventqueue.core.rules import is_dead
 from eventqueue.runtime.metrics import Metrics
@@ -43,8 +48,11 @@ class Settler:
         self.queue = queue
         self.metrics = metrics
 
-    async def settle(self, batch: Batch, failed: dict[int, str] | None) -> Batch | None:
-        """Release (failed is None), or ack the handled events and nack the failed ones.
+    async def settle(
+        self, batch: Batch, failed: dict[int, str] | None, permanent: Set[int] = frozenset()
+    ) -> Batch | None:
+        """Release (failed is None), or ack the handled events and nack the failed ones
+        (dead-lettering at once those of them in `permanent`).
 
         A batch handled in full is returned instead: the next claim acks it in its transaction.
         """
@@ -58,7 +66,7 @@ class Settler:
             if done:  # acked first: a crash before the nack redelivers only the failed ones
                 await self.queue.ack(batch, done)
                 self.metrics.count("handled", len(done))
-            await self._nack(batch, failed)
+            await self._nack(batch, failed, permanent)
         except EventQueueError as exc:
             self._unsettled(batch, len(failed), exc)
         return None
@@ -71,14 +79,19 @@ class Settler:
         """Hand the whole batch back to pending, unhandled."""
         await self._finish(batch, self.queue.release, "released")
 
-    async def _nack(self, batch: Batch, failed: dict[int, str]) -> None:
-        errors = sorted(set(failed.values()))
-        error = errors[0] if len(errors) == 1 else "; ".join(errors)[:2000]
+    async def _nack(self, batch: Batch, failed: dict[int, str], permanent: Set[int]) -> None:
+        hopeless = {i: e for i, e in failed.items() if i in permanent}
+        if hopeless:  # first: a crash between the two redelivers only the retried ones
+            await self.queue.nack(batch, _one_error(hopeless), ids=list(hopeless), dead=True)
+            self.metrics.count("dead", len(hopeless))
+        retried = {i: e for i, e in failed.items() if i not in permanent}
+        if not retried:
+            return
         max_attempts = self.queue.config.max_attempts
-        dead = sum(1 for e in batch.events if e.id in failed and is_dead(e.attempts, max_attempts))
-        await self.queue.nack(batch, error, ids=list(failed))
+        dead = sum(1 for e in batch.events if e.id in retried and is_dead(e.attempts, max_attempts))
+        await self.queue.nack(batch, _one_error(retried), ids=list(retried))
         self.metrics.count("dead", dead)
-        self.metrics.count("retried", len(failed) - dead)
+        self.metrics.count("retried", len(retried) - dead)
 
     async def _finish(
         self, batch: Batch, action: Callable[[Batch], Awaitable[None]], outcome: str
@@ -97,6 +110,11 @@ class Settler:
             return
         self.metrics.count("settle_failed", events)
         log.error("batch %s not settled (%s); redelivered after its lease", batch.id, error)
+
+
+def _one_error(failed: Mapping[int, str]) -> str:
+    errors = sorted(set(failed.values()))
+    return errors[0] if len(errors) == 1 else "; ".join(errors)[:2000]
 
 
 class HandlerRunner:
@@ -124,17 +142,22 @@ class HandlerRunner:
         self._record_start(batch)
         renewer = asyncio.create_task(self._renew(batch))
         tracing = self.queue.tracing
+        permanent: set[int] = set()  # failed ids a handler called permanent: dead at once
+
+        async def outcome(batch: Batch) -> dict[int, str] | None:
+            return await self._outcome(batch, permanent)
+
         try:
             if tracing is None:
-                failed = await self._outcome(batch)
+                failed = await outcome(batch)
             else:  # a consumer span around the handlers, linked to the events' puts
-                failed = await tracing.process(batch, self._outcome)
+                failed = await tracing.process(batch, outcome)
         except asyncio.CancelledError:
             await _cancel(renewer)
             await self.settler.release(batch)
             raise
         await _cancel(renewer)
-        return await self.settler.settle(batch, failed)
+        return await self.settler.settle(batch, failed, permanent)
 
     def _record_start(self, batch: Batch) -> None:
         now = self.queue.now()
@@ -143,9 +166,10 @@ class HandlerRunner:
             if event.attempts == 1:  # later attempts would count back-off or downtime
                 self.metrics.latency(event.priority, max(0.0, now - event.received_at))
 
-    async def _outcome(self, batch: Batch) -> dict[int, str] | None:
-        """Failed event id -> error; None when the handlers were cancelled (out of grace)."""
-        work = asyncio.create_task(self._run_handlers(batch))
+    async def _outcome(self, batch: Batch, permanent: set[int]) -> dict[int, str] | None:
+        """Failed event id -> error (the permanent ones added to `permanent`); None when the
+        handlers were cancelled (out of grace)."""
+        work = asyncio.create_task(self._run_handlers(batch, permanent))
         forced = asyncio.create_task(self._forced.wait())
         try:
             await asyncio.wait({work, forced}, return_when=asyncio.FIRST_COMPLETED)
@@ -156,10 +180,10 @@ class HandlerRunner:
                 await asyncio.wait({work})
         return None if work.cancelled() else work.result()
 
-    async def _run_handlers(self, batch: Batch) -> dict[int, str]:
+    async def _run_handlers(self, batch: Batch, permanent: set[int]) -> dict[int, str]:
         failed: dict[int, str] = {}
         for route, events in self._routes_for(batch.events, failed):
-            failed.update(await self._call(route, events))
+            failed.update(await self._call(route, events, permanent))
         return failed
 
     def _routes_for(
@@ -174,13 +198,13 @@ class HandlerRunner:
             groups.setdefault(id(route), (route, []))[1].append(event)
         return list(groups.values())
 
-    async def _call(self, route: Route, events: list[Event]) -> dict[int, str]:
+    async def _call(self, route: Route, events: list[Event], permanent: set[int]) -> dict[int, str]:
         timeout = route.timeout_s if route.timeout_s is not None else self.handler_timeout_s
         if not route.per_event:
-            return await _invoke(route.handler, events, events, timeout)
+            return await _invoke(route.handler, events, events, timeout, permanent)
         failed: dict[int, str] = {}
         for event in events:
-            failed.update(await _invoke(route.handler, event, [event], timeout))
+            failed.update(await _invoke(route.handler, event, [event], timeout, permanent))
         return failed
 
     async def _renew(self, batch: Batch) -> None:
@@ -198,15 +222,23 @@ class HandlerRunner:
 
 
 async def _invoke(
-    fn: Handler, argument: Any, events: list[Event], timeout: float | None
+    fn: Handler, argument: Any, events: list[Event], timeout: float | None, permanent: set[int]
 ) -> dict[int, str]:
-    """Call one handler: {} on return, failed id -> error on an exception or timeout."""
+    """Call one handler: {} on return, failed id -> error on an exception or timeout; ids that
+    will never succeed (PermanentFailure, PartialFailure's `permanent`) go into `permanent`."""
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
             await fn(argument)
     except PartialFailure as exc:
-        return _partial(exc, events)
+        failed = _partial(exc, events)
+        permanent.update(i for i in exc.permanent if i in failed)
+        return failed
+    except PermanentFailure as exc:
+        error = f"PermanentFailure: {exc}"
+        log.warning("handler failed permanently for %d event(s): %s", len(events), error)
+        permanent.update(e.id for e in events)
+        return {e.id: error for e in events}
     except Exception as exc:  # a handler's failure is its events' outcome: retry or dead
         if isinstance(exc, TimeoutError) and scope.expired():
             error = f"handler timed out after {timeout} s"

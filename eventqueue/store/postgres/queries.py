@@ -334,7 +334,22 @@ ACK = Query.of(
     _fenced(f"status = 'done', finished_at = :now::float8, last_error = NULL, {_LEASE_CLEARED}"),
 )
 EXTEND = Query.of("extend", _fenced("lease_expires_at = :expires::float8"))
-RELEASE = Query.of("release", _fenced(f"status = 'pending', {_LEASE_CLEARED}"))
+# Back to pending, or dead when the attempts are used up (as an expired lease is).
+RELEASE = Query.of(
+    "release",
+    _fenced(
+        f"""status = CASE WHEN attempts >= :max_attempts::int THEN 'dead' ELSE 'pending' END,
+        last_error = CASE WHEN attempts >= :max_attempts::int
+                          THEN coalesce(last_error, 'released unhandled at its last attempt')
+                          ELSE last_error END,
+        finished_at = CASE WHEN attempts >= :max_attempts::int THEN :now::float8 END,
+        {_LEASE_CLEARED}"""
+    ),
+)
+# A lease no handler received (a hand-off or claim nobody took): its attempt is undone.
+GIVE_BACK = Query.of(
+    "give_back", _fenced(f"status = 'pending', attempts = attempts - 1, {_LEASE_CLEARED}")
+)
 
 # [id, retry_at or NULL]: pending at retry_at, or dead (NULL) keeping the error.
 NACK = Query.of(

@@ -266,11 +266,23 @@ class PostgresStore:
         """Push the lease expiry out; LeaseLostError if the token is stale."""
         await self._pool.write(lambda c: _fenced(c, sql.EXTEND, token, ids, expires=expires_at))
 
-    async def release(self, token: str, ids: Sequence[int]) -> None:
-        """Leased events back to pending now; LeaseLostError if the token is stale."""
+    async def release(
+        self, token: str, ids: Sequence[int], *, now: float, max_attempts: int
+    ) -> None:
+        """Leased events back to pending now, or dead when their attempts are used up;
+        LeaseLostError if the token is stale."""
 
         async def body(c: Conn) -> None:
-            await _fenced(c, sql.RELEASE, token, ids)
+            await _fenced(c, sql.RELEASE, token, ids, now=now, max_attempts=max_attempts)
+            await self._notify(c)
+
+        await self._pool.write(body)
+
+    async def give_back(self, token: str, ids: Sequence[int]) -> None:
+        """Leased events no handler received: pending now, their attempt uncounted."""
+
+        async def body(c: Conn) -> None:
+            await _fenced(c, sql.GIVE_BACK, token, ids)
             await self._notify(c)
 
         await self._pool.write(body)

@@ -35,6 +35,7 @@ class Q:
     ack = Prepared.of(sql.ack_ids())
     extend = Prepared.of(sql.extend_ids())
     release = Prepared.of(sql.release_ids())
+    give_back = Prepared.of(sql.give_back_ids())
     nack = Prepared.of(sql.nack_items())
     scheduled = Prepared.of(sql.count_scheduled())
     wakeup = Prepared.of(sql.next_wakeup())

@@ -620,8 +620,38 @@ def extend_ids() -> Update:
 
 
 def release_ids() -> Update:
-    """Leased events back to pending now (graceful shutdown)."""
-    return _fenced({"status": "pending", "batch_id": None, **_LEASE_CLEARED})
+    """Leased events back to pending now (graceful shutdown), or dead when their attempts are
+    used up: as an expired lease, an event interrupted at its last attempt is not claimed past
+    EVENT_MAX_ATTEMPTS (a handler that never finishes would otherwise loop forever)."""
+    used_up = events.c.attempts >= bindparam("b_max_attempts")
+    return _fenced(
+        {
+            "status": case((used_up, literal_column("'dead'")), else_=literal_column("'pending'")),
+            "last_error": case(
+                (used_up, func.coalesce(events.c.last_error, RELEASED_AT_LAST_ATTEMPT)),
+                else_=events.c.last_error,
+            ),
+            "finished_at": case((used_up, bindparam("b_now")), else_=None),
+            "batch_id": None,
+            **_LEASE_CLEARED,
+        }
+    )
+
+
+RELEASED_AT_LAST_ATTEMPT = "released unhandled at its last attempt"
+
+
+def give_back_ids() -> Update:
+    """Leased events no handler received back to pending now, the attempt their lease counted
+    undone (a hand-off or claim nobody took): they were not attempted."""
+    return _fenced(
+        {
+            "status": "pending",
+            "batch_id": None,
+            "attempts": events.c.attempts - 1,
+            **_LEASE_CLEARED,
+        }
+    )
 
 
 def nack_items() -> Update:

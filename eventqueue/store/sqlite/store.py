@@ -261,9 +261,17 @@ class SQLiteStore:
         """Push the lease expiry out; LeaseLostError if the token is stale."""
         await self._conn.write(lambda db: fenced(db, Q.extend, token, ids, b_expires=expires_at))
 
-    async def release(self, token: str, ids: Sequence[int]) -> None:
-        """Give leased events back to pending now (shutdown); LeaseLostError if stale."""
-        await self._conn.write(lambda db: fenced(db, Q.release, token, ids))
+    async def release(
+        self, token: str, ids: Sequence[int], *, now: float, max_attempts: int
+    ) -> None:
+        """Give leased events back to pending now (shutdown), or dead when their attempts are
+        used up; LeaseLostError if stale."""
+        values = {"b_now": now, "b_max_attempts": max_attempts}
+        await self._conn.write(lambda db: fenced(db, Q.release, token, ids, **values))
+
+    async def give_back(self, token: str, ids: Sequence[int]) -> None:
+        """Leased events no handler received: pending now, their attempt uncounted."""
+        await self._conn.write(lambda db: fenced(db, Q.give_back, token, ids))
 
     async def next_wakeup(self, now: float) -> Wakeup:
         """Times at which work that is not ready now may become ready."""
