@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -253,13 +253,18 @@ def vacuum(db_path: str, as_json: bool) -> None:
 @json_option
 def backup(db_path: str, path: str, force: bool, as_json: bool) -> None:
     """Write a consistent copy of the database to PATH (SQLite's backup API; on PostgreSQL
-    it prints the pg_dump command to run instead)."""
+    it copies nothing and prints the pg_dump command to run, exit 0, `copied: false`)."""
     result = _inspector(db_path).backup(path, force=force)
-    emit(
-        result,
-        as_json,
-        lambda r: f"backed up {r['source']} to {r['path']} ({r['bytes']} bytes)",
-    )
+    emit(result, as_json, _backed_up)
+
+
+def _backed_up(r: Mapping[str, Any]) -> str:
+    if "command" in r:  # a server database: pg_dump's job
+        return (
+            f"{r['source']} is a PostgreSQL database: eventqueue copies nothing itself; back it "
+            f"up with pg_dump:\n  {r['command']}"
+        )
+    return f"backed up {r['source']} to {r['path']} ({r['bytes']} bytes)"
 
 
 # --- SQL for debugging --------------------------------------------------------------------------
