@@ -16,6 +16,9 @@ INT64_MAX = 2**63 - 1
 # Fields of the content hash (from the plan): never timestamp or event_id, so a re-sent event
 # with a new id or clock reading is still recognised as the same content.
 HASHED_FIELDS = ("event_type", "event_name", "aggregate_id")
+# Every top-level field an event may have: the hashed four and the two that never are. Any
+# other is refused: unhashed, it would make two different events duplicates of each other.
+EVENT_FIELDS = frozenset({*HASHED_FIELDS, "attributes", "event_id", "timestamp"})
 
 _encoder = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"), check_circular=False
@@ -125,6 +128,8 @@ def decode_payload(text: str) -> dict[str, Any]:
 
 
 def _check_fields(event: dict[str, Any]) -> None:
+    if not EVENT_FIELDS.issuperset(event):
+        _refuse_unknown_fields(event)
     for name in ("event_type", "event_name"):
         value = event.get(name)
         if value is not None and not isinstance(value, str):
@@ -141,6 +146,19 @@ def _check_fields(event: dict[str, Any]) -> None:
         raise InvalidEventError(
             f"attributes must be a JSON object, got {type(attributes).__name__}"
         )
+
+
+def _refuse_unknown_fields(event: dict[str, Any]) -> None:
+    # Keys that are not text are left to the value walk, which says "not a string".
+    unknown = sorted(k for k in event if isinstance(k, str) and k not in EVENT_FIELDS)
+    if not unknown:
+        return
+    shown = ", ".join(_describe(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    raise InvalidEventError(
+        f"unknown top-level field{'s' if len(unknown) > 1 else ''} {shown}: an event has only "
+        "event_type, event_name, aggregate_id, attributes, event_id and timestamp; put other "
+        "data in attributes"
+    )
 
 
 def _plain(root: Any, max_depth: int) -> bool:

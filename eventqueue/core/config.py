@@ -137,7 +137,8 @@ SETTINGS: tuple[Setting, ...] = (
         "retention_s",
         "EVENT_RETENTION_SECONDS",
         86_400.0,
-        "done events are kept this long for inspection, then purged",
+        "done events are kept this long for inspection, then purged (never inside their dedup "
+        "window)",
         0,
         31_536_000,
     ),

@@ -3,6 +3,7 @@ when a failed event is retried or dead, and how long it waits. Pure: no I/O, no 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ def view_settings(config: Config) -> dict[str, str]:
         "enable_batching": "true" if config.enable_batching else "false",
         "aging_s": str(config.aging_s),
         "queue_size": str(config.queue_size),
+        # What `eventqueue purge` must keep for dedup, whatever the CLI's own environment says.
+        "dedup_ttl_s": str(dedup_ttl_s(config)),
     }
 
 
@@ -77,6 +80,32 @@ def rules_from_settings(stored: Mapping[str, str], config: Config) -> ClaimRules
         lease_s=config.lease_s,
         max_attempts=config.max_attempts,
     )
+
+
+def dedup_ttl_s(config: Config) -> float | None:
+    """The dedup window puts use: DEDUP_TTL_SECONDS, or None with dedup off."""
+    return config.dedup_ttl_s if config.enable_dedup else None
+
+
+def dedup_ttl_from_settings(stored: Mapping[str, str], config: Config) -> float | None:
+    """The dedup window the last opener recorded (`view_settings`), else this config's.
+
+    The CLI's purge keeps what that queue's dedup still needs, not what its own env says.
+    """
+    recorded = stored.get("dedup_ttl_s")
+    if recorded is None:
+        return dedup_ttl_s(config)
+    if recorded == "None":
+        return None
+    try:
+        return float(recorded)
+    except ValueError:
+        return dedup_ttl_s(config)
+
+
+def dedup_since(now: float, ttl_s: float | None) -> float:
+    """The earliest receipt time whose dedup window is still open at `now` (+inf: none is)."""
+    return math.inf if ttl_s is None else now - ttl_s
 
 
 def backoff_s(config: Config, attempts: int, rng: random.Random | None = None) -> float:

@@ -18,7 +18,14 @@ from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
 from eventqueue.core.records import NewEvent
-from eventqueue.core.rules import backoff_s, retry_plan, rules_from_config, view_settings
+from eventqueue.core.rules import (
+    backoff_s,
+    dedup_since,
+    dedup_ttl_s,
+    retry_plan,
+    rules_from_config,
+    view_settings,
+)
 from eventqueue.runtime.admission import Admission
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
@@ -521,11 +528,16 @@ class EventQueue:
 
     async def purge(self, older_than_s: float | None = None, *, chunk: int = 500) -> int:
         """Delete done events finished more than `older_than_s` ago (default: retention), in
-        small transactions so writers never wait long; returns how many."""
-        cutoff = self._clock() - (self.config.retention_s if older_than_s is None else older_than_s)
+        small transactions so writers never wait long; returns how many. Events whose dedup
+        window is still open are kept, so a re-put of their content stays a duplicate."""
+        now = self._clock()
+        cutoff = now - (self.config.retention_s if older_than_s is None else older_than_s)
+        since = dedup_since(now, dedup_ttl_s(self.config))
         total = 0
         while True:
-            removed = await self.store.purge_done(cutoff=cutoff, limit=chunk)
+            removed = await self.store.purge_done(
+                cutoff=cutoff, dedup_since=since, now=now, limit=chunk
+            )
             total += removed
             if removed < chunk:
                 return total

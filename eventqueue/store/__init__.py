@@ -161,7 +161,8 @@ def backend(config: Config) -> _BackendModule:
     except ImportError as exc:
         raise ConfigError(
             f"EVENT_DB_PATH is a PostgreSQL URL, but the PostgreSQL backend cannot be loaded "
-            f"({exc}): install it with `pip install 'eventqueue[postgres]'`"
+            f"({exc}): install it from eventqueue's clone with `pip install -e '.[postgres]'` "
+            "(it adds asyncpg)"
         ) from exc
 
 

@@ -186,8 +186,14 @@ class Store(Protocol):
         """Dead events (these ids, or all) back to pending; nothing changes if one is not dead."""
         ...
 
-    async def purge_done(self, *, cutoff: float, limit: int) -> int:
-        """Delete up to `limit` done events finished before `cutoff`; how many."""
+    async def purge_done(self, *, cutoff: float, dedup_since: float, now: float, limit: int) -> int:
+        """Delete up to `limit` done events finished before `cutoff`; how many. An event that
+        still holds its dedup key and was received between `dedup_since` and `now` (its dedup
+        window is open) is kept: deleting it would make a re-put of its content new again."""
+        ...
+
+    async def count_kept_for_dedup(self, *, cutoff: float, dedup_since: float, now: float) -> int:
+        """How many done events finished before `cutoff` `purge_done` keeps for their window."""
         ...
 
     async def settings(self) -> dict[str, str]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import EventQueueError
-from eventqueue.tools.inspector import Inspector
+from eventqueue.tools.inspector import Inspector, PurgeResult
 from eventqueue.tools.render import (
     emit,
     refusal_message,
@@ -212,17 +212,29 @@ def requeue(db_path: str, ids: tuple[str, ...], all_dead: bool, as_json: bool) -
 )
 @json_option
 def purge(db_path: str, older_than: str | None, as_json: bool) -> None:
-    """Delete done events finished more than DURATION ago, in small transactions."""
+    """Delete done events finished more than DURATION ago, in small transactions.
+
+    Events still inside their dedup window (DEDUP_TTL_SECONDS, as the queue last recorded it)
+    are kept, so a re-put of their content stays a duplicate; the output says how many."""
     inspector = _inspector(db_path)
     seconds = inspector.config.retention_s if older_than is None else parse_duration(older_than)
-    result = inspector.purge(cutoff=time.time() - seconds)
-    emit(
-        result,
-        as_json,
-        lambda r: (
-            f"purged {r['purged']} done event(s) finished before {r['cutoff']}; "
-            f"freed {r['freed_pages']} page(s)"
-        ),
+    now = time.time()
+    result = inspector.purge(cutoff=now - seconds, now=now)
+    emit(result, as_json, _purged)
+
+
+def _purged(r: PurgeResult) -> str:
+    kept = ""
+    if r["kept_for_dedup"]:
+        # Why some old enough to go are still there: their content must stay a duplicate.
+        kept = (
+            f"; kept {r['kept_for_dedup']} received within the dedup window "
+            f"({r['dedup_ttl_s']:g} s, DEDUP_TTL_SECONDS): a re-put of their content is still "
+            "a duplicate"
+        )
+    return (
+        f"purged {r['purged']} done event(s) finished before {r['cutoff']}{kept}; "
+        f"freed {r['freed_pages']} page(s)"
     )
 
 
@@ -241,13 +253,18 @@ def vacuum(db_path: str, as_json: bool) -> None:
 @json_option
 def backup(db_path: str, path: str, force: bool, as_json: bool) -> None:
     """Write a consistent copy of the database to PATH (SQLite's backup API; on PostgreSQL
-    it prints the pg_dump command to run instead)."""
+    it copies nothing and prints the pg_dump command to run, exit 0, `copied: false`)."""
     result = _inspector(db_path).backup(path, force=force)
-    emit(
-        result,
-        as_json,
-        lambda r: f"backed up {r['source']} to {r['path']} ({r['bytes']} bytes)",
-    )
+    emit(result, as_json, _backed_up)
+
+
+def _backed_up(r: Mapping[str, Any]) -> str:
+    if "command" in r:  # a server database: pg_dump's job
+        return (
+            f"{r['source']} is a PostgreSQL database: eventqueue copies nothing itself; back it "
+            f"up with pg_dump:\n  {r['command']}"
+        )
+    return f"backed up {r['source']} to {r['path']} ({r['bytes']} bytes)"
 
 
 # --- SQL for debugging --------------------------------------------------------------------------

@@ -23,7 +23,12 @@ from eventqueue.core.records import (
     schema_problem,
 )
 from eventqueue.core.records import SchemaStatus as SchemaStatus
-from eventqueue.core.rules import ClaimRules, rules_from_settings
+from eventqueue.core.rules import (
+    ClaimRules,
+    dedup_since,
+    dedup_ttl_from_settings,
+    rules_from_settings,
+)
 from eventqueue.store import Store, admin, migrate, open_store, schema_status
 
 T = TypeVar("T")
@@ -32,6 +37,9 @@ T = TypeVar("T")
 class PurgeResult(TypedDict):
     purged: int
     cutoff: str | None
+    # Done events old enough to purge, kept because their dedup window is still open.
+    kept_for_dedup: int
+    dedup_ttl_s: float | None
     freed_pages: int
 
 
@@ -92,18 +100,27 @@ class Inspector:
         """Dead events (these ids, or all) back to pending; nothing changes if one is not dead."""
         return self._run(lambda store: store.requeue(ids, now=now), write=True)
 
-    def purge(self, *, cutoff: float, chunk: int = 500) -> PurgeResult:
-        """Delete done events finished before `cutoff`, one small transaction per chunk."""
+    def purge(self, *, cutoff: float, now: float, chunk: int = 500) -> PurgeResult:
+        """Delete done events finished before `cutoff`, one small transaction per chunk,
+        keeping those whose dedup window (as the queue last recorded it) is open at `now`."""
 
-        async def purge(store: Store) -> int:
+        async def purge(store: Store) -> tuple[int, int, float | None]:
+            ttl = dedup_ttl_from_settings(await store.settings(), self.config)
+            window = {"cutoff": cutoff, "dedup_since": dedup_since(now, ttl), "now": now}
             purged = 0
-            while (deleted := await store.purge_done(cutoff=cutoff, limit=chunk)) == chunk:
+            while (deleted := await store.purge_done(**window, limit=chunk)) == chunk:
                 purged += deleted
-            return purged + deleted
+            return purged + deleted, await store.count_kept_for_dedup(**window), ttl
 
-        purged = self._run(purge, write=True)
+        purged, kept, ttl = self._run(purge, write=True)
         freed = admin(self.config).compact(self.config)
-        return PurgeResult(purged=purged, cutoff=iso(cutoff), freed_pages=freed)
+        return PurgeResult(
+            purged=purged,
+            cutoff=iso(cutoff),
+            kept_for_dedup=kept,
+            dedup_ttl_s=ttl,
+            freed_pages=freed,
+        )
 
     def vacuum(self) -> Mapping[str, Any]:
         """Give free space back to the filesystem (backend-specific)."""

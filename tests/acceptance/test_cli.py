@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from eventqueue import EventQueue
+from eventqueue import EventQueue, PutResult
 from eventqueue.store.sqlite import migrations
 from eventqueue.tools import cli
 
@@ -373,6 +374,42 @@ def test_purge_defaults_to_event_retention_seconds(db: dict[str, Any]) -> None:
     assert "purged 0 done" in run("purge", "--db", db["path"], env=env).stdout
     env = {"EVENT_RETENTION_SECONDS": "60"}
     assert "purged 1 done" in run("purge", "--db", db["path"], env=env).stdout
+
+
+async def _acked_a_minute_ago(path: str, **settings: Any) -> None:
+    """One event put and acked a minute ago (by the wall clock the CLI reads)."""
+    frozen = time.time() - 60.0
+    async with EventQueue.open(path, batch_window_ms=0, clock=lambda: frozen, **settings) as q:
+        await q.put(ev("order_shipped"))
+        await q.ack(await _claim(q))
+
+
+def test_purge_keeps_what_the_dedup_window_needs_and_says_so(tmp_path: Path) -> None:
+    path = str(tmp_path / "events.db")
+    asyncio.run(_acked_a_minute_ago(path))  # DEDUP_TTL_SECONDS: 300
+
+    result = run("purge", "--older-than", "0", "--db", path)
+    assert result.exit_code == 0, result.output
+    assert "purged 0 done event(s)" in result.stdout
+    assert "kept 1 received within the dedup window (300 s" in result.stdout
+    data = as_json(run("purge", "--older-than", "0", "--db", path, "--json"))
+    assert (data["purged"], data["kept_for_dedup"], data["dedup_ttl_s"]) == (0, 1, 300.0)
+    assert asyncio.run(_put_again(path)).duplicate
+
+
+async def _put_again(path: str) -> PutResult:
+    async with EventQueue.open(path) as q:
+        return await q.put(ev("order_shipped"))
+
+
+def test_purge_uses_the_dedup_window_the_queue_recorded(tmp_path: Path) -> None:
+    # The queue ran with a 30 s window; the CLI's own environment says nothing (300 s default).
+    path = str(tmp_path / "events.db")
+    asyncio.run(_acked_a_minute_ago(path, dedup_ttl_s=30))
+
+    data = as_json(run("purge", "--older-than", "0", "--db", path, "--json"))
+    assert (data["purged"], data["kept_for_dedup"], data["dedup_ttl_s"]) == (1, 0, 30.0)
+    assert "kept" not in run("purge", "--older-than", "0", "--db", path).stdout
 
 
 @pytest.mark.parametrize("bad", ["soon", "5w", "-1h", "1d; DROP TABLE events", "", "99999999d"])

@@ -75,7 +75,8 @@ async def test_a_lost_lease_among_the_acks_changes_nothing(
 async def test_purge_removes_done_events_past_retention_only(
     open_queue: OpenQueue, clock: FakeClock, query: Query
 ) -> None:
-    q = await open_queue(batch_window_ms=0, retention_s=100)
+    # A dedup window shorter than retention: what it would keep is kept anyway (see below).
+    q = await open_queue(batch_window_ms=0, retention_s=100, dedup_ttl_s=60)
     await q.put(event("old"))
     batch = await q.claim("w")
     assert batch is not None
@@ -105,3 +106,20 @@ async def test_nack_of_an_id_outside_the_batch_is_refused_and_changes_nothing(
     with pytest.raises(LeaseLostError):
         await q.nack(batch, "boom", ids=[*batch.ids, 999])
     assert query("select status, attempts from events") == [("claimed", 1)]
+
+
+async def test_purge_keeps_done_events_whose_dedup_window_is_open(
+    open_queue: OpenQueue, clock: FakeClock, query: Query
+) -> None:
+    q = await open_queue(batch_window_ms=0, retention_s=0, dedup_ttl_s=300)
+    await q.put(event("acked"))
+    batch = await q.claim("w")
+    assert batch is not None
+    await q.ack(batch)
+    clock.advance(60)
+
+    assert await q.purge(older_than_s=0) == 0
+    assert (await q.put(event("acked"))).duplicate
+    clock.advance(241)  # the window (300 s) has closed
+    assert await q.purge(older_than_s=0) == 1
+    assert (await q.put(event("acked"))).accepted

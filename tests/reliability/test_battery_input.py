@@ -50,7 +50,10 @@ json_like = st.recursive(
     max_leaves=16,
 )
 events = st.dictionaries(
-    st.sampled_from(["event_type", "event_name", "aggregate_id", "attributes", "event_id"]) | texts,
+    st.sampled_from(
+        ["event_type", "event_name", "aggregate_id", "attributes", "event_id", "timestamp"]
+    )
+    | texts,
     json_like,
     max_size=6,
 )
@@ -192,7 +195,7 @@ def test_a_malformed_value_is_refused_and_nothing_is_stored(
     if where == "attributes":
         event["attributes"] = {"x": bad}
     elif where == "top":
-        event["payload"] = bad
+        event["event_id"] = bad  # the one top-level field that may hold any JSON value
     else:
         event["attributes"] = {"items": [1, {"y": [bad]}]}
     with pytest.raises(InvalidEventError):
@@ -249,6 +252,9 @@ FIXED_BAD: dict[str, Callable[[], Any]] = {
     "deeper-than-the-recursion-limit": lambda: {"attributes": deep(5000)},
     "oversize": lambda: {"attributes": {"x": "é" * (MAX_BYTES // 2)}},
     "name-not-text": lambda: {"event_name": 1},
+    "unknown-top-level-field": lambda: {"event_name": "x", "source": "replay"},
+    "attributes-not-an-object": lambda: {"event_name": "x", "attributes": [1]},
+    "aggregate_id-a-float": lambda: {"event_name": "x", "aggregate_id": 1.5},
     "not-a-dict": lambda: [("event_name", "x")],
 }
 

@@ -74,8 +74,47 @@ def test_hash_ignores_event_id() -> None:
     assert encode(base(event_id="e-999")).content_hash == encode(base()).content_hash
 
 
-def test_hash_ignores_fields_outside_the_hashed_set() -> None:
-    assert encode(base(source="replay")).content_hash == encode(base()).content_hash
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"source": "replay"}, "field 'source'"),
+        ({"Attributes": {}}, "field 'Attributes'"),
+        ({"payload": 1, "data": 2}, "fields 'data', 'payload'"),
+    ],
+)
+def test_an_unknown_top_level_field_is_refused_naming_it(extra: dict[str, Any], named: str) -> None:
+    # Unhashed, it would make two events that differ only there duplicates of each other.
+    with pytest.raises(InvalidEventError, match=f"unknown top-level {named}: .* in attributes"):
+        encode(base(**extra))
+
+
+def test_only_the_hashed_fields_event_id_and_timestamp_are_accepted() -> None:
+    assert set(encode(base()).payload) == {
+        "event_type", "event_name", "aggregate_id", "attributes", "event_id", "timestamp"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "event",
+    [{}, {"event_name": "job"}, {"event_name": "job", "aggregate_id": None, "attributes": None}],
+)
+def test_the_plans_optional_fields_may_be_missing_or_null(event: dict[str, Any]) -> None:
+    # The plan reads every field with .get() and attributes with a {} default: missing and null
+    # hash as null (attributes as {}); a re-sent event is recognised either way.
+    complete = {"event_type": None, "event_name": None, "aggregate_id": None, "attributes": {}}
+    assert (
+        encode(event).content_hash == encode({**complete, **event, "attributes": {}}).content_hash
+    )
+
+
+def test_an_integer_aggregate_id_is_accepted_and_hashed_apart_from_its_text() -> None:
+    assert encode(base(aggregate_id=7)).content_hash != encode(base(aggregate_id="7")).content_hash
+
+
+@pytest.mark.parametrize("value", [1.5, True, [1], {"id": 1}])
+def test_an_aggregate_id_neither_text_nor_integer_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidEventError, match="aggregate_id must be a string or an integer"):
+        encode(base(aggregate_id=value))
 
 
 @pytest.mark.parametrize(
@@ -115,8 +154,8 @@ def test_content_hash_function_matches_encode() -> None:
 
 
 def test_canonical_json_is_sorted_and_compact() -> None:
-    text = encode({"b": 1, "a": [1, 2], "c": {"y": 1, "x": 2}}).payload_json
-    assert text == '{"a":[1,2],"b":1,"c":{"x":2,"y":1}}'
+    text = encode({"event_name": "n", "attributes": {"b": 1, "a": [1, 2], "c": {"y": 1}}})
+    assert text.payload_json == '{"attributes":{"a":[1,2],"b":1,"c":{"y":1}},"event_name":"n"}'
 
 
 def test_payload_round_trips() -> None:

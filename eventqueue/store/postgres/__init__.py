@@ -1,12 +1,12 @@
 """The PostgreSQL backend: one database (one schema) shared by listeners on several hosts.
 
 Selected by a `postgresql://` (or `postgres://`) URL in EVENT_DB_PATH or
-`EventQueue.open(url)`; `?options=-csearch_path%3DNAME` (libpq's own form, which psql and
-pg_dump read too) puts eventqueue in its own, existing schema.
-connection.py runs transactions on a small asyncpg pool, queries.py names every statement,
-schema.py defines the tables, store.py implements the Store interface, listener.py keeps
-LISTEN up, migrator.py drives alembic, admin.py holds vacuum, backup (pg_dump) and the
-read-only SQL console.
+`EventQueue.open(url)`; `?schema=NAME`, or libpq's own `?options=-csearch_path%3DNAME` (which
+psql and pg_dump read too), puts eventqueue in its own, existing schema (urls.py).
+urls.py reads the URL, connection.py runs transactions on a small asyncpg pool, queries.py
+names every statement, schema.py defines the tables, store.py implements the Store interface,
+listener.py keeps LISTEN up, migrator.py drives alembic, admin.py holds vacuum, backup
+(pg_dump) and the read-only SQL console.
 """
 
 from __future__ import annotations

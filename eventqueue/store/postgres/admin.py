@@ -18,16 +18,17 @@ import re
 import shlex
 import uuid
 from typing import Any, TypedDict
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from eventqueue.core.config import Config
-from eventqueue.core.errors import QueryError, SchemaError, StorageError
+from eventqueue.core.errors import QueryError, SchemaError
 from eventqueue.core.records import schema_problem
 from eventqueue.store.postgres.connection import connect, display_name
 from eventqueue.store.postgres.errors import storage_error
 from eventqueue.store.postgres.schema_state import read_status
+from eventqueue.store.postgres.urls import url_schema
 
 STATEMENT_TIMEOUT_MS = 60_000
 # A query starts with one of these; anything else is refused before it reaches the server.
@@ -86,25 +87,37 @@ def compact(config: Config) -> int:
     return 0
 
 
-def backup(config: Config, destination: str, *, force: bool = False) -> dict[str, Any]:
-    """Refused with the command to run: a PostgreSQL database is backed up with pg_dump."""
-    raise StorageError(
-        "eventqueue does not copy a PostgreSQL database itself; back it up with pg_dump: "
-        f"{pg_dump_command(config.db_path, destination)}"
+class BackupAdvice(TypedDict):
+    source: str
+    path: str
+    copied: bool
+    command: str
+
+
+def backup(config: Config, destination: str, *, force: bool = False) -> BackupAdvice:
+    """Nothing copied: the pg_dump command that backs the schema up (a server database is
+    pg_dump's job, with the server's own consistency and credentials); `copied` says so."""
+    return BackupAdvice(
+        source=display_name(config.db_path),
+        path=destination,
+        copied=False,
+        command=pg_dump_command(config.db_path, destination),
     )
 
 
 def pg_dump_command(dsn: str, destination: str) -> str:
     """The pg_dump command line that backs up eventqueue's schema of `dsn` to `destination`."""
+    schema = url_schema(dsn)
     parts = urlsplit(dsn)
-    options = " ".join(parse_qs(parts.query).get("options", []))
-    schema = re.search(r"search_path\s*=\s*([^,\s]+)", options)
-    url = urlunsplit(parts._replace(query=""))
+    # pg_dump reads libpq's URL: eventqueue's schema= is not one of its parameters, and the
+    # schema is given as --schema instead of a search_path.
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("options", "schema")]
+    url = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
     if parts.password is not None:
         url = display_name(url).replace(":***@", "@")  # give the password through PGPASSWORD
     words = ["pg_dump", "--format=custom", f"--file={destination}"]
     if schema:
-        words.append(f"--schema={schema[1]}")
+        words.append(f"--schema={schema}")
     return " ".join(shlex.quote(w) for w in [*words, url])
 
 

@@ -196,10 +196,10 @@ def scratch_schema(url: str) -> str:
 def _with_schema(url: str, schema: str) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query)
-    if any(name == "options" for name, _ in query):
+    if any(name in ("options", "schema") for name, _ in query):
         raise ConfigError(
-            f"{display_name(url)} already has libpq options; give the server's URL without "
-            "?options=...: a scratch schema of its own is made there"
+            f"{display_name(url)} already has libpq options or a schema; give the server's URL "
+            "without ?options=... or ?schema=...: a scratch schema of its own is made there"
         )
     query.append(("options", f"-csearch_path={schema}"))
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from eventqueue.core.errors import QueueClosedError, StoreBusyError
 from eventqueue.store.postgres.errors import RETRYABLE, storage_error
+from eventqueue.store.postgres.urls import display_name as display_name
+from eventqueue.store.postgres.urls import driver_dsn as driver_dsn
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -34,21 +35,6 @@ POOL_MIN = 1
 POOL_MAX = 4
 # How often a transaction rolled back by a deadlock or serialization failure is run again.
 RETRIES = 3
-
-
-def display_name(dsn: str) -> str:
-    """The URL without its password, for messages and `Store.name`."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def driver_dsn(dsn: str) -> str:
-    """The URL as asyncpg reads it (postgres:// and postgresql:// alike)."""
-    return "postgresql://" + dsn.split("://", 1)[1]
 
 
 async def connect(dsn: str, *, timeout_s: float, **settings: str) -> asyncpg.Connection:

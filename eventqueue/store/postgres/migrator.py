@@ -25,6 +25,7 @@ from eventqueue.core.errors import SchemaError
 from eventqueue.core.records import SchemaState
 from eventqueue.store import revisions
 from eventqueue.store.postgres import queries as sql
+from eventqueue.store.postgres.urls import driver_dsn
 
 # The same version table as on SQLite: eventqueue's history beside a host application's.
 VERSION_TABLE = "eventqueue_alembic_version"
@@ -80,10 +81,12 @@ async def downgrade(dsn: str, revision: str) -> None:
 
 
 async def _run(dsn: str, action: Callable[[AlembicConfig], Any]) -> None:
-    # NullPool and asyncpg's own DSN parsing: the URL's query (e.g. ?search_path=...) means
-    # the same here as for the store's pool.
+    # NullPool and asyncpg's own DSN parsing of the same driver DSN as the store's pool: the
+    # URL's query (schema=, options=-csearch_path...) means the same here.
     engine = create_async_engine(
-        "postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(dsn), poolclass=NullPool
+        "postgresql+asyncpg://",
+        async_creator=lambda: asyncpg.connect(driver_dsn(dsn)),
+        poolclass=NullPool,
     )
     try:
         async with engine.begin() as connection:

@@ -409,14 +409,28 @@ _REQUEUE = """
 """
 REQUEUE_IDS = Query.of("requeue_ids", _REQUEUE + " AND id = ANY(:ids::bigint[])")
 REQUEUE_ALL = Query.of("requeue_all", _REQUEUE)
+# A done event whose dedup window is open (key held, received between :since and :now) is
+# kept: deleting it would make a re-put of its content new again. Received "in the future"
+# means the wall clock stepped back: its window has ended (as for RELEASE_DEDUP).
+_DEDUP_WINDOW_OPEN = """
+    (dedup_key IS NOT NULL AND received_at >= :since::float8 AND received_at <= :now::float8)
+"""
 # SKIP LOCKED: purges on several hosts at once take different chunks instead of queueing.
 PURGE_DONE = Query.of(
     "purge_done",
-    """
+    f"""
     DELETE FROM events WHERE id IN (
         SELECT id FROM events WHERE status = 'done' AND finished_at < :cutoff::float8
+          AND NOT {_DEDUP_WINDOW_OPEN}
         ORDER BY finished_at LIMIT :chunk::int FOR UPDATE SKIP LOCKED
     )
+    """,
+)
+COUNT_KEPT_FOR_DEDUP = Query.of(
+    "count_kept_for_dedup",
+    f"""
+    SELECT count(*) FROM events WHERE status = 'done' AND finished_at < :cutoff::float8
+      AND {_DEDUP_WINDOW_OPEN}
     """,
 )
 SAVE_SETTINGS = Query.of(

@@ -373,11 +373,17 @@ class PostgresStore:
 
         return await self._pool.write(body)
 
-    async def purge_done(self, *, cutoff: float, limit: int) -> int:
-        """Delete up to `limit` done events finished before `cutoff`; how many."""
-        args = sql.PURGE_DONE.args(cutoff=cutoff, chunk=limit)
+    async def purge_done(self, *, cutoff: float, dedup_since: float, now: float, limit: int) -> int:
+        """Delete up to `limit` done events finished before `cutoff`, except those inside their
+        dedup window; how many."""
+        args = sql.PURGE_DONE.args(cutoff=cutoff, since=dedup_since, now=now, chunk=limit)
         status = await self._pool.write(lambda c: c.execute(sql.PURGE_DONE.sql, *args))
         return _row_count(status)
+
+    async def count_kept_for_dedup(self, *, cutoff: float, dedup_since: float, now: float) -> int:
+        """How many done events finished before `cutoff` `purge_done` keeps for their window."""
+        args = sql.COUNT_KEPT_FOR_DEDUP.args(cutoff=cutoff, since=dedup_since, now=now)
+        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_KEPT_FOR_DEDUP.sql, *args)))
 
     async def settings(self) -> dict[str, str]:
         """The settings the last opener recorded."""

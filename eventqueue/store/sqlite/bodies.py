@@ -47,6 +47,7 @@ class Q:
     setting = Prepared.of(sql.save_setting())
     spill_save = Prepared.of(sql.save_spill_position())
     purge = Prepared.of(sql.purge_done())
+    kept_for_dedup = Prepared.of(sql.count_kept_for_dedup())
     spill_read = Prepared.of(sql.select_spill_positions())
     peek = Prepared.of(sql.peek_ready())
     lease_ids = Prepared.of(sql.lease_ids())

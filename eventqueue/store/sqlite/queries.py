@@ -295,15 +295,37 @@ def requeue_events(*, all_dead: bool) -> Update:
     )
 
 
+def _dedup_window_open() -> ColumnElement[bool]:
+    # The row still holds its dedup key and was received inside the window (`b_since` ..
+    # `b_now`): a re-put of its content must still be found a duplicate. Received "in the
+    # future" means the wall clock stepped back: its window has ended (as for release).
+    return and_(
+        events.c.dedup_key.is_not(None),
+        events.c.received_at >= bindparam("b_since"),
+        events.c.received_at <= bindparam("b_now"),
+    )
+
+
+def _purgeable() -> list[ColumnElement[bool]]:
+    """Done, finished before `b_cutoff`; `_dedup_window_open` decides whether it may go."""
+    return [_status_is("done"), events.c.finished_at < bindparam("b_cutoff")]
+
+
 def purge_done() -> Delete:
-    """Delete one small chunk of done events finished before the cutoff."""
+    """Delete one small chunk of done events finished before the cutoff, except those whose
+    dedup window is still open (purge must not make their content new again)."""
     chunk = (
         select(events.c.id)
-        .where(_status_is("done"), events.c.finished_at < bindparam("b_cutoff"))
+        .where(*_purgeable(), ~_dedup_window_open())
         .limit(bindparam("b_chunk"))
         .scalar_subquery()
     )
     return delete(events).where(events.c.id.in_(chunk))
+
+
+def count_kept_for_dedup() -> Select[Any]:
+    """How many done events finished before the cutoff purge keeps for their dedup window."""
+    return select(func.count()).select_from(events).where(*_purgeable(), _dedup_window_open())
 
 
 def save_setting() -> Insert:

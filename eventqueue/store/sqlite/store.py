@@ -358,14 +358,20 @@ class SQLiteStore:
 
         return await self._conn.write(body)
 
-    async def purge_done(self, *, cutoff: float, limit: int) -> int:
-        """Delete up to `limit` done events finished before `cutoff` (one small transaction)."""
-        params = Q.purge.bind(b_cutoff=cutoff, b_chunk=limit)
+    async def purge_done(self, *, cutoff: float, dedup_since: float, now: float, limit: int) -> int:
+        """Delete up to `limit` done events finished before `cutoff`, except those inside their
+        dedup window (one small transaction)."""
+        params = Q.purge.bind(b_cutoff=cutoff, b_since=dedup_since, b_now=now, b_chunk=limit)
 
         def body(db: Tx) -> int:
             return db.run(Q.purge.sql, params)
 
         return await self._conn.write(body)
+
+    async def count_kept_for_dedup(self, *, cutoff: float, dedup_since: float, now: float) -> int:
+        """How many done events finished before `cutoff` `purge_done` keeps for their window."""
+        params = Q.kept_for_dedup.bind(b_cutoff=cutoff, b_since=dedup_since, b_now=now)
+        return int(await self._conn.read(lambda db: db.scalar(Q.kept_for_dedup.sql, params)))
 
     async def settings(self) -> dict[str, str]:
         """The settings the last opener recorded."""

@@ -67,7 +67,7 @@ async def run_demo(options: DemoOptions) -> int:
     path, spill_dir = await _database(options.db_path)
     stream = synthetic_stream(options.events, options.rate_per_s)
     if not options.as_json:
-        click.echo(f"database: {_shown(path)}")
+        click.echo(f"database: {_database_url(path)}")
     with _quiet_logs():
         report = await _run(options, path, spill_dir, stream)
     # The checks read through the backend's SQL console, which runs its own event loop.
@@ -97,6 +97,16 @@ def drop_command(url: str) -> str:
     """The psql line that drops the demo's schema (the URL's options select it)."""
     schema = url.rsplit("search_path%3D", 1)[-1]
     return f"psql {shlex.quote(url)} -c {shlex.quote(f'DROP SCHEMA {schema} CASCADE')}"
+
+
+def _database_url(location: str) -> str:
+    """Where the demo's data is, as `--db` takes it: for PostgreSQL the URL that reaches the
+    demo's schema (`?schema=eqdemo_...`; psql lines keep libpq's options form, see `_shown`)."""
+    if backend_of(location) == "sqlite":
+        return location
+    from eventqueue.store.postgres.urls import with_schema_parameter
+
+    return with_schema_parameter(_shown(location))
 
 
 def _shown(location: str) -> str:
@@ -155,7 +165,7 @@ async def _run(
             "last_event_ids": server.last_event_ids_seen,
             "dropped_after": disconnect,
         }
-    report["database"] = _shown(path)
+    report["database"] = _database_url(path)
     return report
 
 

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pytest
 from click.testing import CliRunner
@@ -47,7 +46,7 @@ def test_demo_passes_its_checks_in_a_schema_of_its_own(demo_run: tuple[str, Any]
     schema, report = demo_run
     assert report["ok"] and report["finished"]
     assert [c for c in report["checks"] if not c["ok"]] == []
-    assert unquote(report["database"]).endswith(f"options=-csearch_path={schema}")
+    assert report["database"].endswith(f"/test?schema={schema}")
     assert report["cleanup"].endswith(shlex.quote(f"DROP SCHEMA {schema} CASCADE"))
     assert report["stream"]["connections"] == 2
 
@@ -69,6 +68,14 @@ def test_report_counts_match_the_database(pg_server: str, demo_run: tuple[str, A
     assert [r[0] for r in dead] == [demo.BROKEN]
 
 
+def test_the_printed_database_url_reaches_the_demos_schema(demo_run: tuple[str, Any]) -> None:
+    _, report = demo_run
+    result = CliRunner().invoke(cli.main, ["stats", "--db", report["database"], "--json"])
+    assert result.exit_code == 0, result.output
+    done = sum(json.loads(result.stdout)["counts"]["done"].values())
+    assert done == report["events"]["handled"] > 0
+
+
 def test_printed_queries_work(demo_run: tuple[str, Any]) -> None:
     _, report = demo_run
     queries = report["queries"]
@@ -86,10 +93,12 @@ def test_printed_queries_work(demo_run: tuple[str, Any]) -> None:
         assert done.stdout.strip()
 
 
-def test_a_url_that_chooses_its_schema_is_refused(pg_db: str) -> None:
-    """A URL with its own options (here: a test schema) is refused; nothing is created."""
+def test_a_url_that_chooses_its_schema_is_refused(pg_db: str, pg_server: str) -> None:
+    """A URL with its own options or schema= (here: a test schema) is refused; nothing is
+    created."""
     before = schemas(pg_db, "eqdemo_")
-    result = CliRunner().invoke(cli.main, ["demo", *SMALL, "--db", pg_db, "--json"])
-    assert result.exit_code == 2
-    assert "without ?options=" in result.stderr
+    for url in (pg_db, f"{pg_server}?schema=public"):
+        result = CliRunner().invoke(cli.main, ["demo", *SMALL, "--db", url, "--json"])
+        assert result.exit_code == 2
+        assert "without ?options=... or ?schema=..." in result.stderr
     assert schemas(pg_db, "eqdemo_") == before
