@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import (
+    NotInBatchError,
     QueueClosedError,
 )
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
@@ -435,6 +436,7 @@ class EventQueue:
         """The batch (or these events of it) was handled: done. LeaseLostError if stale."""
         self._check_open()
         chosen = batch.ids if ids is None else list(ids)
+        _require_in_batch(batch, chosen)
         await self.store.ack(batch.token, chosen, now=self._clock())
         if self.metrics.sink is not None:
             self.metrics.sink.settled("handled", batch.key, len(chosen))
@@ -455,6 +457,7 @@ class EventQueue:
             self._rules = dataclasses.replace(self._rules, retry_horizon_s=retry_in + 1.0)
         now = self._clock()
         chosen = set(batch.ids if ids is None else ids)
+        _require_in_batch(batch, chosen)
         plan = retry_plan(self.config, batch, chosen, now=now, retry_in=retry_in)
         await self.store.nack(batch.token, plan.retry_at, plan.dead, error=error[:10_000], now=now)
         if self.metrics.sink is not None:
@@ -511,6 +514,13 @@ class EventQueue:
     def _check_open(self) -> None:
         if self._closed:
             raise QueueClosedError("the queue is closed")
+
+
+def _require_in_batch(batch: Batch, ids: Iterable[int]) -> None:
+    """Ids never in the batch are the caller's mistake, not a lost lease: say so, change nothing."""
+    outside = sorted(set(ids) - set(batch.ids))
+    if outside:
+        raise NotInBatchError(outside)
 
 
 class _Opener:

@@ -291,7 +291,7 @@ class SpillLog:
                 os.close(fd)
 
     def _path(self, priority: int, segment: int) -> Path:
-        return self._dir / f"p{priority}-{segment:08d}.log"
+        return self._dir / f"p{int(priority)}-{segment:08d}.log"  # the value, not a name
 
     def _segment_files(self, only: int | None = None) -> list[tuple[int, int, Path]]:
         """(priority, segment, path) of every segment file, in append order per priority."""
