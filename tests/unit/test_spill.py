@@ -125,10 +125,30 @@ def test_release_counts_down_and_deletes_old_segments(
     spill.release(4, records[-1].next)
     assert spill.pending(4) == 0
     assert spill.stats().oldest_spilled_at is None
-    # the segment being appended to is never deleted
-    assert [int(p.name[3:11]) for p in segments(tmp_path / "spill")] == [
-        records[-1].position.segment
-    ]
+    # promoted to its end, the segment being appended to goes too: nothing left on disk
+    assert segments(tmp_path / "spill") == []
+    assert spill.stats().bytes_on_disk == 0
+
+
+def test_a_drained_spill_keeps_working_and_reopens_at_the_committed_position(
+    open_spill: OpenSpill, tmp_path: Path
+) -> None:
+    spill = open_spill()
+    spill.append(4, payloads(3))
+    first = read_all(spill, 4)
+    spill.release(4, first[1].next)
+    assert len(segments(tmp_path / "spill")) == 1  # a record still waits in it
+
+    spill.release(4, first[-1].next)
+    assert segments(tmp_path / "spill") == []
+    spill.append(4, [b"after"])
+    assert [r.data for r in read_all(spill, 4)] == [b"after"]
+    assert read_all(spill, 4)[0].position.segment == first[-1].position.segment + 1
+    spill.close()
+
+    reopened = open_spill(committed={4: first[-1].next})
+    assert [r.data for r in read_all(reopened, 4)] == [b"after"]
+    assert reopened.pending(4) == 1
 
 
 def test_release_again_or_backwards_is_a_no_op(open_spill: OpenSpill) -> None:

@@ -164,7 +164,12 @@ class SpillLog:
                 return list(itertools.islice(records, max(limit, 0)))
 
     def release(self, priority: int, upto: SpillPosition) -> None:
-        """Forget records before `upto` (promoted) and delete segments wholly before it."""
+        """Forget records before `upto` (promoted) and delete segments wholly before it.
+
+        The segment being appended to is closed and deleted too once promoted to its end: a
+        drained spill holds no bytes on disk (the next append starts a new segment). Callers
+        release only what a committed transaction promoted, so nothing deleted is still needed.
+        """
         with self._lock:
             lane = self._lane(priority)
             if upto <= lane.released:
@@ -174,6 +179,9 @@ class SpillLog:
             lane.released = upto
             lane.pending = max(0, lane.pending - released)
             lane.head_spilled_at = head
+            if lane.fd is not None and upto >= SpillPosition(lane.segment, lane.size):
+                with self._faults("close"):
+                    self._close_segment(lane)
             self._delete_before(priority, lane, upto)
 
     def pending(self, priority: int) -> int:
