@@ -120,10 +120,19 @@ def spill_lines(spill: dict[str, Any]) -> dict[str, str]:
         "folder": shown,
         "waiting": f"{spill.get('total', 0)} events ({each})" if each else "0 events",
         "oldest spilled": "none" if oldest is None else f"{oldest:.3f} s ago",
-        "on disk": size_text(spill.get("bytes_on_disk", 0)),
+        "on disk": on_disk_text(spill),
         "quarantined": f"{spill.get('quarantined_records', 0)} records "
         f"({size_text(spill.get('quarantined_bytes', 0))})",
     }
+
+
+def on_disk_text(spill: dict[str, Any]) -> str:
+    """Bytes on disk, and how much of it is promoted already (deleted at the next start)."""
+    text = size_text(spill.get("bytes_on_disk", 0))
+    promoted = spill.get("promoted_bytes", 0)
+    if promoted:
+        text += f" ({size_text(promoted)} of it already promoted, to be deleted)"
+    return text
 
 
 def size_text(n: int) -> str:

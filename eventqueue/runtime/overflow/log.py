@@ -79,6 +79,9 @@ class SpillStats:
     oldest_spilled_at: float | None
     quarantined_records: int
     quarantined_bytes: int
+    # Of bytes_on_disk, those already promoted (committed) but not yet deleted: the part of a
+    # segment that still holds waiting records, or what a crash left for the next start.
+    promoted_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -200,12 +203,17 @@ class SpillLog:
             heads = [
                 x.head_spilled_at for x in self._lanes.values() if x.head_spilled_at is not None
             ]
+            files = [(p, s, path.stat().st_size) for p, s, path in self._segment_files()]
             return SpillStats(
                 records={priority: lane.pending for priority, lane in self._lanes.items()},
-                bytes_on_disk=sum(path.stat().st_size for _, _, path in self._segment_files()),
+                bytes_on_disk=sum(size for _, _, size in files),
                 oldest_spilled_at=min(heads, default=None),
                 quarantined_records=self._quarantined_records,
                 quarantined_bytes=self._quarantined_bytes,
+                promoted_bytes=sum(
+                    _promoted(s, size, self._lanes[p].released if p in self._lanes else START)
+                    for p, s, size in files
+                ),
             )
 
     def close(self) -> None:
@@ -452,7 +460,7 @@ def inspect(
     root = Path(directory)
     committed = committed or {}
     records: dict[int, int] = {}
-    total_bytes = 0
+    total_bytes = promoted_bytes = 0
     oldest: float | None = None
     try:
         names = sorted(p for p in root.iterdir() if _SEGMENT.fullmatch(p.name))
@@ -467,6 +475,7 @@ def inspect(
             with path.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 total_bytes += size
+                promoted_bytes += _promoted(segment, size, start)
                 if segment < start.segment:
                     continue
                 offset = start.offset if segment == start.segment else 0
@@ -477,7 +486,14 @@ def inspect(
         except FileNotFoundError:
             continue  # promoted and deleted while we looked
     quarantined, quarantined_bytes = _count_quarantine(root / _QUARANTINE)
-    return SpillStats(records, total_bytes, oldest, quarantined, quarantined_bytes)
+    return SpillStats(records, total_bytes, oldest, quarantined, quarantined_bytes, promoted_bytes)
+
+
+def _promoted(segment: int, size: int, committed: SpillPosition) -> int:
+    """Bytes of a segment file before the committed position: promoted, deletable."""
+    if segment < committed.segment:
+        return size
+    return min(size, committed.offset) if segment == committed.segment else 0
 
 
 def has_segments(directory: str | os.PathLike[str]) -> bool:
