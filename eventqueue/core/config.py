@@ -75,6 +75,15 @@ SETTINGS: tuple[Setting, ...] = (
         3_600_000,
     ),
     Setting(
+        "high_batch_window_ms",
+        "EVENT_HIGH_BATCH_WINDOW_MS",
+        25.0,
+        "a key holding a HIGH event is ready once its oldest pending event waited this long "
+        "(capped at BATCH_WINDOW_MS): a lone HIGH event does not wait out the whole window",
+        0,
+        3_600_000,
+    ),
+    Setting(
         "max_batch_size",
         "MAX_BATCH_SIZE",
         10,
@@ -212,6 +221,7 @@ class Config:
     queue_size: int = 1000
     dedup_ttl_s: float = 300.0
     batch_window_ms: float = 100.0
+    high_batch_window_ms: float = 25.0
     max_batch_size: int = 10
     enable_batching: bool = True
     enable_dedup: bool = True
@@ -285,6 +295,11 @@ class Config:
     @property
     def batch_window_s(self) -> float:
         return self.batch_window_ms / 1000.0
+
+    @property
+    def high_batch_window_s(self) -> float:
+        """The window of keys holding a HIGH event: never longer than the batch window."""
+        return min(self.high_batch_window_ms, self.batch_window_ms) / 1000.0
 
 
 def _check_known(names: Mapping[str, Any]) -> None:

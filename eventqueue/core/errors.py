@@ -26,6 +26,18 @@ class LeaseLostError(EventQueueError):
     """The batch's claim token is no longer current: another consumer holds it, or it finished."""
 
 
+class NotInBatchError(LeaseLostError):
+    """Ids given to ack or nack that were never in this batch (a caller's mistake, not a lost
+    lease); nothing was acked or retried."""
+
+    def __init__(self, ids: list[int]) -> None:
+        shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
+        super().__init__(
+            f"ids not in this batch: {shown}; pass ids of the batch (batch.ids) or none for all"
+        )
+        self.ids = list(ids)
+
+
 class SchemaError(EventQueueError):
     """The database schema is missing, behind or ahead of this version of eventqueue."""
 

@@ -15,6 +15,11 @@ class Priority(enum.IntEnum):
     HIGH = 3
     CRITICAL = 4
 
+    def __str__(self) -> str:
+        # print() and f-strings show the name (`CRITICAL`, not `4`); comparisons, int() and
+        # JSON (json.dumps writes the value) stay those of an int.
+        return self.name
+
     @classmethod
     def parse(cls, value: Priority | int | str) -> Priority:
         """Accept a Priority, its value (1..4) or its name (case-insensitive)."""

@@ -77,6 +77,7 @@ class Wakeup:
     oldest_pending_at: float | None
     next_retry_at: float | None
     next_lease_expiry_at: float | None
+    oldest_high_pending_at: float | None = None  # HIGH or CRITICAL: a shorter window
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,10 @@ class ClaimRules:
     batching: bool
     lease_s: float
     max_attempts: int
+    # A key holding a HIGH event is ready once its oldest event waited this (capped at
+    # window_s): low-volume HIGH keys never fill a batch, and would otherwise wait out the
+    # whole window while busy NORMAL keys fill theirs at once.
+    high_window_s: float = float("inf")
     # The longest a lease or a retry back-off can legitimately run; stored times further ahead
     # than that mean the wall clock stepped back, and count as due.
     lease_horizon_s: float = 86_400.0
@@ -32,12 +36,18 @@ class ClaimRules:
         """Events per batch: MAX_BATCH_SIZE, or 1 with batching off."""
         return self.max_batch if self.batching else 1
 
+    @property
+    def high_window_effective_s(self) -> float:
+        """The window of keys holding a HIGH event: the shorter of the two windows."""
+        return min(self.high_window_s, self.window_s)
+
 
 def rules_from_config(config: Config) -> ClaimRules:
     """The claim rules of a running queue."""
     return ClaimRules(
         max_batch=config.max_batch_size,
         window_s=config.batch_window_s,
+        high_window_s=config.high_batch_window_s,
         aging_s=config.aging_s,
         batching=config.enable_batching,
         lease_s=config.lease_s,
@@ -52,6 +62,7 @@ def view_settings(config: Config) -> dict[str, str]:
     return {
         "max_batch_size": str(config.max_batch_size),
         "batch_window_ms": str(config.batch_window_ms),
+        "high_batch_window_ms": str(config.high_batch_window_ms),
         "enable_batching": "true" if config.enable_batching else "false",
         "aging_s": str(config.aging_s),
         "queue_size": str(config.queue_size),
@@ -75,6 +86,7 @@ def rules_from_settings(stored: Mapping[str, str], config: Config) -> ClaimRules
     return ClaimRules(
         max_batch=max(1, int(number("max_batch_size", config.max_batch_size))),
         window_s=number("batch_window_ms", config.batch_window_ms) / 1000.0,
+        high_window_s=number("high_batch_window_ms", config.high_batch_window_ms) / 1000.0,
         aging_s=number("aging_s", config.aging_s) or config.aging_s,
         batching=stored.get("enable_batching", str(config.enable_batching).lower()) != "false",
         lease_s=config.lease_s,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventqueue.core.arguments import error_text, extend_s, retry_in_s
 from eventqueue.core.config import Config
-from eventqueue.core.errors import InvalidArgumentError, QueueClosedError
+from eventqueue.core.errors import InvalidArgumentError, NotInBatchError, QueueClosedError
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
@@ -441,6 +441,7 @@ class EventQueue:
         """The batch (or these events of it) was handled: done. LeaseLostError if stale."""
         self._check_open()
         chosen = batch.ids if ids is None else list(ids)
+        _require_in_batch(batch, chosen)
         await self.store.ack(batch.token, chosen, now=self._clock())
         if self.metrics.sink is not None:
             self.metrics.sink.settled("handled", batch.key, len(chosen))
@@ -472,6 +473,7 @@ class EventQueue:
             self._rules = dataclasses.replace(self._rules, retry_horizon_s=delay + 1.0)
         now = self._clock()
         chosen = set(batch.ids if ids is None else ids)
+        _require_in_batch(batch, chosen)
         plan = retry_plan(self.config, batch, chosen, now=now, retry_in=delay, dead_now=dead)
         await self.store.nack(batch.token, plan.retry_at, plan.dead, error=text[:10_000], now=now)
         if self.metrics.sink is not None:
@@ -545,6 +547,13 @@ class EventQueue:
     def _check_open(self) -> None:
         if self._closed:
             raise QueueClosedError("the queue is closed")
+
+
+def _require_in_batch(batch: Batch, ids: Iterable[int]) -> None:
+    """Ids never in the batch are the caller's mistake, not a lost lease: say so, change nothing."""
+    outside = sorted(set(ids) - set(batch.ids))
+    if outside:
+        raise NotInBatchError(outside)
 
 
 class _Opener:

@@ -90,6 +90,8 @@ def idle_delay(wake: Wakeup, config: Config, now: float) -> float:
     times = [config.poll_ms / 1000.0, MAX_IDLE_S]
     if wake.oldest_pending_at is not None:
         times.append(wake.oldest_pending_at + config.batch_window_s - now)
+    if wake.oldest_high_pending_at is not None:
+        times.append(wake.oldest_high_pending_at + config.high_batch_window_s - now)
     times.extend(t - now for t in (wake.next_retry_at, wake.next_lease_expiry_at) if t is not None)
     return max(0.001, min(times))
 

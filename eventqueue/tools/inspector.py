@@ -160,7 +160,7 @@ class Inspector:
 
 def _dense(counts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     """Every status × every priority, zeros included: a stable shape for scripts."""
-    dense = {str(s): {p.name: 0 for p in Priority} for s in Status}
+    dense = {str(s): {p.name: 0 for p in sorted(Priority, reverse=True)} for s in Status}
     for status, by_priority in counts.items():
         dense.setdefault(status, {}).update(by_priority)
     return dense

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from eventqueue.core.models import Priority
 from eventqueue.core.records import Refusal, SchemaStatus
 
 
@@ -81,10 +82,12 @@ def render_schema(status: SchemaStatus) -> str:
 def render_stats(data: dict[str, Any]) -> RenderableType:
     """`stats`: counts by status × priority, then the summary and the spill."""
     counts: dict[str, dict[str, int]] = data["counts"]
-    priorities = list(next(iter(counts.values()), {}))
+    priorities = by_priority(next(iter(counts.values()), {}))
     table = Table("status", *priorities, "total", title="events")
-    for status, by_priority in counts.items():
-        values = [by_priority.get(p, 0) for p in priorities]
+    for column in table.columns[1:]:
+        column.justify = "right"
+    for status, row in counts.items():
+        values = [row.get(p, 0) for p in priorities]
         table.add_row(status, *map(str, values), str(sum(values)))
     oldest = data["oldest_pending_age_s"]
     summary = pairs(
@@ -96,8 +99,48 @@ def render_stats(data: dict[str, Any]) -> RenderableType:
     )
     parts: list[RenderableType] = [table, summary]
     if data["spill"]:
-        parts += [Text("spill", style="bold"), pairs(data["spill"])]
+        parts += [Text("spill", style="bold"), pairs(spill_lines(data["spill"]))]
     return Group(*parts)
+
+
+def by_priority(names: Iterable[str]) -> list[str]:
+    """Priority names CRITICAL first, as `top` and the demo show them (others after)."""
+    order = {p.name: -int(p) for p in Priority}
+    return sorted(names, key=lambda name: order.get(name, 0))
+
+
+def spill_lines(spill: dict[str, Any]) -> dict[str, str]:
+    """The spill section of `stats` in words (the JSON keeps its field names)."""
+    folders = spill.get("directories") or [spill.get("directory", "")]
+    shown = folders[0] + (f" (and {len(folders) - 1} more)" if len(folders) > 1 else "")
+    pending = spill.get("pending", {})
+    each = ", ".join(f"{name} {pending[name]}" for name in by_priority(pending))
+    oldest = spill.get("oldest_spilled_age_s")
+    return {
+        "folder": shown,
+        "waiting": f"{spill.get('total', 0)} events ({each})" if each else "0 events",
+        "oldest spilled": "none" if oldest is None else f"{oldest:.3f} s ago",
+        "on disk": on_disk_text(spill),
+        "quarantined": f"{spill.get('quarantined_records', 0)} records "
+        f"({size_text(spill.get('quarantined_bytes', 0))})",
+    }
+
+
+def on_disk_text(spill: dict[str, Any]) -> str:
+    """Bytes on disk, and how much of it is promoted already (deleted at the next start)."""
+    text = size_text(spill.get("bytes_on_disk", 0))
+    promoted = spill.get("promoted_bytes", 0)
+    if promoted:
+        text += f" ({size_text(promoted)} of it already promoted, to be deleted)"
+    return text
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: 0 B, 812 B, 2.9 MB (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def render_peek(data: dict[str, Any]) -> RenderableType:

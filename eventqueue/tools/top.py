@@ -26,6 +26,7 @@ from eventqueue.core.models import Priority, QueueStats
 from eventqueue.core.records import EventBrief
 from eventqueue.runtime.metrics import percentile
 from eventqueue.tools.inspector import Inspector
+from eventqueue.tools.render import size_text
 
 # Pending and claimed rows through their partial indexes (never a scan of finished history),
 # dead ones through theirs; done rows are only counted by `stats`.
@@ -49,6 +50,7 @@ LATENCY_WINDOW_S = 60.0
 LATENCY_SAMPLES = 20_000  # the most recent ones, when more finished in the window
 MAX_KEYS_SHOWN = 15
 DEAD_SHOWN = 5
+DEAD_LINES = 3  # of them, one line each on the screen
 PRIORITIES = sorted(Priority, reverse=True)
 
 
@@ -100,18 +102,32 @@ def read_snapshot(inspector: Inspector) -> Snapshot:
 
 # --- rendering ----------------------------------------------------------------------------------
 
+# Lines the screen uses besides the dead letters and the keys' rows: title, depth-and-latency
+# (caption, header, four priorities, total), rates, spill, and the keys' caption and header.
+_FIXED_LINES = 1 + 7 + 1 + 1 + 2
+SCREEN = (80, 24)  # the smallest terminal the layout is made for: every section fits on it
 
-def render(now: Snapshot, before: Snapshot | None, title: str) -> RenderableType:
-    """The whole screen for one refresh."""
+
+def render(
+    now: Snapshot, before: Snapshot | None, title: str, height: int = SCREEN[1]
+) -> RenderableType:
+    """The whole screen for one refresh, fitted to `height` lines (the busiest keys last:
+    they get the lines left over, so depth, latency, rates, spill and dead letters always show)."""
+    dead = _dead(now)
+    keys_room = max(1, height - _FIXED_LINES - len(dead))
     return Group(
-        Text(title, style="bold"),
+        _line(title, style="bold"),
         _priorities(now),
-        _keys(now),
         _rates(now, before),
-        _latency(now),
-        _dead(now),
         _spill(now.spill),
+        *dead,
+        _keys(now, keys_room),
     )
+
+
+def _line(text: str, style: str = "") -> Text:
+    """One screen line: cut with an ellipsis rather than wrapped."""
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
 
 
 def _age(oldest_at: float | None, now: float) -> str:
@@ -124,8 +140,24 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
+def _compact(*headers: str, caption: str) -> Table:
+    table = Table(
+        *headers, box=None, padding=(0, 1), pad_edge=False, title=caption,
+        title_justify="left", title_style="bold", header_style="underline",
+    )  # fmt: skip
+    for column in table.columns:
+        column.no_wrap = True
+        column.overflow = "ellipsis"
+    for column in table.columns[1:]:
+        column.justify = "right"
+    return table
+
+
 def _priorities(s: Snapshot) -> Table:
-    table = Table("priority", "pending", "claimed", "done", "dead", "oldest pending", title="depth")
+    table = _compact(
+        "priority", "pending", "claimed", "done", "dead", "oldest", "acked", "p50", "p99",
+        caption=f"depth, and receipt to ack of events done in the last {LATENCY_WINDOW_S:.0f} s",
+    )  # fmt: skip
     oldest: dict[int, float] = {}
     for status, priority, _, _, at in s.depth:
         if status == "pending":
@@ -133,16 +165,27 @@ def _priorities(s: Snapshot) -> Table:
     counts = s.stats.counts
     for p in PRIORITIES:
         cells = [str(counts.get(status, {}).get(p.name, 0)) for status in _STATUSES]
-        table.add_row(p.name, *cells, _age(oldest.get(int(p)), s.at))
+        table.add_row(p.name, *cells, _age(oldest.get(int(p)), s.at), *_latency(s.latency[p]))
     totals = [str(s.counts.get(status, 0)) for status in _STATUSES]
-    table.add_row("total", *totals, _age(min(oldest.values(), default=None), s.at), style="bold")
+    every = [x for samples in s.latency.values() for x in samples]
+    oldest_of_all = _age(min(oldest.values(), default=None), s.at)
+    table.add_row("total", *totals, oldest_of_all, *_latency(every), style="bold")
     return table
 
 
 _STATUSES = ("pending", "claimed", "done", "dead")
 
 
-def _keys(s: Snapshot) -> RenderableType:
+def _latency(samples: list[float]) -> list[str]:
+    """Events acked in the window, p50, p99 (`+` on the count: the most recent ones only)."""
+    if not samples:
+        return ["0", "-", "-"]
+    ordered = sorted(samples)
+    shown = f"{len(ordered)}+" if len(ordered) >= LATENCY_SAMPLES else str(len(ordered))
+    return [shown, *(_seconds(percentile(ordered, q)) for q in (0.5, 0.99))]
+
+
+def _keys(s: Snapshot, room: int) -> RenderableType:
     rows: dict[str, dict[str, Any]] = {}
     for status, priority, key, count, at in s.depth:
         row = rows.setdefault(key, {"pending": 0, "claimed": 0, "dead": 0, "top": 0, "at": None})
@@ -151,25 +194,23 @@ def _keys(s: Snapshot) -> RenderableType:
             row["top"] = max(row["top"], priority)
             row["at"] = at if row["at"] is None else min(row["at"], at)
     if not rows:
-        return Text("keys: nothing pending, claimed or dead")
+        return _line("keys: nothing pending, claimed or dead")
     ranked = sorted(rows.items(), key=lambda kv: (-(kv[1]["pending"] + kv[1]["claimed"]), kv[0]))
-    table = Table(
-        "batch key", "pending", "claimed", "dead", "top priority", "oldest pending",
-        title=f"keys (busiest {min(len(ranked), MAX_KEYS_SHOWN)} of {len(ranked)})",
+    shown = min(len(ranked), MAX_KEYS_SHOWN, room)
+    table = _compact(
+        "batch key", "pending", "claimed", "dead", "top", "oldest",
+        caption=f"keys (busiest {shown} of {len(ranked)})",
     )  # fmt: skip
-    for key, row in ranked[:MAX_KEYS_SHOWN]:
+    for key, row in ranked[:shown]:
         top = Priority(row["top"]).name if row["top"] else "-"
         counts = (str(row["pending"]), str(row["claimed"]), str(row["dead"]))
         table.add_row(Text(key), *counts, top, _age(row["at"], s.at))
     return table
 
 
-def _rates(now: Snapshot, before: Snapshot | None) -> RenderableType:
-    table = Table("accepted/s", "handled/s", "dead/s", "duplicates/s", title="rates")
+def _rates(now: Snapshot, before: Snapshot | None) -> Text:
     if before is None or now.at <= before.at:
-        table.add_row("-", "-", "-", "-")
-        table.caption = "from the next refresh on"
-        return table
+        return _line("rates: from the next refresh on")
     elapsed = now.at - before.at
     changes = (
         now.max_id - before.max_id,
@@ -178,58 +219,38 @@ def _rates(now: Snapshot, before: Snapshot | None) -> RenderableType:
         now.duplicates - before.duplicates,
     )
     # A purge (or a requeue) between two refreshes makes a count go down: no rate then.
-    table.add_row(*(f"{n / elapsed:.1f}" if n >= 0 else "-" for n in changes))
-    table.caption = f"over the last {elapsed:.1f} s"
-    return table
+    shown = [f"{n / elapsed:.1f}" if n >= 0 else "-" for n in changes]
+    names = ("accepted", "handled", "dead", "duplicates")
+    per_second = "  ".join(f"{name} {value}" for name, value in zip(names, shown, strict=True))
+    return _line(f"rates/s over the last {elapsed:.1f} s: {per_second}")
 
 
-def _latency(s: Snapshot) -> RenderableType:
-    table = Table(
-        "priority", "events", "p50", "p90", "p99", "max",
-        title=f"receipt to ack, events done in the last {LATENCY_WINDOW_S:.0f} s",
-    )  # fmt: skip
-    for p in PRIORITIES:
-        samples = sorted(s.latency[p])
-        if not samples:
-            table.add_row(p.name, "0", "-", "-", "-", "-")
-            continue
-        cells = [_seconds(percentile(samples, q)) for q in (0.5, 0.9, 0.99)]
-        table.add_row(p.name, str(len(samples)), *cells, _seconds(samples[-1]))
-    note = "the dispatcher's receipt-to-handler-start latency: its /metrics"
-    if s.latency_truncated:
-        note = f"the {LATENCY_SAMPLES} most recent; " + note
-    table.caption = note
-    return table
-
-
-def _dead(s: Snapshot) -> RenderableType:
+def _dead(s: Snapshot) -> list[Text]:
     total = s.counts.get("dead", 0)
     if not total:
-        return Text("dead letters: none")
-    table = Table(
-        "id", "event_name", "attempts", "died", "last error", title=f"dead letters: {total}"
-    )
-    for d in s.dead:
-        error = str(d.get("last_error") or "")
-        table.add_row(
-            str(d["id"]), Text(d["event_name"]), str(d["attempts"]), str(d.get("died_at")),
-            Text(error[:80] + ("…" if len(error) > 80 else "")),
-        )  # fmt: skip
-    return table
+        return [_line("dead letters: none")]
+    lines = [_line(f"dead letters: {total} (newest {min(len(s.dead), DEAD_LINES)})", "bold")]
+    for d in s.dead[:DEAD_LINES]:
+        died = str(d.get("died_at") or "")[11:19]  # the time of day of the ISO stamp
+        error = str(d.get("last_error") or "").replace("\n", " ")
+        lines.append(
+            _line(f"  #{d['id']} {d['event_name']}  attempts {d['attempts']}  {died}  {error}")
+        )
+    return lines
 
 
-def _spill(spill: dict[str, Any]) -> RenderableType:
+def _spill(spill: dict[str, Any]) -> Text:
     if not spill.get("total") and not spill.get("quarantined_records"):
-        return Text("spill: empty")
+        return _line(f"spill: empty ({size_text(spill.get('bytes_on_disk', 0))} on disk)")
     pending = ", ".join(f"{name} {n}" for name, n in spill["pending"].items() if n)
     oldest = spill.get("oldest_spilled_age_s")
     parts = [
         f"spill: {spill['total']} events ({pending or 'none'})",
-        f"{spill['bytes_on_disk']} bytes",
+        f"{size_text(spill['bytes_on_disk'])} on disk",
         f"oldest {_seconds(oldest) if oldest is not None else '-'}",
-        f"quarantined {spill['quarantined_records']} records",
+        f"quarantined {spill['quarantined_records']}",
     ]
-    return Text(", ".join(parts))
+    return _line(", ".join(parts))
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -259,7 +280,7 @@ def run_top(
                     f"eventqueue top  {db_path}  {time.strftime('%H:%M:%S')}  "
                     f"refresh {done} (every {interval_s:g} s; Ctrl-C quits)"
                 )
-                live.update(render(now, before, title), refresh=True)
+                live.update(render(now, before, title, console.size.height), refresh=True)
                 before = now
         except KeyboardInterrupt:
             pass

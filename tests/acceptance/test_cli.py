@@ -243,6 +243,23 @@ def test_stats_for_people_and_the_spill_section(db: dict[str, Any]) -> None:
     assert "spill" in run("stats", "--db", db["path"]).stdout
 
 
+def test_stats_for_people_reads_as_words_critical_first(db: dict[str, Any]) -> None:
+    plain = run("stats", "--db", db["path"]).stdout
+
+    header = next(line for line in plain.splitlines() if "status" in line)
+    assert header.index("CRITICAL") < header.index("HIGH") < header.index("NORMAL")
+    assert header.index("NORMAL") < header.index("LOW")
+    spill = plain[plain.index("\nspill") :]
+    for shown in ("folder ", "waiting ", "0 events (CRITICAL 0, HIGH 0, NORMAL 0, LOW 0)"):
+        assert shown in spill, shown
+    assert "on disk " in spill and "oldest spilled  none" in spill
+    for raw in ("{", "'", "bytes_on_disk", "quarantined_records", "directories"):
+        assert raw not in spill, raw  # no Python reprs, no JSON field names
+    data = as_json(run("stats", "--db", db["path"], "--json"))
+    assert list(data["counts"]["pending"]) == ["CRITICAL", "HIGH", "NORMAL", "LOW"]
+    assert set(data["spill"]) >= {"pending", "total", "bytes_on_disk", "quarantined_records"}
+
+
 @pytest.mark.parametrize("json_flag", [[], ["--json"]])
 def test_stats_watch_rereads_until_ctrl_c(
     db: dict[str, Any], monkeypatch: pytest.MonkeyPatch, json_flag: list[str]

@@ -73,6 +73,40 @@ def test_report_counts_match_the_database(small_run: tuple[Path, dict[str, Any]]
     assert report["latency_ms"]["CRITICAL"]["n"] > 0
 
 
+def test_json_report_has_stable_fields_and_the_critical_target(
+    small_run: tuple[Path, dict[str, Any]],
+) -> None:
+    _, report = small_run
+    # The fields the README's figures come from (`eventqueue demo --json`): a contract.
+    assert set(report) >= {"finished", "seconds", "events", "batches", "latency_ms", "ok"}
+    assert list(report["latency_ms"]) == ["CRITICAL", "HIGH", "NORMAL", "LOW"]
+    for row in report["latency_ms"].values():
+        assert set(row) == {"n", "p50_ms", "p99_ms", "max_ms"}
+    critical = report["latency_ms"]["CRITICAL"]
+    assert report["critical_target"] == {
+        "p99_ms": 10.0,
+        "measured_p99_ms": critical["p99_ms"],
+        "n": critical["n"],
+        "met": critical["p99_ms"] <= 10.0,
+    }
+
+
+def test_the_report_states_the_plans_target_beside_critical_with_n(tmp_path: Path) -> None:
+    result = run(*SMALL, "--db", str(tmp_path / "demo.db"))
+
+    assert result.exit_code == 0, result.output
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.replace("┃", "│").split("│")]
+
+    header = next(cells(line) for line in result.stdout.splitlines() if "p50 ms" in line)
+    assert header[:3] == ["priority", "n", "p50 ms"]  # n beside the percentiles
+    critical = next(line for line in result.stdout.splitlines() if line.startswith(" CRITICAL"))
+    assert "p99 <= 10" in critical
+    assert "the plan's target: CRITICAL p99 <= 10 ms" in result.stdout
+    assert "over n=" in result.stdout
+
+
 def test_printed_queries_work(small_run: tuple[Path, dict[str, Any]]) -> None:
     db, report = small_run
     queries = report["queries"]

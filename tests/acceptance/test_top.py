@@ -95,6 +95,39 @@ def test_top_holds_no_transaction_between_refreshes(busy_db: str) -> None:
     assert "refresh 3" in screen.file.getvalue()  # type: ignore[attr-defined]
 
 
+async def fill_many_keys(path: str) -> None:
+    """Forty busy keys and a dead letter with a long error, on top of `fill`."""
+    await fill(path)
+    async with EventQueue.open(path, batch_window_ms=0, max_attempts=1) as q:
+        await q.put_many([{"event_name": f"key_{k:02d}", "aggregate_id": k} for k in range(40)])
+        await q.put({"event_name": "order_placed", "aggregate_id": "x"})
+        batch = await q.claim()
+        assert batch is not None
+        await q.nack(batch, "a very long error message " * 10)
+
+
+def test_top_fits_an_80_by_24_terminal_with_every_section(tmp_path: Path) -> None:
+    path = str(tmp_path / "events.db")
+    asyncio.run(fill_many_keys(path))
+    screen = Console(file=io.StringIO(), width=80, height=24)
+
+    run_top(path, interval_s=0.1, iterations=2, console=screen, sleep=lambda _: None)
+
+    lines = screen.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) <= 24, "\n".join(lines)
+    assert all(len(line) <= 80 for line in lines)
+    text = "\n".join(lines)
+    for shown in (
+        "CRITICAL", "LOW", "total",  # depth by priority
+        "p50", "p99", "acked",  # latency
+        "rates/s over the last",
+        "dead letters: ", "a very long error message",
+        "spill: ",
+        "keys (busiest",
+    ):  # fmt: skip
+        assert shown in text, shown
+
+
 def test_top_on_a_missing_database_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli.main, ["top", "--db", str(tmp_path / "nope.db"), "--iterations", "1"]

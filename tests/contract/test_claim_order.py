@@ -273,3 +273,29 @@ async def test_one_claim_of_several_batches_lists_them_in_claim_order_by_oldest_
     batches = await claim(store, now=START + 5, batches=2)
 
     assert [b.key for b in batches] == ["a-handler", "b-handler"]  # as single claims serve them
+
+
+# BATCH_WINDOW_MS 100, EVENT_HIGH_BATCH_WINDOW_MS 25 (issue 19, point 11).
+HIGH_WINDOWED = claim_rules(max_batch=10, window_s=0.1, high_window_s=0.025)
+
+
+async def test_a_lone_high_event_is_ready_after_the_shorter_high_window(store: Store) -> None:
+    (high,) = await put(store, [make_event("sync", priority=Priority.HIGH)])
+    (normal,) = await put(store, [make_event("job")])  # NORMAL, same moment, another key
+    assert await claim(store, now=START + 0.02, rules=HIGH_WINDOWED) == []
+
+    batch = await claim_one(store, now=START + 0.03, rules=HIGH_WINDOWED)
+
+    assert batch.ids == [high]
+    assert await claim(store, now=START + 0.09, rules=HIGH_WINDOWED, token="t2") == []
+    later = await claim_one(store, now=START + 0.1, rules=HIGH_WINDOWED, token="t3")
+    assert later.ids == [normal]
+
+
+async def test_the_high_window_is_never_longer_than_the_batch_window(store: Store) -> None:
+    (high,) = await put(store, [make_event("sync", priority=Priority.HIGH)])
+    rules = claim_rules(max_batch=10, window_s=0.01, high_window_s=0.025)
+
+    batch = await claim_one(store, now=START + 0.011, rules=rules)
+
+    assert batch.ids == [high]

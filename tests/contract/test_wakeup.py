@@ -50,3 +50,14 @@ async def test_a_retry_whose_time_came_is_pending_work_again(store: Store) -> No
     wakeup = await store.next_wakeup(START + 10)
 
     assert wakeup == Wakeup(START, None, None)
+
+
+async def test_the_oldest_pending_high_event_is_reported_for_its_shorter_window(
+    store: Store,
+) -> None:
+    await put(store, [make_event("job", at=START + 1)], now=START + 1)
+    await put(store, [make_event("sync", at=START + 3, priority="HIGH")], now=START + 3)
+
+    wakeup = await store.next_wakeup(START + 3)
+
+    assert wakeup == Wakeup(START + 1, None, None, oldest_high_pending_at=START + 3)

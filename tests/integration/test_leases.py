@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from eventqueue import Batch, EventQueue, LeaseLostError
+from eventqueue import Batch, EventQueue, LeaseLostError, NotInBatchError
 
 MakeEvent = Callable[..., dict[str, Any]]
 
@@ -249,3 +249,26 @@ async def test_lease_expiring_on_the_last_attempt_makes_events_dead(
     assert query("SELECT status, attempts, last_error FROM events") == [
         ("dead", 2, "lease expired")
     ]
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack"])
+async def test_ids_never_in_the_batch_are_named_not_called_a_lost_lease(
+    q, make_event: MakeEvent, query, settle: str
+) -> None:
+    await q.put_many([make_event("job", aggregate_id=str(i)) for i in range(3)])
+    other = await q.put(make_event("other"))
+    batch = await claim(q)
+    assert other.id is not None and other.id not in batch.ids
+    before = query(ROW)
+
+    with pytest.raises(NotInBatchError) as raised:
+        if settle == "ack":
+            await q.ack(batch, ids=[batch.ids[0], other.id, 999])
+        else:
+            await q.nack(batch, "boom", ids=[other.id])
+
+    assert isinstance(raised.value, LeaseLostError)  # callers catching the parent still do
+    message = str(raised.value)
+    assert message.startswith("ids not in this batch: ") and str(other.id) in message
+    assert "expired" not in message
+    assert query(ROW) == before

@@ -173,6 +173,9 @@ async def test_held_write_lock_makes_puts_spill_at_once_then_they_are_promoted(
     assert_handled_once(handled, [0, *ids])
     assert q.overflow.stats()["total"] == 0
     assert (await cli_stats(db_path))["spill"]["total"] == 0
+    # Promoted to the end: released while the queue runs, not kept until the next open.
+    assert spill_segments(db_path) == []
+    assert (await cli_stats(db_path))["spill"]["bytes_on_disk"] == 0
 
 
 async def test_put_spills_at_once_while_a_claim_of_the_same_process_waits_for_the_lock(

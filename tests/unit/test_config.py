@@ -112,6 +112,13 @@ def test_batch_window_in_seconds() -> None:
     assert Config.load(env={}, batch_window_ms=250).batch_window_s == 0.25
 
 
+def test_the_high_window_comes_from_its_variable_and_is_capped_by_the_batch_window() -> None:
+    assert Config.load(env={}).high_batch_window_s == 0.025
+    config = Config.load(env={"EVENT_HIGH_BATCH_WINDOW_MS": "40", "BATCH_WINDOW_MS": "250"})
+    assert (config.high_batch_window_ms, config.high_batch_window_s) == (40.0, 0.04)
+    assert Config.load(env={"BATCH_WINDOW_MS": "10"}).high_batch_window_s == 0.01
+
+
 def test_unknown_keyword_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown setting"):
         Config.load(env={}, batch_size=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -97,3 +98,12 @@ def test_priority_parse_accepts_members_values_and_names(
 def test_priority_parse_refuses_anything_else(given: Any) -> None:
     with pytest.raises(ValueError):
         Priority.parse(given)
+
+
+def test_a_priority_prints_its_name_and_stays_an_int() -> None:
+    p = Priority.CRITICAL
+
+    assert (str(p), f"{p}") == ("CRITICAL", "CRITICAL")
+    assert p == 4 and int(p) == 4 and p > Priority.HIGH
+    assert json.dumps({"priority": p}) == '{"priority": 4}'
+    assert repr(p) == "<Priority.CRITICAL: 4>"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from eventqueue.runtime.wakeup import RECOUNT_AFTER_S, Room
 
 NOW = 1_700_000_000.0
@@ -37,3 +39,16 @@ def test_without_a_count_the_estimate_grows_by_what_was_accepted() -> None:
     assert room.counted_at == NOW  # still the last count
     room.finished(10)
     assert room.scheduled == 97
+
+
+def test_an_idle_consumer_wakes_for_the_shorter_high_window() -> None:
+    from eventqueue.core.config import Config
+    from eventqueue.core.records import Wakeup
+    from eventqueue.runtime.wakeup import idle_delay
+
+    config = Config(batch_window_ms=100, high_batch_window_ms=25, poll_ms=1000)
+    normal_only = Wakeup(1000.0, None, None)
+    with_high = Wakeup(1000.0, None, None, oldest_high_pending_at=1000.0)
+
+    assert idle_delay(normal_only, config, now=1000.0) == pytest.approx(0.1)
+    assert idle_delay(with_high, config, now=1000.0) == pytest.approx(0.025)

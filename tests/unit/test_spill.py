@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from eventqueue.core.errors import SpillError
-from eventqueue.runtime.overflow.log import START, SpillLog, SpillPosition, SpillRecord
+from eventqueue.runtime.overflow.log import (
+    START,
+    SpillLog,
+    SpillPosition,
+    SpillRecord,
+    inspect,
+)
+from eventqueue.tools.render import on_disk_text
 
 HEAD = 20  # magic + u32 length + f64 spilled_at + u32 crc
 
@@ -125,10 +132,51 @@ def test_release_counts_down_and_deletes_old_segments(
     spill.release(4, records[-1].next)
     assert spill.pending(4) == 0
     assert spill.stats().oldest_spilled_at is None
-    # the segment being appended to is never deleted
-    assert [int(p.name[3:11]) for p in segments(tmp_path / "spill")] == [
-        records[-1].position.segment
-    ]
+    # promoted to its end, the segment being appended to goes too: nothing left on disk
+    assert segments(tmp_path / "spill") == []
+    assert spill.stats().bytes_on_disk == 0
+
+
+def test_a_drained_spill_keeps_working_and_reopens_at_the_committed_position(
+    open_spill: OpenSpill, tmp_path: Path
+) -> None:
+    spill = open_spill()
+    spill.append(4, payloads(3))
+    first = read_all(spill, 4)
+    spill.release(4, first[1].next)
+    assert len(segments(tmp_path / "spill")) == 1  # a record still waits in it
+
+    spill.release(4, first[-1].next)
+    assert segments(tmp_path / "spill") == []
+    spill.append(4, [b"after"])
+    assert [r.data for r in read_all(spill, 4)] == [b"after"]
+    assert read_all(spill, 4)[0].position.segment == first[-1].position.segment + 1
+    spill.close()
+
+    reopened = open_spill(committed={4: first[-1].next})
+    assert [r.data for r in read_all(reopened, 4)] == [b"after"]
+    assert reopened.pending(4) == 1
+
+
+def test_promoted_bytes_left_on_disk_are_reported_apart(
+    open_spill: OpenSpill, tmp_path: Path
+) -> None:
+    # A crash between the promotion's commit and the delete leaves a promoted segment behind.
+    spill = open_spill()
+    spill.append(4, payloads(4))
+    records = read_all(spill, 4)
+    spill.release(4, records[1].next)  # half promoted: the segment stays for the rest
+    live = spill.stats()
+    assert live.promoted_bytes == records[1].next.offset < live.bytes_on_disk
+    spill.close()
+
+    left = inspect(tmp_path / "spill", {4: records[-1].next})  # the crash: all committed
+
+    assert left.records == {} and left.bytes_on_disk > 0
+    assert left.promoted_bytes == left.bytes_on_disk
+    shown = on_disk_text({"bytes_on_disk": 2_900_000, "promoted_bytes": 2_900_000})
+    assert shown == "2.9 MB (2.9 MB of it already promoted, to be deleted)"
+    assert on_disk_text({"bytes_on_disk": 0, "promoted_bytes": 0}) == "0 B"
 
 
 def test_release_again_or_backwards_is_a_no_op(open_spill: OpenSpill) -> None:

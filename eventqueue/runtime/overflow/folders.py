@@ -195,6 +195,7 @@ def combine(parts: list[SpillStats]) -> SpillStats:
         oldest_spilled_at=min(oldest, default=None),
         quarantined_records=sum(p.quarantined_records for p in parts),
         quarantined_bytes=sum(p.quarantined_bytes for p in parts),
+        promoted_bytes=sum(p.promoted_bytes for p in parts),
     )
 
 
@@ -227,4 +228,5 @@ def describe(st: SpillStats, now: float) -> dict[str, Any]:
         "oldest_spilled_age_s": None if oldest is None else round(max(0.0, now - oldest), 3),
         "quarantined_records": st.quarantined_records,
         "quarantined_bytes": st.quarantined_bytes,
+        "promoted_bytes": st.promoted_bytes,  # of bytes_on_disk: promoted, not yet deleted
     }

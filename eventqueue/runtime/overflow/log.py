@@ -79,6 +79,9 @@ class SpillStats:
     oldest_spilled_at: float | None
     quarantined_records: int
     quarantined_bytes: int
+    # Of bytes_on_disk, those already promoted (committed) but not yet deleted: the part of a
+    # segment that still holds waiting records, or what a crash left for the next start.
+    promoted_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -164,7 +167,12 @@ class SpillLog:
                 return list(itertools.islice(records, max(limit, 0)))
 
     def release(self, priority: int, upto: SpillPosition) -> None:
-        """Forget records before `upto` (promoted) and delete segments wholly before it."""
+        """Forget records before `upto` (promoted) and delete segments wholly before it.
+
+        The segment being appended to is closed and deleted too once promoted to its end: a
+        drained spill holds no bytes on disk (the next append starts a new segment). Callers
+        release only what a committed transaction promoted, so nothing deleted is still needed.
+        """
         with self._lock:
             lane = self._lane(priority)
             if upto <= lane.released:
@@ -174,6 +182,9 @@ class SpillLog:
             lane.released = upto
             lane.pending = max(0, lane.pending - released)
             lane.head_spilled_at = head
+            if lane.fd is not None and upto >= SpillPosition(lane.segment, lane.size):
+                with self._faults("close"):
+                    self._close_segment(lane)
             self._delete_before(priority, lane, upto)
 
     def pending(self, priority: int) -> int:
@@ -192,12 +203,17 @@ class SpillLog:
             heads = [
                 x.head_spilled_at for x in self._lanes.values() if x.head_spilled_at is not None
             ]
+            files = [(p, s, path.stat().st_size) for p, s, path in self._segment_files()]
             return SpillStats(
                 records={priority: lane.pending for priority, lane in self._lanes.items()},
-                bytes_on_disk=sum(path.stat().st_size for _, _, path in self._segment_files()),
+                bytes_on_disk=sum(size for _, _, size in files),
                 oldest_spilled_at=min(heads, default=None),
                 quarantined_records=self._quarantined_records,
                 quarantined_bytes=self._quarantined_bytes,
+                promoted_bytes=sum(
+                    _promoted(s, size, self._lanes[p].released if p in self._lanes else START)
+                    for p, s, size in files
+                ),
             )
 
     def close(self) -> None:
@@ -291,7 +307,7 @@ class SpillLog:
                 os.close(fd)
 
     def _path(self, priority: int, segment: int) -> Path:
-        return self._dir / f"p{priority}-{segment:08d}.log"
+        return self._dir / f"p{int(priority)}-{segment:08d}.log"  # the value, not a name
 
     def _segment_files(self, only: int | None = None) -> list[tuple[int, int, Path]]:
         """(priority, segment, path) of every segment file, in append order per priority."""
@@ -444,7 +460,7 @@ def inspect(
     root = Path(directory)
     committed = committed or {}
     records: dict[int, int] = {}
-    total_bytes = 0
+    total_bytes = promoted_bytes = 0
     oldest: float | None = None
     try:
         names = sorted(p for p in root.iterdir() if _SEGMENT.fullmatch(p.name))
@@ -459,6 +475,7 @@ def inspect(
             with path.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 total_bytes += size
+                promoted_bytes += _promoted(segment, size, start)
                 if segment < start.segment:
                     continue
                 offset = start.offset if segment == start.segment else 0
@@ -469,7 +486,14 @@ def inspect(
         except FileNotFoundError:
             continue  # promoted and deleted while we looked
     quarantined, quarantined_bytes = _count_quarantine(root / _QUARANTINE)
-    return SpillStats(records, total_bytes, oldest, quarantined, quarantined_bytes)
+    return SpillStats(records, total_bytes, oldest, quarantined, quarantined_bytes, promoted_bytes)
+
+
+def _promoted(segment: int, size: int, committed: SpillPosition) -> int:
+    """Bytes of a segment file before the committed position: promoted, deletable."""
+    if segment < committed.segment:
+        return size
+    return min(size, committed.offset) if segment == committed.segment else 0
 
 
 def has_segments(directory: str | os.PathLike[str]) -> bool:

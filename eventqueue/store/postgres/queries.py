@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CRITICAL = 4
+HIGH = 3
 TOP_AGED_PRIORITY = 3  # aging lifts an event at most to HIGH, never to CRITICAL
 # Marks a stored text that needed escaping (see store.encode_text): PostgreSQL text cannot
 # hold NUL. Lease tokens are built in SQL from the stored batch key, so SQL knows the mark.
@@ -177,7 +178,8 @@ SELECT_SPILL_POSITIONS = Query.of(
 
 # Per batch key with claimable pending events: whether a full batch waits, the oldest and
 # newest received time, the top priority; then the keys that are ready, in claim order.
-# Ready: a full batch, the oldest waited the window, a CRITICAL event (never waits), batching
+# Ready: a full batch, the oldest waited the window (the shorter HIGH window when the key holds
+# a HIGH event), a CRITICAL event (never waits), batching
 # off, or an event received after `now` (the clock stepped back: do not wait for it). Effective
 # priority: the top priority raised one level per aging period the oldest waited, capped at
 # HIGH; CRITICAL stays CRITICAL. min_priority: a key ready only because of CRITICAL events
@@ -203,6 +205,7 @@ _READY = f"""
                END AS min_priority
         FROM summary
         WHERE (full_batch OR oldest <= :window_start::float8 OR newest > :now::float8
+               OR (top >= {HIGH} AND oldest <= :high_window_start::float8)
                OR top = {CRITICAL} OR :no_batching::boolean)
           AND top >= :min_priority::int  -- a claim for CRITICAL work only
     )
@@ -377,7 +380,10 @@ NEXT_WAKEUP = Query.of(
          WHERE status = 'pending' AND available_at > :now::float8
            AND available_at <> received_at) AS next_retry_at,
         (SELECT min(lease_expires_at) FROM events WHERE status = 'claimed')
-            AS next_lease_expiry_at
+            AS next_lease_expiry_at,
+        (SELECT min(received_at) FROM events
+         WHERE status = 'pending' AND priority >= {HIGH} AND {_available("events")})
+            AS oldest_high_pending_at
     """.replace(":retry_horizon::float8", "'Infinity'::float8"),
 )
 

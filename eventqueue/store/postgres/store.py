@@ -292,7 +292,7 @@ class PostgresStore:
         args = sql.NEXT_WAKEUP.args(now=now)
         row = await self._pool.read(lambda c: c.fetchrow(sql.NEXT_WAKEUP.sql, *args))
         assert row is not None
-        return Wakeup(row[0], row[1], row[2])
+        return Wakeup(row[0], row[1], row[2], row[3])
 
     # --- inspection and repair ------------------------------------------------------------
 
@@ -416,6 +416,7 @@ def ready_args(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[str
         "now": now,
         "max_batch": rules.max_batch,
         "window_start": now - rules.window_s,
+        "high_window_start": now - rules.high_window_effective_s,
         "no_batching": not rules.batching,
         "aging_s": rules.aging_s,
         "retry_horizon": rules.retry_horizon_s,

@@ -180,6 +180,7 @@ def ready_params(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[s
         "b_now": now,
         "b_max_batch": rules.max_batch,
         "b_window_start": now - rules.window_s,
+        "b_high_window_start": now - rules.high_window_effective_s,
         "b_no_batching": 0 if rules.batching else 1,
         "b_aging_s": rules.aging_s,
         "b_retry_horizon": rules.retry_horizon_s,

@@ -39,6 +39,7 @@ from eventqueue.store.sqlite.schema import (
 )
 
 CRITICAL = 4
+HIGH = 3
 TOP_AGED_PRIORITY = 3  # aging lifts an event at most to HIGH, never to CRITICAL
 
 
@@ -189,6 +190,7 @@ def _ready_keys() -> tuple[Any, ColumnElement[int], ColumnElement[bool]]:
         or_(
             keys.c.full_batch,
             keys.c.oldest <= bindparam("b_window_start"),
+            and_(keys.c.top >= HIGH, keys.c.oldest <= bindparam("b_high_window_start")),
             keys.c.newest > bindparam("b_now"),  # the clock stepped back: do not wait for it
             keys.c.top == CRITICAL,
             bindparam("b_no_batching") == literal(1),
@@ -201,7 +203,8 @@ def select_ready_key() -> Select[Any]:
     """The best ready batch key: highest effective priority, then oldest.
 
     A key is ready when it has a full batch pending, its oldest event has waited the batch
-    window, it holds a CRITICAL event, or batching is off. A key holding an event received
+    window (the shorter HIGH window when it holds a HIGH event), it holds a CRITICAL event, or
+    batching is off. A key holding an event received
     after `now` counts as due: the wall clock stepped back, and waiting for it to catch up
     could hold the key for hours.
     """
@@ -226,6 +229,11 @@ def next_wakeup() -> Select[Any]:
         .where(_status_is("pending"), _available())
         .scalar_subquery()
     )
+    oldest_high = (
+        select(func.min(events.c.received_at))
+        .where(_status_is("pending"), _available(), events.c.priority >= HIGH)
+        .scalar_subquery()
+    )
     retry = (
         select(func.min(events.c.available_at))
         .where(
@@ -238,7 +246,7 @@ def next_wakeup() -> Select[Any]:
     expiry = (
         select(func.min(events.c.lease_expires_at)).where(_status_is("claimed")).scalar_subquery()
     )
-    return select(oldest, retry, expiry)
+    return select(oldest, retry, expiry, oldest_high)
 
 
 # --- ack, nack, extend, release ---------------------------------------------------------------

@@ -278,8 +278,8 @@ class SQLiteStore:
 
         def body(db: Tx) -> Wakeup:
             rows = list(db.rows(Q.wakeup.sql, Q.wakeup.bind(b_now=now)))
-            oldest, retry, expiry = rows[0]
-            return Wakeup(oldest, retry, expiry)
+            oldest, retry, expiry, oldest_high = rows[0]
+            return Wakeup(oldest, retry, expiry, oldest_high)
 
         return await self._conn.read(body)
 

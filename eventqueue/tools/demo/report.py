@@ -8,6 +8,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+# The plan: a CRITICAL event reaches its handler within 10 ms (p99, receipt to handler start).
+CRITICAL_TARGET_P99_MS = 10.0
+
 
 def print_report(report: dict[str, Any]) -> None:
     """The report for people: counts, batches, latency, checks, and where to look next."""
@@ -28,6 +31,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"{stream['dropped_after']} events); Last-Event-ID per connection: {resumed}\n"
     )
     console.print(_batch_table(report["batches"]), _latency_table(report["latency_ms"]))
+    if "critical_target" in report:
+        console.print(_target_line(report["critical_target"]))
     for check in report["checks"]:
         mark = "[green]ok[/green]  " if check["ok"] else "[red]FAIL[/red]"
         console.print(f"{mark} {check['name']}: {check['detail']}")
@@ -56,10 +61,22 @@ def _batch_table(batches: dict[str, Any]) -> Table:
 
 
 def _latency_table(latency: dict[str, dict[str, Any]]) -> Table:
-    table = Table("priority", "deliveries", "p50 ms", "p99 ms", "max ms", show_edge=False)
+    table = Table("priority", "n", "p50 ms", "p99 ms", "max ms", "plan", show_edge=False)
     table.title = "latency, receipt to handler"
-    table.caption = "first deliveries only: a retry's wait would measure its back-off"
+    table.caption = (
+        "n: first deliveries, the sample of each percentile (a retry would measure its back-off)"
+    )
     for name, row in latency.items():
         cells = ("-" if row[k] is None else f"{row[k]:.1f}" for k in ("p50_ms", "p99_ms", "max_ms"))
-        table.add_row(name, str(row["n"]), *cells)
+        target = f"p99 <= {CRITICAL_TARGET_P99_MS:g}" if name == "CRITICAL" else ""
+        table.add_row(name, str(row["n"]), *cells, target)
     return table
+
+
+def _target_line(target: dict[str, Any]) -> str:
+    """The plan's CRITICAL target against the measured p99, with its sample size."""
+    goal = f"the plan's target: CRITICAL p99 <= {target['p99_ms']:g} ms (receipt to handler)"
+    if target["met"] is None:
+        return f"{goal}: no CRITICAL event was delivered"
+    verdict = "[green]met[/green]" if target["met"] else "[red]missed[/red]"
+    return f"{goal}: {verdict}, p99 {target['measured_p99_ms']:.1f} ms over n={target['n']}"
