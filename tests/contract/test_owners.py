@@ -5,6 +5,7 @@ then what an opening queue and its heartbeat do with it."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,7 +32,7 @@ def dead_process(name: str = "somehost/dead/1") -> Owner:
     return owner(name, pid=NO_SUCH_PID, space=pid_space(), start=12345)
 
 
-def other_host(name: str = "otherhost/7/1", *, beat: float = START) -> Owner:
+def other_host(name: str = "somehost/7/1", *, beat: float = START) -> Owner:
     """An owner on another host: only its heartbeat tells whether it lives."""
     return owner(name, pid=7, space="another-boot/pid:[1]", start=99, beat=beat)
 
@@ -159,15 +160,11 @@ async def test_a_live_owners_leases_are_not_released(
         second_spill = backend_config.spill_dir and f"{backend_config.spill_dir}-2"
         async with queue_on(backend_config, clock, spill_dir=second_spill or None) as second:
             assert await second.claim() is None
-            live = {o["owner"] for o in (await second.stats()).owners}
-            assert first_owner(first) in live and other_host().owner in live
+            live = [(o["host"], o["pid"]) for o in (await second.stats()).owners]
+            assert live.count((socket.gethostname(), os.getpid())) == 2  # first and second
+            assert ("somehost", 7) in live  # the other host, fresh
         await first.ack(mine)  # still its lease
     assert await status_of(foreign, fresh) == "claimed"
-
-
-def first_owner(q: EventQueue) -> str:
-    assert q._owners is not None
-    return q._owners.me.owner
 
 
 async def test_an_opening_queue_takes_over_a_silent_host_only_after_three_periods(
