@@ -124,6 +124,15 @@ SETTINGS: tuple[Setting, ...] = (
         86_400,
     ),
     Setting(
+        "owner_heartbeat_s",
+        "EVENT_OWNER_HEARTBEAT_S",
+        5.0,
+        "how often an open queue refreshes its owner row; another host takes over the leases "
+        "of an owner silent for 3 periods (on its own host, a dead process's go back at once)",
+        0.1,
+        3600,
+    ),
+    Setting(
         "max_attempts",
         "EVENT_MAX_ATTEMPTS",
         5,
@@ -228,6 +237,7 @@ class Config:
     durability: str = "full"
     aging_s: float = 60.0
     lease_s: float = 30.0
+    owner_heartbeat_s: float = 5.0
     max_attempts: int = 5
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0

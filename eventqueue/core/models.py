@@ -138,6 +138,8 @@ class QueueStats:
     ready_batches: int
     spill: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The live lease owners (open queues): owner, host, pid, started_at, heartbeat_age_s, leases.
+    owners: list[dict[str, Any]] = field(default_factory=list)
 
     def count(self, status: Status | str, priority: Priority | None = None) -> int:
         """Events with this status (at this priority, or at all priorities)."""
@@ -155,4 +157,5 @@ class QueueStats:
             "ready_batches": self.ready_batches,
             "spill": self.spill,
             "metrics": self.metrics,
+            "owners": self.owners,
         }

@@ -32,6 +32,7 @@ from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.maintenance import Maintenance
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow import Overflow
+from eventqueue.runtime.owners import Owners, live_owners
 from eventqueue.runtime.wakeup import Changes, Room, idle_delay, wait_any
 from eventqueue.store import open_store
 from eventqueue.store.base import Store
@@ -78,6 +79,7 @@ class EventQueue:
         self._last_expiry_check = float("-inf")
         self._closed = False
         self._maintenance: Maintenance | None = None
+        self._owners: Owners | None = None
         # Spans for put and handler runs: set by telemetry.tracing.instrument(queue), else None.
         self.tracing: QueueTracing | None = None
 
@@ -116,8 +118,14 @@ class EventQueue:
         store = await open_store(config, migrate=migrate)
         metrics = Metrics()
         changes = Changes()
+        owners = Owners(store, config, clock)
         try:
             await store.save_settings(view_settings(config))
+            # Before anything is claimed: the leases of owners gone since (this process's
+            # own previous life, after a kill -9) go back now, not at their expiry.
+            released = await owners.register()
+            if released:
+                metrics.count("owner_leases_released", released)
             room = Room(config.queue_size, await store.scheduled_count())
             overflow = await Overflow.open(store, room, changes, config, metrics, clock)
         except BaseException:
@@ -143,7 +151,8 @@ class EventQueue:
         admission.start()
         overflow.start()
         await store.watch(changes.notify)
-        queue._maintenance = Maintenance.start(queue, store, config, metrics)
+        queue._owners = owners
+        queue._maintenance = Maintenance.start(queue, store, config, metrics, owners)
         return queue
 
     async def close(self) -> None:
@@ -156,6 +165,8 @@ class EventQueue:
         try:
             await self._admission.close()
             await self.overflow.close()
+            if self._owners is not None:
+                await self._owners.close()
         finally:
             await self.store.close()
             self.notify()
@@ -526,6 +537,7 @@ class EventQueue:
             ready_batches=found.ready_batches,
             spill=self.overflow.stats(),
             metrics={"intake_queued": self._admission.queued, **self.metrics.as_dict()},
+            owners=await live_owners(self.store, now),
         )
 
     async def purge(self, older_than_s: float | None = None, *, chunk: int = 500) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from eventqueue.core.models import Batch
+from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
@@ -162,6 +163,35 @@ class Store(Protocol):
 
     async def next_wakeup(self, now: float) -> Wakeup:
         """When work that is not ready now may become ready."""
+        ...
+
+    # --- lease owners -----------------------------------------------------------------------
+
+    async def save_owner(self, owner: Owner) -> None:
+        """Register `owner` or refresh its heartbeat (upsert); this store's later leases
+        (claims and hand-offs) name it in `lease_holder`."""
+
+    async def drop_owner(self, owner: str) -> None:
+        """Unregister `owner` (its queue is closing); leases it still holds keep their expiry."""
+
+    async def owners(self) -> list[Owner]:
+        """Every registered owner, with the claimed events each holds, oldest first."""
+        ...
+
+    async def release_owners(
+        self,
+        dead: Sequence[str],
+        silent: Sequence[str],
+        *,
+        now: float,
+        stale_heartbeats: int,
+        max_attempts: int,
+    ) -> int:
+        """Delete the rows of the owners found gone and release their leases in one
+        transaction, as an expiry does (pending, or dead once attempts reach `max_attempts`);
+        how many events. `dead`: owners whose process is gone. `silent`: owners judged by their
+        heartbeat, each deleted only if it is still older than `stale_heartbeats` of its
+        periods at `now` (a refresh that landed since keeps it)."""
         ...
 
     # --- inspection and repair --------------------------------------------------------------

@@ -29,6 +29,7 @@ from eventqueue.core.rules import (
     dedup_ttl_from_settings,
     rules_from_settings,
 )
+from eventqueue.runtime.owners import live_owners
 from eventqueue.store import Store, admin, migrate, open_store, schema_status
 
 T = TypeVar("T")
@@ -70,6 +71,7 @@ class Inspector:
                 oldest_pending_age_s=None if oldest is None else round(max(0.0, now - oldest), 3),
                 duplicates_suppressed=found.counters.get("duplicates_suppressed", 0),
                 ready_batches=found.ready_batches,
+                owners=await live_owners(store, now),
             )
 
         return self._run(read)

@@ -100,7 +100,25 @@ def render_stats(data: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [table, summary]
     if data["spill"]:
         parts += [Text("spill", style="bold"), pairs(spill_lines(data["spill"]))]
+    if data.get("owners"):
+        parts.append(render_owners(data["owners"]))
     return Group(*parts)
+
+
+def render_owners(owners: list[dict[str, Any]]) -> RenderableType:
+    """The owners section of `stats`: every live queue and the leases it holds."""
+    columns = ("owner", "host", "pid", "started at", "heartbeat age (s)", "leases")
+    table = Table(*columns, title="live owners")
+    for o in owners:
+        table.add_row(
+            Text(o["owner"]),
+            Text(o["host"]),
+            str(o["pid"]),
+            o["started_at"] or "-",
+            f"{o['heartbeat_age_s']:.3f}",
+            str(o["leases"]),
+        )
+    return table
 
 
 def by_priority(names: Iterable[str]) -> list[str]:

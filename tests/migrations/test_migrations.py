@@ -23,7 +23,7 @@ from eventqueue.store.sqlite.pragmas import make_migration_engine
 from eventqueue.store.sqlite.schema import VIEWS, metadata
 
 Query = Callable[..., list[Any]]
-OWN_TABLES = {"events", "source_positions", "spill_positions", "counters", "settings"}
+OWN_TABLES = {"events", "source_positions", "spill_positions", "counters", "settings", "owners"}
 
 
 def schema_objects(query: Query) -> dict[str, set[str]]:

@@ -52,7 +52,7 @@ def test_upgrade_from_0001_adds_a_null_column_and_keeps_every_row(
 ) -> None:
     before = v1_rows(query)
 
-    migrations.upgrade(at_0001)
+    migrations.upgrade(at_0001, "0002")
 
     assert "trace_context" in columns(query)
     assert v1_rows(query) == before
@@ -61,7 +61,7 @@ def test_upgrade_from_0001_adds_a_null_column_and_keeps_every_row(
 
 
 def test_downgrade_to_0001_drops_the_column_and_keeps_every_row(at_0001: str, query: Query) -> None:
-    migrations.upgrade(at_0001)
+    migrations.upgrade(at_0001, "0002")
     query("UPDATE events SET trace_context = '00-' || id WHERE id <= 5")
     before = v1_rows(query)
 
@@ -71,7 +71,7 @@ def test_downgrade_to_0001_drops_the_column_and_keeps_every_row(at_0001: str, qu
     assert v1_rows(query) == before
     assert version(query) == [("0001",)]
     assert query("PRAGMA integrity_check") == [("ok",)]
-    migrations.upgrade(at_0001)  # and up again
+    migrations.upgrade(at_0001, "0002")  # and up again
     assert "trace_context" in columns(query)
 
 
@@ -81,14 +81,14 @@ def test_upgrade_rerun_after_a_kill_between_the_alter_and_the_stamp(
     # As if killed after ADD COLUMN committed and before the version row moved to 0002.
     query("ALTER TABLE events ADD COLUMN trace_context TEXT")
 
-    migrations.upgrade(at_0001)
+    migrations.upgrade(at_0001, "0002")
 
     assert columns(query).count("trace_context") == 1
     assert version(query) == [("0002",)]
 
 
 def test_downgrade_rerun_when_the_column_is_already_gone(at_0001: str, query: Query) -> None:
-    migrations.upgrade(at_0001)
+    migrations.upgrade(at_0001, "0002")
     query("ALTER TABLE events DROP COLUMN trace_context")
 
     migrations.downgrade(at_0001, "0001")
@@ -109,7 +109,7 @@ def test_a_queue_refuses_a_0001_database_until_migrated(at_0001: str) -> None:
 def test_downgrade_on_a_sqlite_without_drop_column_rebuilds_and_keeps_the_views(
     at_0001: str, query: Query, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    migrations.upgrade(at_0001)
+    migrations.upgrade(at_0001, "0002")
     views = query("SELECT name, sql FROM sqlite_master WHERE type = 'view' ORDER BY name")
     indexes = query("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name")
     before = v1_rows(query)

@@ -66,7 +66,10 @@ def _available(alias: str) -> str:
     )
 
 
-_LEASE_CLEARED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, batch_id = NULL"
+_LEASE_CLEARED = (
+    "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, batch_id = NULL,"
+    " lease_holder = NULL"
+)
 _EVENT_COLUMNS = (
     "id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context"
 )
@@ -241,6 +244,7 @@ CLAIM = Query.of(
     f"""
     WITH {_READY}, picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")})
     UPDATE events SET status = 'claimed', lease_owner = :owner::text,
+        lease_holder = :holder::text,
         lease_token = {_fenced_text("token")},
         lease_expires_at = :expires::float8,
         batch_id = {_fenced_text("batch_id")},
@@ -256,6 +260,7 @@ LEASE_IDS = Query.of(
     "lease_ids",
     f"""
     UPDATE events SET status = 'claimed', lease_owner = :owner::text,
+        lease_holder = :holder::text,
         lease_token = {_fenced_text("token")},
         lease_expires_at = :expires::float8,
         batch_id = {_fenced_text("batch_id")},
@@ -448,6 +453,61 @@ SAVE_SETTINGS = Query.of(
     """,
 )
 SELECT_SETTINGS = Query.of("select_settings", "SELECT name, value FROM settings")
+
+# --- lease owners ------------------------------------------------------------------------------
+
+SAVE_OWNER = Query.of(
+    "save_owner",
+    """
+    INSERT INTO owners (owner, host, pid, pid_space, process_start, started_at, heartbeat_at,
+                        heartbeat_s)
+    VALUES (:owner::text, :host::text, :pid::bigint, :pid_space::text, :process_start::bigint,
+            :started_at::float8, :heartbeat_at::float8, :heartbeat_s::float8)
+    ON CONFLICT (owner) DO UPDATE
+        SET heartbeat_at = EXCLUDED.heartbeat_at, heartbeat_s = EXCLUDED.heartbeat_s
+    """,
+)
+
+DELETE_OWNER = Query.of("delete_owner", "DELETE FROM owners WHERE owner = :owner::text")
+
+SELECT_OWNERS = Query.of(
+    "select_owners",
+    """
+    SELECT o.owner, o.host, o.pid, o.pid_space, o.process_start, o.started_at, o.heartbeat_at,
+           o.heartbeat_s, coalesce(h.leases, 0)
+    FROM owners o LEFT JOIN (
+        SELECT lease_holder, count(*) AS leases FROM events
+        WHERE status = 'claimed' AND lease_holder IS NOT NULL GROUP BY lease_holder
+    ) h ON h.lease_holder = o.owner
+    ORDER BY o.started_at, o.owner
+    """,
+)
+
+# The gone owners' rows deleted and their leases released in one statement, as an expiry
+# releases (pending, or dead once attempts are used up). An owner judged by its heartbeat is
+# deleted only if it is still stale: a refresh committed meanwhile keeps it (under READ
+# COMMITTED the DELETE re-checks the row it waited for). Leases are not SKIP LOCKED: a row
+# being acked right now is waited for, then left alone (no longer claimed).
+RELEASE_OWNERS = Query.of(
+    "release_owners",
+    f"""
+    WITH gone AS (
+        DELETE FROM owners
+        WHERE owner = ANY(:dead::text[])
+           OR (owner = ANY(:silent::text[])
+               AND heartbeat_at < :now::float8 - :stale::float8 * heartbeat_s)
+        RETURNING owner
+    )
+    UPDATE events e SET
+        status = CASE WHEN e.attempts >= :max_attempts::int THEN 'dead' ELSE 'pending' END,
+        last_error = CASE WHEN e.attempts >= :max_attempts::int
+                          THEN coalesce(e.last_error, 'lease owner gone') ELSE e.last_error END,
+        finished_at = CASE WHEN e.attempts >= :max_attempts::int THEN :now::float8 END,
+        {_LEASE_CLEARED}
+    WHERE e.status = 'claimed' AND e.lease_holder IN (SELECT owner FROM gone)
+    RETURNING e.status
+    """,
+)
 
 # --- schema, locks, notifications -------------------------------------------------------------
 

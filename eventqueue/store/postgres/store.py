@@ -13,6 +13,7 @@ from eventqueue.core.codec import decode_payload
 from eventqueue.core.config import Config
 from eventqueue.core.errors import LeaseLostError, SchemaError
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
+from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
@@ -55,6 +56,7 @@ class PostgresStore:
         # Sent with every notification, so this store's own commits do not wake it again.
         self._instance = secrets.token_hex(8)
         self._listener: Listener | None = None
+        self._holder: str | None = None  # the owner this store's leases name (save_owner)
 
     @classmethod
     async def open(
@@ -149,7 +151,7 @@ class PostgresStore:
                 await _save_spill_positions(c, *spill_positions)
             if any(status is PutStatus.ACCEPTED for status, _ in outcome):
                 await self._notify(c)
-            claimed = await _lease_critical(c, rows, outcome, lease) if lease else []
+            claimed = await _lease_critical(c, rows, outcome, lease, self._holder) if lease else []
             if not count_scheduled:
                 return PutCommit(outcome, None, claimed)
             scheduled = await c.fetchval(sql.COUNT_SCHEDULED.sql)
@@ -199,6 +201,7 @@ class PostgresStore:
             batches=batches,
             limit=rules.batch_limit,
             owner=consumer,
+            holder=self._holder,
             token=plain_prefix(token, "a claim token"),
             expires=now + rules.lease_s,
             batch_id=plain_prefix(batch_id, "a batch id"),
@@ -293,6 +296,62 @@ class PostgresStore:
         row = await self._pool.read(lambda c: c.fetchrow(sql.NEXT_WAKEUP.sql, *args))
         assert row is not None
         return Wakeup(row[0], row[1], row[2], row[3])
+
+    # --- lease owners ---------------------------------------------------------------------
+
+    async def save_owner(self, owner: Owner) -> None:
+        """Register `owner` or refresh its heartbeat; this store's later leases name it."""
+        args = sql.SAVE_OWNER.args(
+            owner=owner.owner,
+            host=owner.host,
+            pid=owner.pid,
+            pid_space=owner.pid_space,
+            process_start=owner.process_start,
+            started_at=owner.started_at,
+            heartbeat_at=owner.heartbeat_at,
+            heartbeat_s=owner.heartbeat_s,
+        )
+        await self._pool.write(lambda c: c.execute(sql.SAVE_OWNER.sql, *args))
+        self._holder = owner.owner
+
+    async def drop_owner(self, owner: str) -> None:
+        """Unregister `owner` (its queue is closing); leases it still holds keep their expiry."""
+        args = sql.DELETE_OWNER.args(owner=owner)
+        await self._pool.write(lambda c: c.execute(sql.DELETE_OWNER.sql, *args))
+
+    async def owners(self) -> list[Owner]:
+        """Every registered owner, with the claimed events each holds, oldest first."""
+        rows = await self._pool.read(lambda c: c.fetch(sql.SELECT_OWNERS.sql))
+        return [
+            Owner(str(owner), str(host), int(pid), str(space), start, started, beat, period, leases)
+            for owner, host, pid, space, start, started, beat, period, leases in rows
+        ]
+
+    async def release_owners(
+        self,
+        dead: Sequence[str],
+        silent: Sequence[str],
+        *,
+        now: float,
+        stale_heartbeats: int,
+        max_attempts: int,
+    ) -> int:
+        """Delete the gone owners' rows and release their leases in one transaction."""
+        args = sql.RELEASE_OWNERS.args(
+            dead=list(dead),
+            silent=list(silent),
+            now=now,
+            stale=stale_heartbeats,
+            max_attempts=max_attempts,
+        )
+
+        async def body(c: Conn) -> int:
+            statuses = await c.fetch(sql.RELEASE_OWNERS.sql, *args)
+            if any(status == "pending" for (status,) in statuses):
+                await self._notify(c)
+            return len(statuses)
+
+        return await self._pool.write(body)
 
     # --- inspection and repair ------------------------------------------------------------
 
@@ -424,7 +483,11 @@ def ready_args(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[str
 
 
 async def _lease_critical(
-    c: Conn, rows: Sequence[NewEvent], outcome: list[tuple[PutStatus, int]], lease: Lease
+    c: Conn,
+    rows: Sequence[NewEvent],
+    outcome: list[tuple[PutStatus, int]],
+    lease: Lease,
+    holder: str | None,
 ) -> list[Batch]:
     """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
     ids = handoff_ids(rows, outcome)
@@ -433,6 +496,7 @@ async def _lease_critical(
     args = sql.LEASE_IDS.args(
         ids=ids,
         owner=lease.consumer,
+        holder=holder,
         token=plain_prefix(lease.token, "a claim token"),
         expires=lease.expires_at,
         batch_id=plain_prefix(lease.batch_id, "a batch id"),

@@ -12,6 +12,7 @@ from typing import Any
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
+from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
     Lease,
     NewEvent,
@@ -58,6 +59,11 @@ class Q:
     requeue_ids = Prepared.of(sql.requeue_events(all_dead=False))
     requeue_all = Prepared.of(sql.requeue_events(all_dead=True))
     settings = Prepared.of(sql.select_settings())
+    save_owner = Prepared.of(sql.save_owner())
+    owners = Prepared.of(sql.select_owners())
+    drop_owner = Prepared.of(sql.delete_owner())
+    delete_owners = Prepared.of(sql.delete_gone_owners())
+    release_owned = Prepared.of(sql.release_owner_leases())
 
 
 def insert_rows(
@@ -196,12 +202,14 @@ def claim_batches(
     rules: ClaimRules,
     batches: int,
     min_priority: int = 0,
+    holder: str | None = None,
 ) -> list[Batch]:
     params = Q.claim.bind(
         **ready_params(now, rules, min_priority),
         b_batches=batches,
         b_limit=rules.batch_limit,
         b_owner=consumer,
+        b_holder=holder,
         b_token=token,
         b_expires=now + rules.lease_s,
         b_batch_id=batch_id,
@@ -261,7 +269,11 @@ def check_fence(changed: int, wanted: int) -> None:
 
 
 def lease_critical(
-    db: Tx, rows: Sequence[NewEvent], outcome: list[tuple[PutStatus, int]], lease: Lease
+    db: Tx,
+    rows: Sequence[NewEvent],
+    outcome: list[tuple[PutStatus, int]],
+    lease: Lease,
+    holder: str | None = None,
 ) -> list[Batch]:
     """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
     ids = handoff_ids(rows, outcome)
@@ -270,6 +282,7 @@ def lease_critical(
     params = Q.lease_ids.bind(
         b_ids=json.dumps(ids),
         b_owner=lease.consumer,
+        b_holder=holder,
         b_token=lease.token,
         b_expires=lease.expires_at,
         b_batch_id=lease.batch_id,
@@ -280,4 +293,11 @@ def lease_critical(
         token=lease.token,
         consumer=lease.consumer,
         expires_at=lease.expires_at,
+    )
+
+
+def to_owner(row: Any) -> Owner:
+    owner, host, pid, pid_space, start, started_at, heartbeat_at, heartbeat_s, leases = row
+    return Owner(
+        owner, host, int(pid), pid_space, start, started_at, heartbeat_at, heartbeat_s, int(leases)
     )

@@ -28,11 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy import Integer as SAInteger
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.dml import ReturningDelete
 
 from eventqueue.store.sqlite.schema import (
     STATUSES,
     counters,
     events,
+    owners,
     settings,
     source_positions,
     spill_positions,
@@ -251,7 +253,12 @@ def next_wakeup() -> Select[Any]:
 
 # --- ack, nack, extend, release ---------------------------------------------------------------
 
-_LEASE_CLEARED = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
+_LEASE_CLEARED = {
+    "lease_owner": None,
+    "lease_token": None,
+    "lease_expires_at": None,
+    "lease_holder": None,
+}
 
 
 # --- inspection and repair ------------------------------------------------------------------
@@ -496,6 +503,7 @@ def expire_all_leases() -> Update:
             lease_owner=None,
             lease_token=None,
             lease_expires_at=None,
+            lease_holder=None,
             batch_id=None,
         )
     )
@@ -568,6 +576,7 @@ def _leased() -> dict[str, Any]:
     return {
         "status": "claimed",
         "lease_owner": bindparam("b_owner"),
+        "lease_holder": bindparam("b_holder"),
         "lease_token": bindparam("b_token") + literal(":") + events.c.batch_key,
         "lease_expires_at": bindparam("b_expires"),
         "batch_id": bindparam("b_batch_id") + literal(":") + events.c.batch_key,
@@ -701,6 +710,82 @@ def nack_items() -> Update:
             available_at=case((dead, events.c.available_at), else_=retry_at),
             finished_at=case((dead, bindparam("b_now")), else_=None),
             last_error=bindparam("b_error"),
+            batch_id=None,
+            **_LEASE_CLEARED,
+        )
+        .returning(events.c.id)
+    )
+
+
+# --- lease owners ---------------------------------------------------------------------------
+
+
+def save_owner() -> Insert:
+    """Upsert the owner `b_owner`: registered at open, its heartbeat refreshed after."""
+    stmt = sqlite_insert(owners).values(
+        owner=bindparam("b_owner"),
+        host=bindparam("b_host"),
+        pid=bindparam("b_pid"),
+        pid_space=bindparam("b_pid_space"),
+        process_start=bindparam("b_process_start"),
+        started_at=bindparam("b_started_at"),
+        heartbeat_at=bindparam("b_heartbeat_at"),
+        heartbeat_s=bindparam("b_heartbeat_s"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[owners.c.owner],
+        set_={"heartbeat_at": stmt.excluded.heartbeat_at, "heartbeat_s": stmt.excluded.heartbeat_s},
+    )
+
+
+def delete_owner() -> Delete:
+    """Unregister the owner `b_owner` (its queue closes)."""
+    return delete(owners).where(owners.c.owner == bindparam("b_owner"))
+
+
+def select_owners() -> Select[Any]:
+    """Every owner row with the claimed events it holds, oldest first."""
+    held = (
+        select(events.c.lease_holder, func.count().label("leases"))
+        .where(_status_is("claimed"), events.c.lease_holder.is_not(None))
+        .group_by(events.c.lease_holder)
+        .subquery("held")
+    )
+    return (
+        select(*owners.c, func.coalesce(held.c.leases, 0))
+        .select_from(owners.outerjoin(held, held.c.lease_holder == owners.c.owner))
+        .order_by(owners.c.started_at, owners.c.owner)
+    )
+
+
+def delete_gone_owners() -> ReturningDelete[Any]:
+    """Delete the owners `b_dead` (JSON; their process is gone) and those of `b_silent` (JSON)
+    whose heartbeat is still older than `b_stale` of their periods: RETURNING those deleted."""
+    dead = select(_json_rows("b_dead").c.value)
+    silent = select(_json_rows("b_silent").c.value)
+    stale = owners.c.heartbeat_at < bindparam("b_now") - bindparam("b_stale") * owners.c.heartbeat_s
+    return (
+        delete(owners)
+        .where(or_(owners.c.owner.in_(dead), and_(owners.c.owner.in_(silent), stale)))
+        .returning(owners.c.owner)
+    )
+
+
+def release_owner_leases() -> Update:
+    """The leases of the owners `b_holders` (JSON) back to pending, or dead when their
+    attempts are used up: what an expiry does, without waiting for it."""
+    used_up = events.c.attempts >= bindparam("b_max_attempts")
+    holders = select(_json_rows("b_holders").c.value)
+    return (
+        update(events)
+        .where(_status_is("claimed"), events.c.lease_holder.in_(holders))
+        .values(
+            status=case((used_up, literal_column("'dead'")), else_=literal_column("'pending'")),
+            last_error=case(
+                (used_up, func.coalesce(events.c.last_error, "lease owner gone")),
+                else_=events.c.last_error,
+            ),
+            finished_at=case((used_up, bindparam("b_now")), else_=None),
             batch_id=None,
             **_LEASE_CLEARED,
         )

@@ -53,6 +53,9 @@ events = Table(
     Column("finished_at", Float, nullable=True),  # when it became done or dead
     # The put's W3C trace context, "traceparent[ tracestate]" (revision 0002; NULL: not traced).
     Column("trace_context", Text, nullable=True),
+    # The owner (a queue in one process, see `owners`) holding the lease (revision 0003; NULL
+    # when not claimed, or claimed before 0003). `lease_owner` is the consumer's name.
+    Column("lease_holder", Text, nullable=True),
     CheckConstraint(f"status IN {STATUSES!r}", name="status"),
     CheckConstraint("priority BETWEEN 1 AND 4", name="priority"),
     sqlite_autoincrement=True,
@@ -103,6 +106,25 @@ spill_positions = Table(
 )
 
 # Totals that must outlive purged rows (duplicates suppressed, spilled, promoted ...).
+# Every open queue (revision 0003): the owner its leases name, where it runs and when it last
+# said it was alive. A queue registers at open and refreshes its row every
+# EVENT_OWNER_HEARTBEAT_S; an owner found gone (runtime/owners.py) has its leases released
+# and its row deleted, in one transaction.
+owners = Table(
+    "owners",
+    metadata,
+    Column("owner", Text, primary_key=True),  # host/pid/random: unique per opened queue
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    # Where `pid` means this process: boot id and pid namespace ("" when unknown). Only a
+    # judge in the same pid space may check the pid; any other judges by heartbeat.
+    Column("pid_space", Text, nullable=False),
+    Column("process_start", Integer, nullable=True),  # /proc/<pid>/stat starttime (ticks)
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("heartbeat_s", Float, nullable=False),  # this owner's own heartbeat period
+)
+
 counters = Table(
     "counters",
     metadata,

@@ -14,6 +14,7 @@ from typing import Any
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SchemaError, StorageError
 from eventqueue.core.models import Batch, Priority
+from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
@@ -46,6 +47,7 @@ from eventqueue.store.sqlite.bodies import (
     ready_params,
     stop_cuts,
     to_event,
+    to_owner,
 )
 from eventqueue.store.sqlite.connection import Connection, Tx
 from eventqueue.store.sqlite.migrations import ensure_schema, schema_status
@@ -59,6 +61,7 @@ class SQLiteStore:
 
     def __init__(self, connection: Connection) -> None:
         self._conn = connection
+        self._holder: str | None = None  # the owner this store's leases name (save_owner)
 
     @classmethod
     async def open(
@@ -154,7 +157,7 @@ class SQLiteStore:
                 db.run(Q.positions.sql, Q.positions.bind(b_positions=pairs, b_now=now))
             if len(outcome) < len(rows):
                 stored = rows[: len(outcome)]
-                claimed = lease_critical(db, stored, outcome, lease) if lease else []
+                claimed = lease_critical(db, stored, outcome, lease, self._holder) if lease else []
                 return PutCommit(outcome, None, claimed)
             if spill_positions:
                 spill_log, reached = spill_positions
@@ -163,7 +166,9 @@ class SQLiteStore:
                     for p, (seg, off) in reached.items()
                 ]
                 db.many(Q.spill_save.sql, params)
-            claimed = lease_critical(db, rows, outcome, lease) if lease and outcome else []
+            claimed = (
+                lease_critical(db, rows, outcome, lease, self._holder) if lease and outcome else []
+            )
             if not count_scheduled:
                 return PutCommit(outcome, None, claimed)
             scheduled = db.scalar(Q.scheduled.sql, Q.scheduled.bind())
@@ -226,7 +231,9 @@ class SQLiteStore:
                     b_lease_horizon=rules.lease_horizon_s,
                 )
                 db.run(Q.expire.sql, params)
-            return claim_batches(db, now, consumer, token, batch_id, rules, batches, min_priority)
+            return claim_batches(
+                db, now, consumer, token, batch_id, rules, batches, min_priority, self._holder
+            )
 
         # A claim for CRITICAL work only takes the connection's next turn, as CRITICAL puts do.
         return await self._conn.write(body, urgent=min_priority >= Priority.CRITICAL)
@@ -282,6 +289,61 @@ class SQLiteStore:
             return Wakeup(oldest, retry, expiry, oldest_high)
 
         return await self._conn.read(body)
+
+    # --- lease owners ---------------------------------------------------------------------
+
+    async def save_owner(self, owner: Owner) -> None:
+        """Register `owner` or refresh its heartbeat; this store's later leases name it."""
+        params = Q.save_owner.bind(
+            b_owner=owner.owner,
+            b_host=owner.host,
+            b_pid=owner.pid,
+            b_pid_space=owner.pid_space,
+            b_process_start=owner.process_start,
+            b_started_at=owner.started_at,
+            b_heartbeat_at=owner.heartbeat_at,
+            b_heartbeat_s=owner.heartbeat_s,
+        )
+        await self._conn.write(lambda db: db.run(Q.save_owner.sql, params))
+        self._holder = owner.owner
+
+    async def drop_owner(self, owner: str) -> None:
+        """Unregister `owner` (its queue is closing); leases it still holds keep their expiry."""
+        params = Q.drop_owner.bind(b_owner=owner)
+        await self._conn.write(lambda db: db.run(Q.drop_owner.sql, params))
+
+    async def owners(self) -> list[Owner]:
+        """Every registered owner, with the claimed events each holds, oldest first."""
+        rows = await self._conn.read(lambda db: list(db.rows(Q.owners.sql, Q.owners.bind())))
+        return [to_owner(row) for row in rows]
+
+    async def release_owners(
+        self,
+        dead: Sequence[str],
+        silent: Sequence[str],
+        *,
+        now: float,
+        stale_heartbeats: int,
+        max_attempts: int,
+    ) -> int:
+        """Delete the gone owners' rows and release their leases in one transaction."""
+        gone = Q.delete_owners.bind(
+            b_dead=json.dumps(list(dead)),
+            b_silent=json.dumps(list(silent)),
+            b_now=now,
+            b_stale=stale_heartbeats,
+        )
+
+        def body(db: Tx) -> int:
+            deleted = [str(row[0]) for row in db.rows(Q.delete_owners.sql, gone)]
+            if not deleted:
+                return 0
+            params = Q.release_owned.bind(
+                b_holders=json.dumps(deleted), b_now=now, b_max_attempts=max_attempts
+            )
+            return len(list(db.rows(Q.release_owned.sql, params)))
+
+        return await self._conn.write(body)
 
     # --- inspection and repair ------------------------------------------------------------
 

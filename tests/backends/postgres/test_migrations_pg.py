@@ -19,7 +19,7 @@ from eventqueue.store import open_store, postgres
 from eventqueue.store.postgres import migrator
 from eventqueue.store.postgres.schema import VIEWS, metadata
 
-TABLES = {"events", "source_positions", "spill_positions", "counters", "settings"}
+TABLES = {"events", "source_positions", "spill_positions", "counters", "settings", "owners"}
 
 
 async def tables(url: str) -> set[str]:
