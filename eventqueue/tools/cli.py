@@ -532,8 +532,8 @@ def web(db_path: str, host: str, port: int, allow_actions: bool, token: str | No
     --token. Needs eventqueue[web]. Runs until Ctrl-C.
     """
     try:
-        from eventqueue.web import create_app
-        from eventqueue.web.server import bind, guarded, serve, url_of
+        from eventqueue.tools.web.app import create_app
+        from eventqueue.tools.web.server import bind, guarded, serve, url_of
     except ImportError as exc:
         raise Failure(f"`eventqueue web` needs {exc.name}: pip install 'eventqueue[web]'") from exc
     status = _inspector(db_path).schema_status()

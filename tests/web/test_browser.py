@@ -32,6 +32,7 @@ if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"):
 from selenium import webdriver  # noqa: E402  (only once a browser is known to be there)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 Web = Callable[..., Served]
@@ -64,6 +65,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         yield driver
     finally:
         driver.quit()
+
+
+def find(browser: webdriver.Chrome, by: str, what: str) -> WebElement:
+    """The element once the page that has it has loaded (a click's navigation is not awaited)."""
+    return WebDriverWait(browser, 20).until(lambda b: b.find_element(by, what))
 
 
 def cell(browser: webdriver.Chrome, field: str) -> str:
@@ -101,18 +107,18 @@ def test_dead_letter_found_opened_and_requeued(
     before = dead_ids(busy_db)
     browser.get(served.url)
 
-    browser.find_element(By.LINK_TEXT, "Dead letters").click()
-    browser.find_element(By.PARTIAL_LINK_TEXT, DEAD_ERROR).click()
-    first = browser.find_element(By.CSS_SELECTOR, "#dead-ids a")
+    find(browser, By.LINK_TEXT, "Dead letters").click()
+    find(browser, By.PARTIAL_LINK_TEXT, DEAD_ERROR).click()
+    first = find(browser, By.CSS_SELECTOR, "#dead-ids a")
     event_id = int(first.text)
     first.click()
-    assert browser.find_element(By.ID, "event-status").text == "dead"
-    assert DEAD_ERROR in browser.find_element(By.ID, "last-error").text
-    browser.find_element(By.ID, "requeue").click()
-    assert "requeue 1 dead event" in browser.find_element(By.ID, "what").text
-    browser.find_element(By.ID, "confirm").click()
+    assert find(browser, By.ID, "event-status").text == "dead"
+    assert DEAD_ERROR in find(browser, By.ID, "last-error").text
+    find(browser, By.ID, "requeue").click()
+    assert "requeue 1 dead event" in find(browser, By.ID, "what").text
+    find(browser, By.ID, "confirm").click()
 
-    assert browser.find_element(By.ID, "message").text == "requeued 1 dead event(s)"
+    assert find(browser, By.ID, "message").text == "requeued 1 dead event(s)"
     assert dead_ids(busy_db) == [i for i in before if i != event_id]
     info = Inspector(Config.load(db_path=busy_db.location)).show(event_id)
     assert info is not None and info["status"] == "pending"
@@ -139,9 +145,7 @@ def test_requeue_is_refused_with_actions_off(
         served.url + "dead/requeue",
         str(before[0]),
     )
-    WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "message"))
-
-    assert "actions are off" in browser.find_element(By.ID, "message").text
+    assert "actions are off" in find(browser, By.ID, "message").text
     assert dead_ids(busy_db) == before
 
 
@@ -155,5 +159,5 @@ def test_sql_page_refuses_a_write(busy_db: Database, web: Web, browser: webdrive
     query.send_keys("delete from events")
     browser.find_element(By.ID, "run").click()
 
-    assert "refused" in browser.find_element(By.ID, "error").text
+    assert "refused" in find(browser, By.ID, "error").text
     assert stats_json(busy_db)["counts"] == before

@@ -13,8 +13,7 @@ from starlette.routing import Mount
 
 from eventqueue import Dispatcher, Event, EventQueue
 from eventqueue.core.errors import ConfigError
-from eventqueue.web import create_app
-from eventqueue.web.server import start_web_server
+from eventqueue.web import create_app, start_web_server
 
 
 async def test_the_dashboard_is_served_while_a_run_runs(tmp_path: Path) -> None:

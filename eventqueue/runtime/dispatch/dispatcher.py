@@ -34,7 +34,7 @@ from eventqueue.runtime.queue import EventQueue
 
 if TYPE_CHECKING:
     from eventqueue.runtime.telemetry.prometheus import MetricsServer
-    from eventqueue.web.server import WebServer
+    from eventqueue.web import WebServer
 
 __all__ = [
     "CATCH_ALL",
@@ -206,8 +206,7 @@ class Dispatcher:
     def _serve_web(self) -> None:
         if self.web is None:
             return
-        from eventqueue.web import create_app
-        from eventqueue.web.server import start_web_server
+        from eventqueue.web import create_app, start_web_server
 
         port, host, token = self.web
         app = create_app(self.queue, token=token)
@@ -440,7 +439,7 @@ def _web_settings(
         raise ConfigError(f"web_port must be 0..65535 (0: any free port), got {port}")
     if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
         raise ConfigError("web_port needs the dashboard's packages: pip install 'eventqueue[web]'")
-    from eventqueue.web.security import check_bind
+    from eventqueue.web import check_bind
 
     check_bind(host, token)
     return port, host, token

@@ -18,9 +18,9 @@ from starlette.templating import Jinja2Templates
 
 from eventqueue.core.errors import EventQueueError
 from eventqueue.core.models import Priority, Status
-from eventqueue.web.queries import EventFilter
-from eventqueue.web.reads import PRIORITIES, STATUSES, Reads
-from eventqueue.web.security import same_token
+from eventqueue.tools.web.queries import EventFilter
+from eventqueue.tools.web.reads import PRIORITIES, STATUSES, Reads
+from eventqueue.tools.web.security import same_token
 
 _MAX_ID = 2**63 - 1
 

@@ -16,9 +16,9 @@ from eventqueue.core.config import Config
 from eventqueue.core.errors import ConfigError
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.tools.inspector import Inspector
-from eventqueue.web.pages import Pages
-from eventqueue.web.reads import Reads
-from eventqueue.web.security import TokenGate, new_csrf_token
+from eventqueue.tools.web.pages import Pages
+from eventqueue.tools.web.reads import Reads
+from eventqueue.tools.web.security import TokenGate, new_csrf_token
 
 HERE = Path(__file__).parent
 

@@ -19,8 +19,8 @@ from eventqueue.runtime.metrics import percentile
 from eventqueue.store import backend_of
 from eventqueue.tools.inspector import Inspector, PurgeResult
 from eventqueue.tools.top import Snapshot, read_snapshot
-from eventqueue.web import queries
-from eventqueue.web.history import History, Sample
+from eventqueue.tools.web import queries
+from eventqueue.tools.web.history import History, Sample
 
 PRIORITIES = [p.name for p in sorted(Priority, reverse=True)]
 STATUSES = ("pending", "claimed", "done", "dead")
