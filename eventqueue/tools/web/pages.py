@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 
 from eventqueue.core.errors import EventQueueError
 from eventqueue.core.models import Priority, Status
-from eventqueue.tools.web.queries import EventFilter
+from eventqueue.tools.web.queries import ID_WINDOW, EventFilter
 from eventqueue.tools.web.reads import PRIORITIES, STATUSES, Reads
 from eventqueue.tools.web.security import same_token
 
@@ -65,19 +65,20 @@ class Pages:
                 ids = await run_in_threadpool(self.reads.find, text)
                 if len(ids) == 1:
                     return RedirectResponse(request.url_for("event", event_id=ids[0]), 303)
-                rows = [{"id": i} for i in ids]
+                page: dict[str, Any] = {"rows": [{"id": i} for i in ids], "older": None}
                 found = EventFilter()
             else:
                 found = _filter(params)
-                rows = await run_in_threadpool(self.reads.events, found)
-        except (EventQueueError, ValueError) as exc:
+                page = await run_in_threadpool(self.reads.events, found)
+        except (EventQueueError, ValueError, KeyError) as exc:
             return self._render(
                 request, "events.html", 400, page="events", rows=[], error=str(exc),
-                params=params, found=EventFilter(),
+                params=params, found=EventFilter(), window=ID_WINDOW,
             )  # fmt: skip
         return self._render(
-            request, "events.html", page="events", rows=rows, params=params, found=found,
-            find=text, error=None,
+            request, "events.html", page="events", rows=page["rows"], params=params,
+            found=found, find=text, error=None, older=page["older"],
+            searched=page.get("searched"), window=ID_WINDOW,
         )  # fmt: skip
 
     async def event(self, request: Request) -> Response:

@@ -25,6 +25,12 @@ SELECT coalesce(last_error, ''), count(*), max(finished_at), min(id), max(id)
  GROUP BY coalesce(last_error, '') ORDER BY count(*) DESC, max(finished_at) DESC
 """
 ID_LIKE_HASH = 64  # a content hash is 64 hex digits
+# Event lists and searches look at a window of this many ids at a time (the primary key's
+# range), so a filter on an unindexed column (the payload's aggregate_id, event_id, a content
+# hash past its dedup window) costs at most this many rows at any table size; the page links
+# to the next, older window.
+ID_WINDOW = 100_000
+MAX_ID_SQL = "SELECT max(id) FROM events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +41,7 @@ class EventFilter:
     priority: int | None = None
     batch_key: str | None = None
     aggregate: str | None = None
-    before_id: int | None = None  # keyset paging: ids below this one
+    before_id: int | None = None  # keyset paging: ids below this one (None: the newest)
 
 
 def literal(value: str | int | float) -> str:
@@ -58,9 +64,9 @@ def payload_field(name: str, *, postgres: bool) -> str:
     return f"CAST(json_extract(payload, {literal('$.' + name)}) AS TEXT)"
 
 
-def events_sql(found: EventFilter, *, limit: int, postgres: bool) -> str:
-    """The newest events matching `found` (highest id first), `limit` of them."""
-    terms = []
+def events_sql(found: EventFilter, *, below: int, limit: int, postgres: bool) -> str:
+    """The newest events matching `found` with ids in [below - ID_WINDOW, below), `limit`."""
+    terms = [f"id >= {literal(max(0, int(below) - ID_WINDOW))}", f"id < {literal(int(below))}"]
     if found.status is not None:
         terms.append(f"status = {literal(Status(found.status).value)}")
     if found.priority is not None:
@@ -71,15 +77,16 @@ def events_sql(found: EventFilter, *, limit: int, postgres: bool) -> str:
         terms.append(
             f"{payload_field('aggregate_id', postgres=postgres)} = {literal(found.aggregate)}"
         )
-    if found.before_id is not None:
-        terms.append(f"id < {literal(int(found.before_id))}")
-    where = f" WHERE {' AND '.join(terms)}" if terms else ""
-    return f"SELECT {LIST_COLUMNS} FROM events{where} ORDER BY id DESC LIMIT {int(limit)}"
+    where = " AND ".join(terms)
+    return f"SELECT {LIST_COLUMNS} FROM events WHERE {where} ORDER BY id DESC LIMIT {int(limit)}"
 
 
-def find_sql(text: str, *, postgres: bool) -> str:
-    """The ids of events that `text` names: an id, a content hash, or the payload's event_id."""
+def find_sql(text: str, *, below: int, postgres: bool) -> str:
+    """The ids of events that `text` names: an id, a content hash, or the payload's event_id
+    (the last two among the newest ID_WINDOW ids below `below`; a hash in its dedup window
+    anywhere)."""
     text = text.strip()
+    window = f"id >= {literal(max(0, int(below) - ID_WINDOW))} AND id < {literal(int(below))}"
     if text.isascii() and text.isdigit() and len(text) <= 18:
         return f"SELECT id FROM events WHERE id = {literal(int(text))}"
     if len(text) == ID_LIKE_HASH and all(c in "0123456789abcdef" for c in text.lower()):
@@ -88,10 +95,14 @@ def find_sql(text: str, *, postgres: bool) -> str:
         hashed = literal(text.lower())
         return (
             f"SELECT id FROM events WHERE dedup_key = {hashed} UNION "
-            f"SELECT id FROM events WHERE content_hash = {hashed} ORDER BY id DESC LIMIT 50"
+            f"SELECT id FROM events WHERE {window} AND content_hash = {hashed} "
+            "ORDER BY id DESC LIMIT 50"
         )
     field = payload_field("event_id", postgres=postgres)
-    return f"SELECT id FROM events WHERE {field} = {literal(text)} ORDER BY id DESC LIMIT 50"
+    return (
+        f"SELECT id FROM events WHERE {window} AND {field} = {literal(text)} "
+        "ORDER BY id DESC LIMIT 50"
+    )
 
 
 def dead_ids_sql(error: str, *, limit: int) -> str:

@@ -70,16 +70,28 @@ class Reads:
 
     # --- events -----------------------------------------------------------------------------
 
-    def events(self, found: queries.EventFilter) -> list[dict[str, Any]]:
-        """The newest events matching the filter, a page of them."""
-        sql = queries.events_sql(found, limit=PAGE_SIZE, postgres=self.postgres)
+    def events(self, found: queries.EventFilter) -> dict[str, Any]:
+        """A page of the newest events matching the filter, within one window of ids."""
+        below = found.before_id if found.before_id is not None else self._max_id() + 1
+        sql = queries.events_sql(found, below=below, limit=PAGE_SIZE, postgres=self.postgres)
         result = self.inspector.sql(sql, max_rows=PAGE_SIZE)
-        return [_row(dict(zip(result["columns"], row, strict=True))) for row in result["rows"]]
+        rows = [_row(dict(zip(result["columns"], row, strict=True))) for row in result["rows"]]
+        lowest = max(1, below - queries.ID_WINDOW)
+        if len(rows) == PAGE_SIZE:
+            older: int | None = rows[-1]["id"]
+        else:  # this window is exhausted: the next page searches the window below it
+            older = lowest if lowest > 1 else None
+        return {"rows": rows, "searched": (lowest, below - 1), "older": older}
 
     def find(self, text: str) -> list[int]:
         """The ids `text` names (an id, a content hash or an event_id), newest first."""
-        result = self.inspector.sql(queries.find_sql(text, postgres=self.postgres), max_rows=50)
+        sql = queries.find_sql(text, below=self._max_id() + 1, postgres=self.postgres)
+        result = self.inspector.sql(sql, max_rows=50)
         return sorted({int(row[0]) for row in result["rows"]}, reverse=True)
+
+    def _max_id(self) -> int:
+        [[found]] = self.inspector.sql(queries.MAX_ID_SQL)["rows"]
+        return int(found or 0)
 
     def event(self, event_id: int) -> EventInfo | None:
         """One event with every column and its timeline."""
