@@ -58,6 +58,7 @@ class Reads:
                 p99_s=percentile(everything, 0.99) if everything else None,
             )
         )
+        history = self.history.points()
         return {
             "at": iso(snapshot.at),
             "stats": _stats_json(snapshot),
@@ -65,7 +66,8 @@ class Reads:
             "keys": _keys(snapshot),
             "latency": latency,
             "latency_window_s": 60,
-            "history": self.history.points(),
+            "history": history,
+            "rates": {k: history[-1][k] for k in ("accepted_per_s", "handled_per_s")},
         }
 
     # --- events -----------------------------------------------------------------------------
