@@ -171,6 +171,17 @@ def test_events_filter_and_find(busy_db: Database, web: Web) -> None:
     assert bad.status_code == 400 and "lost" in bad.text
 
 
+def test_event_pages_go_back_by_id(busy_db: Database, web: Web) -> None:
+    served = web(busy_db)
+
+    newest = httpx.get(served.url + "events")
+    older = httpx.get(served.url + "events", params={"before": "5"})
+
+    assert newest.text.count('class="status ') == 41 and 'id="older"' not in newest.text
+    assert re.findall(r'href="[^"]*/events/(\d+)"', older.text) == ["4", "3", "2", "1"]
+    assert "Ids 1 to 4 searched" in older.text
+
+
 def test_token_is_checked_on_every_request(busy_db: Database, web: Web) -> None:
     token = "a-long-enough-secret-token"
     served = web(busy_db, "--token", token)
