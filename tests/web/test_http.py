@@ -161,6 +161,7 @@ def test_events_filter_and_find(busy_db: Database, web: Web) -> None:
     by_event_id = httpx.get(served.url + "events", params={"find": info["payload"]["event_id"]})
     by_id = httpx.get(served.url + "events", params={"find": str(dead_id)})
     bad = httpx.get(served.url + "events", params={"status": "lost"})
+    bad_priority = httpx.get(served.url + "events", params={"priority": "URGENT"})
 
     assert dead.text.count('class="status dead"') == len(dead_ids(busy_db))
     assert critical.text.count("<td>CRITICAL</td>") == 1
@@ -169,6 +170,7 @@ def test_events_filter_and_find(busy_db: Database, web: Web) -> None:
         assert found.status_code == 303
         assert found.headers["location"].endswith(f"/events/{dead_id}")
     assert bad.status_code == 400 and "lost" in bad.text
+    assert bad_priority.status_code == 400 and "bad priority &#39;URGENT&#39;" in bad_priority.text
 
 
 def test_event_pages_go_back_by_id(busy_db: Database, web: Web) -> None:

@@ -70,7 +70,7 @@ class Pages:
             else:
                 found = _filter(params)
                 page = await run_in_threadpool(self.reads.events, found)
-        except (EventQueueError, ValueError, KeyError) as exc:
+        except (EventQueueError, ValueError) as exc:
             return self._render(
                 request, "events.html", 400, page="events", rows=[], error=str(exc),
                 params=params, found=EventFilter(), window=ID_WINDOW,
@@ -183,6 +183,8 @@ def _filter(params: Any) -> EventFilter:
     before = params.get("before") or None
     if status is not None:
         Status(status)  # ValueError names the bad value
+    if priority is not None and priority not in Priority.__members__:
+        raise ValueError(f"bad priority {priority!r}: one of {', '.join(PRIORITIES)}")
     return EventFilter(
         status=status,
         priority=None if priority is None else int(Priority[priority]),
