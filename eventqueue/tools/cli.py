@@ -536,3 +536,42 @@ def listen(
         event_types=event_types,
     )
     asyncio.run(run_listen(options))
+
+
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--allow-actions", is_flag=True, help="Allow requeueing dead letters and purging done events."
+)
+@click.option(
+    "--token",
+    envvar="EVENTQUEUE_WEB_TOKEN",
+    metavar="TOKEN",
+    help="Every request must carry this token (needed to bind a non-loopback host; env "
+    "EVENTQUEUE_WEB_TOKEN).",
+)
+def web(db_path: str, host: str, port: int, allow_actions: bool, token: str | None) -> None:
+    """Serve the web dashboard: overview with live charts, events, dead letters, SQL.
+
+    Read-only unless --allow-actions. Binds 127.0.0.1 by default; another address needs
+    --token. Needs eventqueue[web]. Runs until Ctrl-C.
+    """
+    try:
+        from eventqueue.tools.web.app import create_app
+        from eventqueue.tools.web.server import bind, guarded, serve, url_of
+    except ImportError as exc:
+        raise Failure(f"`eventqueue web` needs {exc.name}: pip install 'eventqueue[web]'") from exc
+    status = _inspector(db_path).schema_status()
+    if status["state"] != "current":
+        from eventqueue.core.records import schema_problem
+
+        raise Failure(schema_problem(status))
+    app = guarded(create_app(db_path, allow_actions=allow_actions, token=token), token)
+    sock = bind(host, port, token)
+    shown = url_of(sock)
+    mode = "actions allowed" if allow_actions else "read-only"
+    click.echo(f"serving the dashboard of {db_path} at {shown} ({mode}); Ctrl-C stops", err=True)
+    click.echo(shown)  # one line on stdout: scripts and tests read the address from it
+    serve(app, sock)

@@ -34,6 +34,7 @@ from eventqueue.runtime.queue import EventQueue
 
 if TYPE_CHECKING:
     from eventqueue.runtime.telemetry.prometheus import MetricsServer
+    from eventqueue.web import WebServer
 
 __all__ = [
     "CATCH_ALL",
@@ -82,14 +83,21 @@ class Dispatcher:
         reserved: Mapping[Priority, int] | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        web_port: int | None = None,
+        web_host: str = "127.0.0.1",
+        web_token: str | None = None,
     ) -> None:
         """`metrics_port`: serve Prometheus `/metrics` on metrics_host:port while `run` runs
-        (0: any free port, see `metrics_server.port`; needs `eventqueue[prometheus]`)."""
+        (0: any free port, see `metrics_server.port`; needs `eventqueue[prometheus]`).
+        `web_port`: serve the read-only web dashboard likewise (see `web_server.url`; needs
+        `eventqueue[web]`; a non-loopback `web_host` needs `web_token`)."""
         _check_settings(concurrency, handler_timeout_s, shutdown_grace_s, on_invalid)
         _check_metrics(metrics_port)
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics_server: MetricsServer | None = None  # while a run serves /metrics
+        self.web = _web_settings(web_port, web_host, web_token)
+        self.web_server: WebServer | None = None  # while a run serves the dashboard
         self.queue = queue
         self.concurrency = concurrency
         # Consumers that take CRITICAL work only, besides the `concurrency` others: a CRITICAL
@@ -158,6 +166,7 @@ class Dispatcher:
         """
         restore = self._install_signals() if handle_signals else None
         self._serve_metrics()
+        self._serve_web()
         try:
             if source is not None and resume:
                 await self._resume(source)
@@ -168,6 +177,9 @@ class Dispatcher:
             if self.metrics_server is not None:
                 server, self.metrics_server = self.metrics_server, None
                 await server.aclose()
+            if self.web_server is not None:
+                web, self.web_server = self.web_server, None
+                await web.aclose()
             self._stopping, self._forced = asyncio.Event(), asyncio.Event()
 
     def stop(self) -> None:
@@ -190,6 +202,16 @@ class Dispatcher:
             self.queue, port=self.metrics_port, host=self.metrics_host
         )
         log.info("serving Prometheus metrics at %s", self.metrics_server.url)
+
+    def _serve_web(self) -> None:
+        if self.web is None:
+            return
+        from eventqueue.web import create_app, start_web_server
+
+        port, host, token = self.web
+        app = create_app(self.queue, token=token)
+        self.web_server = start_web_server(app, host=host, port=port, token=token)
+        log.info("serving the web dashboard at %s", self.web_server.url)
 
     async def _resume(self, source: AsyncIterable[Any]) -> None:
         name, resume_from = name_of(source), getattr(source, "resume_from", None)
@@ -406,6 +428,21 @@ def _check_metrics(port: int | None) -> None:
         raise ConfigError(
             "metrics_port needs prometheus-client: pip install 'eventqueue[prometheus]'"
         )
+
+
+def _web_settings(
+    port: int | None, host: str, token: str | None
+) -> tuple[int, str, str | None] | None:
+    if port is None:
+        return None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"web_port must be 0..65535 (0: any free port), got {port}")
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("web_port needs the dashboard's packages: pip install 'eventqueue[web]'")
+    from eventqueue.web import check_bind
+
+    check_bind(host, token)
+    return port, host, token
 
 
 def _check_settings(
