@@ -123,7 +123,8 @@ class Reads:
 
     def purge(self, older_than_s: float) -> PurgeResult:
         """Done events finished more than `older_than_s` ago deleted (the CLI's `purge`)."""
-        return self.inspector.purge(cutoff=self.clock() - older_than_s)
+        now = self.clock()
+        return self.inspector.purge(cutoff=now - older_than_s, now=now)
 
     # --- SQL --------------------------------------------------------------------------------
 
