@@ -1,8 +1,10 @@
 """Overflow: the spill side of admission, and promotion back into the table.
 
 Events that Admission cannot put into the table now are appended to this process's spill log
-(log.py) instead of being dropped or making the stream wait. As consumers free room, spilled
-events are promoted into the table, highest priority and oldest first; the spill position is
+(log.py) instead of being dropped or making the stream wait. As soon as there is room (a claim took
+waiting events, or another process did), spilled events are promoted into the table,
+highest priority and oldest first, each keeping the time it was received (its dedup window
+is measured from then, however late it is promoted); the spill position is
 committed in the same transaction as the promoted rows, so a crash at any point neither loses
 nor doubles an event. Which folders are spilled into and adopted: folders.py.
 """
@@ -225,11 +227,13 @@ class Overflow:
         if held is None:
             return 0
         async with self._room.lock:
-            scheduled = await self._store.scheduled_count()
-            if scheduled > self._config.queue_size // 2:  # the low-water mark
+            # No low-water mark: a spilled event waits for room, never for the queue to drain
+            # (held claims do not count, so an idle consumer always gets it).
+            waiting = await self._store.waiting_count()
+            if waiting >= self._config.queue_size:
                 return 0
             limit = min(
-                self._config.queue_size - scheduled,
+                self._config.queue_size - waiting,
                 self._config.commit_max_events,
                 PROMOTION_CHUNK_EVENTS,
             )
@@ -237,7 +241,7 @@ class Overflow:
             if not records:
                 return 0
             commit = await self._promote(held, records, reached)
-            self._room.committed(commit.scheduled, accepted(commit.outcome), self._clock())
+            self._room.committed(commit.waiting, accepted(commit.outcome), self._clock())
         crash_point("mid_promotion")
         for priority, position in reached.items():
             held.positions[priority] = position
@@ -255,6 +259,8 @@ class Overflow:
         rows = [NewEvent.from_bytes(record.data) for record in records]
         ttl = self._config.dedup_ttl_s if self._config.enable_dedup else None
         try:
+            # `now` is the promotion time; the dedup window of each row is measured from its
+            # own received_at, kept in the spill record.
             # fail_fast: waiting for another connection's write lock here would hold this
             # process's store, and with it every put that should be spilling meanwhile.
             return await self._store.put(

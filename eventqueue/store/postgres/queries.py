@@ -115,14 +115,19 @@ PUT_PLAIN = Query.of(
     """,
 )
 
-# Originals older than the dedup window give up their key, so the content is new again. One
-# received "in the future" means the wall clock stepped back: its window ends now.
+# Originals whose dedup window had closed when the repeat of their content was received give
+# up their key, so the repeat is new: measured from the repeat's own receipt time (`received`,
+# of the first row of each hash), not `now`, so a repeat spilled inside the window stays a
+# duplicate however late it is promoted. An original received after the repeat and "in the
+# future" means the wall clock stepped back: its window ends now.
 RELEASE_DEDUP = Query.of(
     "release_dedup",
     """
     UPDATE events SET dedup_key = NULL
-    WHERE dedup_key = ANY(:hashes::text[])
-      AND (received_at < :cutoff::float8 OR received_at > :now::float8)
+    FROM unnest(:hashes::text[], :received::float8[]) AS r(content_hash, received_at)
+    WHERE events.dedup_key = r.content_hash
+      AND (events.received_at < r.received_at - :ttl::float8
+           OR events.received_at > GREATEST(r.received_at, :now::float8))
     """,
 )
 
@@ -155,8 +160,15 @@ SAVE_SPILL_POSITIONS = Query.of(
     """,
 )
 
-COUNT_SCHEDULED = Query.of(
-    "count_scheduled",
+# The events that wait (pending, back-off included), the set EVENT_QUEUE_SIZE bounds: what a
+# consumer holds has left the queue, so held claims never make new events spill.
+COUNT_WAITING = Query.of(
+    "count_waiting",
+    "SELECT count(*) FROM events WHERE status = 'pending'",
+)
+
+COUNT_UNFINISHED = Query.of(
+    "count_unfinished",
     """
     SELECT (SELECT count(*) FROM events WHERE status = 'pending')
          + (SELECT count(*) FROM events WHERE status = 'claimed')

@@ -27,6 +27,7 @@ from eventqueue.core.records import (
     assemble_batches,
     brief,
     decode_text,
+    first_receipts,
     handoff_ids,
     iso,
     peek_batches,
@@ -127,7 +128,7 @@ class PostgresStore:
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
         lease: Lease | None = None,
-        count_scheduled: bool = True,
+        count_waiting: bool = True,
         # One pool of connections: a CRITICAL put never waits for this one, so never split.
         split: Sequence[SplitPoint] | None = None,
     ) -> PutCommit:
@@ -150,16 +151,20 @@ class PostgresStore:
             if any(status is PutStatus.ACCEPTED for status, _ in outcome):
                 await self._notify(c)
             claimed = await _lease_critical(c, rows, outcome, lease) if lease else []
-            if not count_scheduled:
+            if not count_waiting:
                 return PutCommit(outcome, None, claimed)
-            scheduled = await c.fetchval(sql.COUNT_SCHEDULED.sql)
-            return PutCommit(outcome, int(scheduled), claimed)
+            waiting = await c.fetchval(sql.COUNT_WAITING.sql)
+            return PutCommit(outcome, int(waiting), claimed)
 
         return await self._pool.write(body, fail_fast=fail_fast)
 
-    async def scheduled_count(self) -> int:
-        """Pending + claimed events (what EVENT_QUEUE_SIZE bounds)."""
-        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_SCHEDULED.sql)))
+    async def waiting_count(self) -> int:
+        """Waiting events: pending, back-off included (what EVENT_QUEUE_SIZE bounds)."""
+        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_WAITING.sql)))
+
+    async def unfinished_count(self) -> int:
+        """Events not done or dead yet: pending and claimed."""
+        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_UNFINISHED.sql)))
 
     async def source_position(self, source: str) -> str | None:
         """The stream position stored with the last committed events of `source`."""
@@ -444,7 +449,9 @@ async def _insert(
         copies[row.content_hash] = copies.get(row.content_hash, 0) + 1
     distinct = [rows[i] for i in first.values()]
     hashes = sorted(first)
-    release = sql.RELEASE_DEDUP.args(hashes=hashes, cutoff=now - dedup_ttl_s, now=now)
+    arrived = first_receipts(rows)
+    received = [arrived[h] for h in hashes]
+    release = sql.RELEASE_DEDUP.args(hashes=hashes, received=received, ttl=dedup_ttl_s, now=now)
     await c.execute(sql.RELEASE_DEDUP.sql, *release)
     counts = [copies[r.content_hash] for r in distinct]
     returned = await c.fetch(sql.PUT_DEDUP.sql, *sql.PUT_DEDUP.args(**_columns(distinct, counts)))

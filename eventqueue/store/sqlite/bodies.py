@@ -16,6 +16,7 @@ from eventqueue.core.records import (
     Lease,
     NewEvent,
     assemble_batches,
+    first_receipts,
     handoff_ids,
 )
 from eventqueue.core.rules import ClaimRules
@@ -36,7 +37,8 @@ class Q:
     extend = Prepared.of(sql.extend_ids())
     release = Prepared.of(sql.release_ids())
     nack = Prepared.of(sql.nack_items())
-    scheduled = Prepared.of(sql.count_scheduled())
+    waiting = Prepared.of(sql.count_waiting())
+    unfinished = Prepared.of(sql.count_unfinished())
     wakeup = Prepared.of(sql.next_wakeup())
     by_status = Prepared.of(sql.count_by_status_priority())
     oldest = Prepared.of(sql.oldest_pending())
@@ -70,10 +72,10 @@ def insert_rows(
     ascending): when True, the rest is left out and the outcome covers only the rows stored."""
     dedup = dedup_ttl_s is not None
     if dedup_ttl_s is not None:
-        hashes = json.dumps(sorted({r.content_hash for r in rows}))
+        repeats = json.dumps(list(first_receipts(rows).items()))
         db.run(
             Q.release_dedup.sql,
-            Q.release_dedup.bind(b_hashes=hashes, b_cutoff=now - dedup_ttl_s, b_now=now),
+            Q.release_dedup.bind(b_repeats=repeats, b_ttl=dedup_ttl_s, b_now=now),
         )
     returned: list[Any] = []
     offset = 0

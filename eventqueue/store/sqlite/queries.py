@@ -95,8 +95,14 @@ def select_source_position() -> Select[Any]:
     )
 
 
-def count_scheduled() -> Select[Any]:
-    """Rows in the scheduling set (pending + claimed), the set EVENT_QUEUE_SIZE bounds."""
+def count_waiting() -> Select[Any]:
+    """The events that wait (pending, back-off included), the set EVENT_QUEUE_SIZE bounds:
+    what a consumer holds has left the queue, so held claims never make new events spill."""
+    return select(func.count()).select_from(events).where(_status_is("pending"))
+
+
+def count_unfinished() -> Select[Any]:
+    """Events not done or dead yet: pending + claimed."""
     pending = select(func.count()).select_from(events).where(_status_is("pending"))
     claimed = select(func.count()).select_from(events).where(_status_is("claimed"))
     return select(pending.scalar_subquery() + claimed.scalar_subquery())
@@ -410,19 +416,30 @@ def put_values(rows: int, *, dedup: bool) -> Insert:
 
 
 def release_expired_dedup_keys() -> Update:
-    """Originals older than the dedup window give up their key, so the content is new again."""
-    hashes = _json_rows("b_hashes")
+    """Originals whose dedup window had closed when a repeat of their content was received
+    give up their key, so the repeat is new. `b_repeats`: [content_hash, received_at] of the
+    first row of each hash in the put; `b_ttl`: the window; `b_now`: the put's time.
+
+    Measured against the repeat's own receipt time, not `b_now`: a repeat spilled inside the
+    window stays a duplicate however late it is promoted.
+    """
+    repeats = _json_rows("b_repeats")
+    arrived = _field(repeats, 1)
+    closed = select(literal(1)).where(
+        _field(repeats, 0) == events.c.dedup_key,
+        or_(
+            events.c.received_at < arrived - bindparam("b_ttl"),
+            # Received after the repeat and "in the future": the wall clock stepped back
+            # since. The window cannot be measured any more; it ends rather than lasting
+            # hours longer.
+            and_(events.c.received_at > arrived, events.c.received_at > bindparam("b_now")),
+        ),
+    )
     return (
         update(events)
-        .where(events.c.dedup_key.in_(select(hashes.c.value)))
-        .where(
-            or_(
-                events.c.received_at < bindparam("b_cutoff"),
-                # Received "in the future": the wall clock stepped back since. The window
-                # cannot be measured any more; it ends rather than lasting hours longer.
-                events.c.received_at > bindparam("b_now"),
-            )
-        )
+        # The key lookup first (the UNIQUE index), then the window of each match.
+        .where(events.c.dedup_key.in_(select(_field(repeats, 0))))
+        .where(closed.exists())
         .values(dedup_key=None)
     )
 

@@ -126,7 +126,7 @@ class SQLiteStore:
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
         lease: Lease | None = None,
-        count_scheduled: bool = True,
+        count_waiting: bool = True,
         split: Sequence[SplitPoint] | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
@@ -164,10 +164,10 @@ class SQLiteStore:
                 ]
                 db.many(Q.spill_save.sql, params)
             claimed = lease_critical(db, rows, outcome, lease) if lease and outcome else []
-            if not count_scheduled:
+            if not count_waiting:
                 return PutCommit(outcome, None, claimed)
-            scheduled = db.scalar(Q.scheduled.sql, Q.scheduled.bind())
-            return PutCommit(outcome, int(scheduled), claimed)
+            waiting = db.scalar(Q.waiting.sql, Q.waiting.bind())
+            return PutCommit(outcome, int(waiting), claimed)
 
         # A put carrying CRITICAL events goes before the claims and group commits that wait.
         urgent = any(row.priority == Priority.CRITICAL for row in rows)
@@ -183,9 +183,14 @@ class SQLiteStore:
 
         return await self._conn.read(body)
 
-    async def scheduled_count(self) -> int:
-        """Pending + claimed rows (what EVENT_QUEUE_SIZE bounds)."""
-        statement = Q.scheduled
+    async def waiting_count(self) -> int:
+        """Waiting events: pending, back-off included (what EVENT_QUEUE_SIZE bounds)."""
+        statement = Q.waiting
+        return int(await self._conn.read(lambda db: db.scalar(statement.sql, statement.bind())))
+
+    async def unfinished_count(self) -> int:
+        """Events not done or dead yet: pending and claimed."""
+        statement = Q.unfinished
         return int(await self._conn.read(lambda db: db.scalar(statement.sql, statement.bind())))
 
     async def source_position(self, source: str) -> str | None:
