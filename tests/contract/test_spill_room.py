@@ -130,3 +130,25 @@ async def test_a_spilled_event_is_promoted_as_soon_as_one_event_is_claimed(
         await q.ack(first)
         rest = await drain(q)
         assert sorted(int(e.payload["aggregate_id"]) for e in rest) == list(range(1, 12))
+
+
+async def test_repeats_spilled_further_apart_than_the_window_are_each_judged_on_their_own(
+    backend_config: Config,
+) -> None:
+    # Unspilled, x at t and x at t + 2 with a 1 s window are two events: spilled and promoted
+    # in one chunk they must be too (not folded into the first as one put's repeats are).
+    clock = Clock()
+    async with opened(backend_config, clock, dedup_ttl_s=1, queue_size=2, batch_window_ms=0) as q:
+        assert (await q.put(order("filler-1"))).accepted
+        assert (await q.put(order("filler-2"))).accepted  # the queue is full now
+        x = order("x")
+        assert (await q.put(x)).spilled
+        clock.now += 2
+        assert (await q.put({**x, "event_id": "re-sent"})).spilled
+
+        delivered = await drain(q)  # the fillers' claim makes room for both at once
+
+        names = sorted(e.payload["aggregate_id"] for e in delivered)
+        assert names == ["filler-1", "filler-2", "x", "x"]
+        assert {e.attempts for e in delivered} == {1}
+        assert (await q.stats()).duplicates_suppressed == 0
