@@ -72,10 +72,15 @@ def insert_rows(
     ascending): when True, the rest is left out and the outcome covers only the rows stored."""
     dedup = dedup_ttl_s is not None
     if dedup_ttl_s is not None:
-        repeats = json.dumps(list(first_receipts(rows).items()))
+        arrived = first_receipts(rows)
         db.run(
             Q.release_dedup.sql,
-            Q.release_dedup.bind(b_repeats=repeats, b_ttl=dedup_ttl_s, b_now=now),
+            Q.release_dedup.bind(
+                b_hashes=json.dumps(list(arrived)),
+                b_received=json.dumps(list(arrived.values())),
+                b_ttl=dedup_ttl_s,
+                b_now=now,
+            ),
         )
     returned: list[Any] = []
     offset = 0

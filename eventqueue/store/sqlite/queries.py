@@ -417,16 +417,19 @@ def put_values(rows: int, *, dedup: bool) -> Insert:
 
 def release_expired_dedup_keys() -> Update:
     """Originals whose dedup window had closed when a repeat of their content was received
-    give up their key, so the repeat is new. `b_repeats`: [content_hash, received_at] of the
-    first row of each hash in the put; `b_ttl`: the window; `b_now`: the put's time.
+    give up their key, so the repeat is new. `b_hashes`: the put's content hashes (JSON);
+    `b_received`: when the first row of each was received, in the same order; `b_ttl`: the
+    window; `b_now`: the put's time.
 
     Measured against the repeat's own receipt time, not `b_now`: a repeat spilled inside the
-    window stays a duplicate however late it is promoted.
+    window stays a duplicate however late it is promoted. (Two arrays rather than pairs: the
+    key lookup reads plain values, and only a key found looks up its time, measured ~2x
+    cheaper than pairs for 1000 rows.)
     """
-    repeats = _json_rows("b_repeats")
-    arrived = _field(repeats, 1)
+    repeats = _json_rows("b_hashes")
+    arrived = func.json_extract(bindparam("b_received"), func.printf("$[%d]", repeats.c.key))
     closed = select(literal(1)).where(
-        _field(repeats, 0) == events.c.dedup_key,
+        repeats.c.value == events.c.dedup_key,
         or_(
             events.c.received_at < arrived - bindparam("b_ttl"),
             # Received after the repeat and "in the future": the wall clock stepped back
@@ -438,7 +441,7 @@ def release_expired_dedup_keys() -> Update:
     return (
         update(events)
         # The key lookup first (the UNIQUE index), then the window of each match.
-        .where(events.c.dedup_key.in_(select(_field(repeats, 0))))
+        .where(events.c.dedup_key.in_(select(_json_rows("b_hashes").c.value)))
         .where(closed.exists())
         .values(dedup_key=None)
     )
