@@ -79,10 +79,11 @@ class Store(Protocol):
     ) -> PutCommit:
         """Insert events; duplicates are counted on their original, not inserted.
 
-        A row is a duplicate when a stored original of its content was received less than
-        `dedup_ttl_s` before the row itself was (`received_at`, not `now`: a repeat spilled
-        inside the window stays a duplicate however late it is promoted). An original received
-        after `now` and after the row (the wall clock stepped back) no longer holds its key.
+        A row is a duplicate when a stored original of its content was received at most
+        `dedup_ttl_s` apart from the row itself (their `received_at`, not `now`: a repeat
+        spilled inside the window stays a duplicate however late it is promoted), in either
+        direction (a repeat received before its original, by another process or across a wall
+        clock step back, is a duplicate within the window and new beyond it).
 
         Positions commit in the same transaction. `fail_fast`: raise StoreBusyError at once when
         the write cannot start within EVENT_SPILL_AFTER_MS (the caller spills instead).

@@ -192,6 +192,18 @@ async def test_a_repeat_received_before_the_clock_stepped_back_is_still_a_duplic
     assert commit.outcome == [(PutStatus.DUPLICATE, original)]
 
 
+async def test_a_repeat_received_just_before_its_original_committed_is_a_duplicate(
+    store: Store,
+) -> None:
+    # Two processes receive the same content 5 ms apart; the later one commits first, and the
+    # earlier one's put (or promotion) took its `now` before that commit.
+    (original,) = await put(store, [make_event(at=START + 0.005)], now=START + 0.005)
+
+    commit = await store.put([make_event(at=START)], now=START, dedup_ttl_s=TTL)
+
+    assert commit.outcome == [(PutStatus.DUPLICATE, original)]
+
+
 async def test_a_fresh_repeat_after_the_clock_stepped_back_ends_the_window(store: Store) -> None:
     (original,) = await put(store, [make_event(at=START + 100)], now=START + 100)
 

@@ -115,19 +115,20 @@ PUT_PLAIN = Query.of(
     """,
 )
 
-# Originals whose dedup window had closed when the repeat of their content was received give
-# up their key, so the repeat is new: measured from the repeat's own receipt time (`received`,
-# of the first row of each hash), not `now`, so a repeat spilled inside the window stays a
-# duplicate however late it is promoted. An original received after the repeat and "in the
-# future" means the wall clock stepped back: its window ends now.
+# Originals received more than the dedup window apart from the repeat of their content give
+# up their key, so the repeat is new. Measured between the two receipt times (`received`: of
+# the first row of each hash), not at the put's `now`: a repeat spilled inside the window stays
+# a duplicate however late it is promoted. In either direction: a repeat received before its
+# original (another process's put committed first, or the wall clock stepped back) is a
+# duplicate within the window, and beyond it the window ends rather than lasting as long as
+# the step back.
 RELEASE_DEDUP = Query.of(
     "release_dedup",
     """
     UPDATE events SET dedup_key = NULL
     FROM unnest(:hashes::text[], :received::float8[]) AS r(content_hash, received_at)
     WHERE events.dedup_key = r.content_hash
-      AND (events.received_at < r.received_at - :ttl::float8
-           OR events.received_at > GREATEST(r.received_at, :now::float8))
+      AND abs(events.received_at - r.received_at) > :ttl::float8
     """,
 )
 

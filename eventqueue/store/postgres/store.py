@@ -27,7 +27,6 @@ from eventqueue.core.records import (
     assemble_batches,
     brief,
     decode_text,
-    first_receipts,
     handoff_ids,
     iso,
     peek_batches,
@@ -140,7 +139,7 @@ class PostgresStore:
         """
 
         async def body(c: Conn) -> PutCommit:
-            outcome = await _insert(c, rows, now, dedup_ttl_s) if rows else []
+            outcome = await _insert(c, rows, dedup_ttl_s) if rows else []
             if source_positions:
                 names = [to_db(s) for s in source_positions]
                 positions = [None if p is None else to_db(p) for p in source_positions.values()]
@@ -433,7 +432,7 @@ async def _lease_critical(
 
 
 async def _insert(
-    c: Conn, rows: Sequence[NewEvent], now: float, dedup_ttl_s: float | None
+    c: Conn, rows: Sequence[NewEvent], dedup_ttl_s: float | None
 ) -> list[tuple[PutStatus, int]]:
     if dedup_ttl_s is None:
         query = sql.PUT_PLAIN
@@ -449,9 +448,8 @@ async def _insert(
         copies[row.content_hash] = copies.get(row.content_hash, 0) + 1
     distinct = [rows[i] for i in first.values()]
     hashes = sorted(first)
-    arrived = first_receipts(rows)
-    received = [arrived[h] for h in hashes]
-    release = sql.RELEASE_DEDUP.args(hashes=hashes, received=received, ttl=dedup_ttl_s, now=now)
+    received = [rows[first[h]].received_at for h in hashes]  # the window starts at the first
+    release = sql.RELEASE_DEDUP.args(hashes=hashes, received=received, ttl=dedup_ttl_s)
     await c.execute(sql.RELEASE_DEDUP.sql, *release)
     counts = [copies[r.content_hash] for r in distinct]
     returned = await c.fetch(sql.PUT_DEDUP.sql, *sql.PUT_DEDUP.args(**_columns(distinct, counts)))

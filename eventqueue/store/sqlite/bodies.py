@@ -63,7 +63,6 @@ class Q:
 def insert_rows(
     db: Tx,
     rows: Sequence[NewEvent],
-    now: float,
     dedup_ttl_s: float | None,
     stop: Callable[[], bool] | None = None,
     cuts: Sequence[int] = (),
@@ -79,7 +78,6 @@ def insert_rows(
                 b_hashes=json.dumps(list(arrived)),
                 b_received=json.dumps(list(arrived.values())),
                 b_ttl=dedup_ttl_s,
-                b_now=now,
             ),
         )
     returned: list[Any] = []

@@ -145,7 +145,7 @@ class SQLiteStore:
         cuts = stop_cuts(sorted(points), len(rows)) if split else []
 
         def body(db: Tx) -> PutCommit:
-            outcome = insert_rows(db, rows, now, dedup_ttl_s, stop, cuts) if rows else []
+            outcome = insert_rows(db, rows, dedup_ttl_s, stop, cuts) if rows else []
             positions = source_positions
             if len(outcome) < len(rows):  # ended early: the caller puts the rest
                 positions = points[len(outcome)]
