@@ -320,8 +320,8 @@ def _within_windows(
     the last of them.
 
     A put folds the repeats of one content into its first row, judged once at that row's
-    receipt time. A repeat received more than the dedup window after that row must be judged
-    on its own (it may be new again): the chunk ends before it, and it leads the next one.
+    receipt time. A repeat received more than the dedup window apart from that row must be
+    judged on its own (it may be new again): the chunk ends before it, and leads the next one.
     """
     rows: list[NewEvent] = []
     reached: dict[int, SpillPosition] = {}
@@ -329,7 +329,7 @@ def _within_windows(
     for record in records:
         row = NewEvent.from_bytes(record.data)
         since = first.setdefault(row.content_hash, row.received_at)
-        if ttl_s is not None and row.received_at - since > ttl_s:
+        if ttl_s is not None and abs(row.received_at - since) > ttl_s:
             break
         rows.append(row)
         reached[record.priority] = record.next
