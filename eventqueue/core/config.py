@@ -54,7 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
         "queue_size",
         "EVENT_QUEUE_SIZE",
         1000,
-        "bound on pending + claimed rows; beyond it non-CRITICAL events spill to disk",
+        "bound on waiting events (pending, back-off included; not claimed); beyond it"
+        " non-CRITICAL events spill to disk, promoted as soon as there is room",
         1,
         10_000_000,
     ),

@@ -49,6 +49,15 @@ class NewEvent:
         )
 
 
+def first_receipts(rows: Iterable[NewEvent]) -> dict[str, float]:
+    """Per content hash, when its first row in `rows` was received: the time a put's dedup
+    window is measured from (the later rows of a hash in one put are repeats of the first)."""
+    found: dict[str, float] = {}
+    for row in rows:
+        found.setdefault(row.content_hash, row.received_at)
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A lease to take in the transaction that stores CRITICAL events (the hand-off)."""
@@ -61,12 +70,12 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class PutCommit:
-    """What one put transaction did: (status, id) per row, pending + claimed after it (None
-    when not counted), and the batches of CRITICAL events it leased (with a `Lease`), best
+    """What one put transaction did: (status, id) per row, the events waiting after it (pending,
+    back-off included; None when not counted), and the batches of CRITICAL events it leased (with a `Lease`), best
     first."""
 
     outcome: list[tuple[PutStatus, int]]
-    scheduled: int | None
+    waiting: int | None
     claimed: list[Batch] = field(default_factory=list)
 
 

@@ -1,8 +1,8 @@
 """Admission: the put path from validated rows to a durable outcome.
 
 A put is submitted to the group-commit writer, or, when the writer is behind, straight to the
-spill (never waiting). The writer's commit admits what fits in the scheduling set
-(EVENT_QUEUE_SIZE; CRITICAL always fits) and spills the rest durably first, then commits the
+spill (never waiting). The writer's commit admits what fits among the waiting events
+(EVENT_QUEUE_SIZE bounds pending, not claimed; CRITICAL always fits) and spills the rest durably first, then commits the
 admitted rows with the stream positions that are safe to record. A busy database spills the
 whole group instead of making the stream wait. Nothing is dropped.
 """
@@ -162,14 +162,14 @@ class Admission:
                     source_positions=positions,
                     fail_fast=True,
                     lease=self._handoff.lease(now) if critical else None,
-                    count_scheduled=self._room.worth_counting(len(rest), now),
+                    count_waiting=self._room.worth_counting(len(rest), now),
                     split=[(end - done, at) for end, at in points if end > done],
                 )
             except StoreBusyError:
                 # Another connection holds the write lock: spill instead of making the stream wait.
                 await self._overflow.append(rest)
                 return results + [SPILLED] * len(rest)
-            self._room.committed(commit.scheduled, accepted(commit.outcome), now)
+            self._room.committed(commit.waiting, _left_waiting(commit), now)
             if sink is not None:
                 sink.commit(time.perf_counter() - started, len(commit.outcome))
             self._committed(commit)
@@ -189,14 +189,14 @@ class Admission:
                 dedup_ttl_s=self._ttl_s,
                 fail_fast=True,
                 lease=self._handoff.lease(now),
-                count_scheduled=False,  # CRITICAL needs no room; nothing extra before its commit
+                count_waiting=False,  # CRITICAL needs no room; nothing extra before its commit
             )
         except StoreBusyError:
             await self._overflow.append(rows)  # durable now; promoted first (highest priority)
             return [SPILLED] * len(rows)
         # Not under the room lock: a concurrent group commit may overwrite the estimate with its
         # own count; the next count corrects it.
-        self._room.committed(None, accepted(commit.outcome), now)
+        self._room.committed(None, _left_waiting(commit), now)
         self._committed(commit)
         return list(commit.outcome)
 
@@ -213,15 +213,16 @@ class Admission:
         No handler saw it, so the attempt its lease counted is undone: counted, a CRITICAL retry
         given back at its last attempt would be claimed past EVENT_MAX_ATTEMPTS."""
         task = asyncio.create_task(self._store.give_back(batch.token, batch.ids))
-        task.add_done_callback(self._given_back)
+        task.add_done_callback(lambda done: self._given_back(done, len(batch)))
 
-    def _given_back(self, task: asyncio.Task[None]) -> None:
+    def _given_back(self, task: asyncio.Task[None], events: int) -> None:
         if task.cancelled():
             return
         if (error := task.exception()) is not None:
             # Not lost: the batch is a committed claimed row, pending again once its lease ends.
             log.warning("giving back a batch failed (its lease will): %s", error)
         else:
+            self._room.returned(events)  # pending again: they wait once more
             self._changes.notify()
 
     def split(self, rows: Sequence[NewEvent]) -> tuple[list[int], list[int]]:
@@ -244,3 +245,9 @@ class Admission:
             else:
                 spilled.append(index)
         return admitted, spilled
+
+
+def _left_waiting(commit: PutCommit) -> int:
+    """Events a put left waiting: those it accepted, less the CRITICAL ones it handed over
+    (claimed in the same transaction, they never waited)."""
+    return accepted(commit.outcome) - sum(len(batch) for batch in commit.claimed)

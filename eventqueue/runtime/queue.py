@@ -126,7 +126,7 @@ class EventQueue:
             released = await owners.register()
             if released:
                 metrics.count("owner_leases_released", released)
-            room = Room(config.queue_size, await store.scheduled_count())
+            room = Room(config.queue_size, await store.waiting_count())
             overflow = await Overflow.open(store, room, changes, config, metrics, clock)
         except BaseException:
             await store.close()
@@ -306,8 +306,10 @@ class EventQueue:
             sink.claim(time.perf_counter() - started, len(batches))
             for acked in acks:
                 sink.settled("handled", acked.key, len(acked))
+        if batches:
+            self._taken(sum(len(b) for b in batches))
         if acks:
-            self._finished(sum(len(b) for b in acks))
+            self.notify()
         crash_point("after_claim")
         return batches
 
@@ -319,10 +321,11 @@ class EventQueue:
         self._last_expiry_check = now
         return True
 
-    def _finished(self, events: int) -> None:
-        # Room in the scheduling set for this process's next admissions, and for promotion.
-        self._room.finished(events)
-        self.notify()
+    def _taken(self, events: int) -> None:
+        # Claimed events no longer wait: room for this process's next admissions, and for
+        # promotion from the spill at once (only the promoter is woken: consumers need not be).
+        self._room.taken(events)
+        self.overflow.wake()
 
     async def next_batch(
         self,
@@ -437,7 +440,7 @@ class EventQueue:
     async def outstanding(self) -> int:
         """Events not finished yet: pending, claimed, waiting for the writer (and spilled)."""
         queued = self._admission.queued + self.overflow.pending()
-        return queued + await self.store.scheduled_count()
+        return queued + await self.store.unfinished_count()
 
     def notify(self) -> None:
         """Wake waiting consumers (something may have become ready) and the promoter."""
@@ -456,7 +459,7 @@ class EventQueue:
         await self.store.ack(batch.token, chosen, now=self._clock())
         if self.metrics.sink is not None:
             self.metrics.sink.settled("handled", batch.key, len(chosen))
-        self._finished(len(chosen))
+        self.notify()
 
     async def nack(
         self,
@@ -490,7 +493,8 @@ class EventQueue:
         if self.metrics.sink is not None:
             self.metrics.sink.settled("retried", batch.key, len(plan.retry_at))
             self.metrics.sink.settled("dead", batch.key, len(plan.dead))
-        self._finished(len(plan.dead))
+        self._room.returned(len(plan.retry_at))  # retries wait again (in back-off)
+        self.notify()
 
     def backoff_s(self, attempts: int) -> float:
         """Exponential back-off with ±25 % jitter, capped at EVENT_BACKOFF_MAX_SECONDS."""
@@ -513,6 +517,7 @@ class EventQueue:
         await self.store.release(
             batch.token, batch.ids, now=self._clock(), max_attempts=max_attempts
         )
+        self._room.returned(len(batch.ids))
         self.notify()
 
     async def give_back(self, batch: Batch) -> None:
@@ -520,6 +525,7 @@ class EventQueue:
         (`release` keeps the attempt: a released batch may have been partly handled)."""
         self._check_open()
         await self.store.give_back(batch.token, batch.ids)
+        self._room.returned(len(batch.ids))
         self.notify()
 
     # --- inspection -------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 `Changes` is the in-process signal set at every commit, promotion, ack and release: consumers
 wait on it instead of polling, and the promoter listens to it for freed room. `Room` is the
-scheduling set's size as this process last saw it (pending + claimed, what EVENT_QUEUE_SIZE
-bounds) with the lock under which admission and promotion fill it, so the two never fill the
-same room twice. Both are made once per queue and handed to each part at construction.
+number of waiting events as this process last saw it (pending, back-off included: what
+EVENT_QUEUE_SIZE bounds; what a consumer holds has left the queue) with the lock under which
+admission and promotion fill it, so the two never fill the same room twice. Both are made once per queue and handed to each part at construction.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from eventqueue.core.records import Wakeup
 # Never sleep longer than this without looking again, whatever the clock says: a wall-clock
 # jump must not leave a consumer asleep for hours.
 MAX_IDLE_S = 1.0
-# A put counts pending + claimed at least this often (seconds) while room is plentiful.
+# A put counts the waiting events at least this often (seconds) while room is plentiful.
 RECOUNT_AFTER_S = 0.1
 
 
@@ -47,35 +47,40 @@ class Changes:
 
 
 class Room:
-    """Pending + claimed events as this process last saw them, against EVENT_QUEUE_SIZE."""
+    """Waiting events (pending, back-off included) as this process last saw them, against
+    EVENT_QUEUE_SIZE."""
 
-    def __init__(self, capacity: int, scheduled: int = 0) -> None:
+    def __init__(self, capacity: int, waiting: int = 0) -> None:
         self.capacity = capacity
-        self.scheduled = scheduled
-        self.counted_at = float("-inf")  # when `scheduled` was last counted (wall clock)
+        self.waiting = waiting
+        self.counted_at = float("-inf")  # when `waiting` was last counted (wall clock)
         # Held while the room is counted and filled (a put group or a promotion chunk).
         self.lock = asyncio.Lock()
 
     @property
     def free(self) -> int:
-        """Events that fit before the scheduling set is full."""
-        return self.capacity - self.scheduled
+        """Events that fit before the queue is full."""
+        return self.capacity - self.waiting
 
-    def finished(self, events: int) -> None:
-        """`events` left the scheduling set (done or dead) in this process."""
-        self.scheduled = max(0, self.scheduled - events)
+    def taken(self, events: int) -> None:
+        """`events` were claimed in this process: they no longer wait."""
+        self.waiting = max(0, self.waiting - events)
 
-    def committed(self, scheduled: int | None, accepted: int, now: float) -> None:
-        """After a put at `now`: the set's size as it counted it, or (not counted) the estimate
-        plus the `accepted` events it added."""
-        if scheduled is None:
-            self.scheduled += accepted
+    def returned(self, events: int) -> None:
+        """`events` wait again in this process (nacked for a retry, or released)."""
+        self.waiting += events
+
+    def committed(self, waiting: int | None, accepted: int, now: float) -> None:
+        """After a put at `now`: the waiting events as it counted them, or (not counted) the
+        estimate plus the `accepted` events it left waiting."""
+        if waiting is None:
+            self.waiting += accepted
         else:
-            self.scheduled = scheduled
+            self.waiting = waiting
             self.counted_at = now
 
     def worth_counting(self, rows: int, now: float) -> bool:
-        """Whether a put of `rows` at `now` should count the set exactly (a walk over it): when
+        """Whether a put of `rows` at `now` should count the waiting events exactly: when
         the estimate says the room may run short after it, and at least every RECOUNT_AFTER_S
         anyway, for what other processes added or finished (this estimate does not see it)."""
         if self.free - rows <= self.capacity // 2:

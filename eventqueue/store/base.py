@@ -75,28 +75,39 @@ class Store(Protocol):
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
         lease: Lease | None = None,
-        count_scheduled: bool = True,
+        count_waiting: bool = True,
         split: Sequence[SplitPoint] | None = None,
     ) -> PutCommit:
-        """Insert events; duplicates within the TTL are counted on their original, not inserted.
+        """Insert events; duplicates are counted on their original, not inserted.
+
+        A row is a duplicate when a stored original of its content was received at most
+        `dedup_ttl_s` apart from the row itself (their `received_at`, not `now`: a repeat
+        spilled inside the window stays a duplicate however late it is promoted), in either
+        direction (a repeat received before its original, by another process or across a wall
+        clock step back, is a duplicate within the window and new beyond it).
 
         Positions commit in the same transaction. `fail_fast`: raise StoreBusyError at once when
         the write cannot start within EVENT_SPILL_AFTER_MS (the caller spills instead).
         `lease`: the CRITICAL events this put accepts are leased at once under it (attempt 1,
         fenced by `token:key`, one batch per key) and returned in `PutCommit.claimed`: the
         hand-off to a waiting consumer, with no claim transaction in between.
-        `count_scheduled`: count pending + claimed into `PutCommit.scheduled` (a walk over that
-        set); without it `scheduled` is None and the caller keeps its own estimate.
+        `count_waiting`: count the waiting events (pending, back-off included; not claimed)
+        into `PutCommit.waiting`; without it `waiting` is None and the caller keeps its own
+        estimate.
         `split`: (rows, positions) points where whole puts of this group end: the store may
         commit only the rows up to one of them when urgent work waits for the connection this
         put holds, storing that point's positions instead of `source_positions`; `outcome`
-        then covers that prefix and `scheduled` is None, and the caller puts the rest. (A
+        then covers that prefix and `waiting` is None, and the caller puts the rest. (A
         backend whose writers do not share a connection stores every row.)
         """
         ...
 
-    async def scheduled_count(self) -> int:
-        """Pending + claimed events (what EVENT_QUEUE_SIZE bounds)."""
+    async def waiting_count(self) -> int:
+        """Waiting events: pending, back-off included (what EVENT_QUEUE_SIZE bounds)."""
+        ...
+
+    async def unfinished_count(self) -> int:
+        """Events not done or dead yet: pending and claimed."""
         ...
 
     async def source_position(self, source: str) -> str | None:

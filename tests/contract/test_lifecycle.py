@@ -24,7 +24,7 @@ async def test_events_survive_close_and_reopen(store: Store, open_another: OpenS
     batch = await claim_one(reopened)
 
     assert batch.ids == ids
-    assert await reopened.scheduled_count() == 3
+    assert (await reopened.waiting_count(), await reopened.unfinished_count()) == (0, 3)
 
 
 async def test_two_stores_on_one_database_see_each_others_commits(

@@ -1,4 +1,5 @@
-"""put: outcomes and ids, dedup within and after the TTL, dedup off, across reopen, `scheduled`."""
+"""put: outcomes and ids, dedup within and after the TTL (measured from each row's receipt
+time), dedup off, across reopen, `waiting`."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ async def test_put_of_nothing_commits_nothing(store: Store) -> None:
     commit = await store.put([], now=START, dedup_ttl_s=TTL)
 
     assert commit.outcome == []
-    assert commit.scheduled == 0
+    assert commit.waiting == 0
 
 
 async def test_a_repeat_within_the_ttl_is_a_duplicate_of_the_original(store: Store) -> None:
@@ -67,7 +68,7 @@ async def test_a_repeat_within_the_ttl_is_a_duplicate_of_the_original(store: Sto
     commit = await store.put([make_event(at=START + 299)], now=START + 299, dedup_ttl_s=TTL)
 
     assert commit.outcome == [(PutStatus.DUPLICATE, original)]
-    assert commit.scheduled == 1
+    assert commit.waiting == 1
 
 
 async def test_a_repeat_at_exactly_the_ttl_is_still_a_duplicate(store: Store) -> None:
@@ -101,7 +102,7 @@ async def test_repeats_within_one_put_are_duplicates_of_its_first(store: Store) 
     assert third == fourth == first != second
     info = await store.show(first)
     assert info is not None and info["duplicates"] == 2
-    assert commit.scheduled == 2
+    assert commit.waiting == 2
 
 
 async def test_a_put_dedups_against_stored_events(store: Store) -> None:
@@ -131,7 +132,7 @@ async def test_a_repeat_after_the_ttl_is_accepted_as_a_new_event(store: Store) -
     ((status, again),) = commit.outcome
     assert status is PutStatus.ACCEPTED
     assert again != original
-    assert commit.scheduled == 2
+    assert commit.waiting == 2
     info = await store.show(original)
     assert info is not None and info["duplicates"] == 0
 
@@ -153,7 +154,64 @@ async def test_a_repeat_of_an_acked_event_within_the_ttl_is_a_duplicate(store: S
     commit = await store.put([make_event(at=START + 2)], now=START + 2, dedup_ttl_s=TTL)
 
     assert commit.outcome == [(PutStatus.DUPLICATE, original)]
-    assert commit.scheduled == 0
+    assert commit.waiting == 0
+
+
+async def test_a_repeat_received_inside_the_ttl_is_a_duplicate_however_late_it_is_put(
+    store: Store,
+) -> None:
+    # A repeat spilled inside the window and promoted after it closed (issue 18): the window
+    # is measured from the repeat's own receipt time, not from the time of the put.
+    (original,) = await put(store, [make_event()])
+    late = START + TTL + 3600
+
+    commit = await store.put([make_event(at=START + 299)], now=late, dedup_ttl_s=TTL)
+
+    assert commit.outcome == [(PutStatus.DUPLICATE, original)]
+
+
+async def test_a_repeat_received_after_the_ttl_is_new_however_soon_it_is_put(
+    store: Store,
+) -> None:
+    (original,) = await put(store, [make_event()])
+
+    commit = await store.put([make_event(at=START + TTL + 1)], now=START, dedup_ttl_s=TTL)
+
+    ((status, again),) = commit.outcome
+    assert status is PutStatus.ACCEPTED and again != original
+
+
+async def test_a_repeat_received_before_the_clock_stepped_back_is_still_a_duplicate(
+    store: Store,
+) -> None:
+    (original,) = await put(store, [make_event(at=START + 100)], now=START + 100)
+
+    # Received just after the original, put after the wall clock stepped back an hour.
+    commit = await store.put([make_event(at=START + 101)], now=START - 3500, dedup_ttl_s=TTL)
+
+    assert commit.outcome == [(PutStatus.DUPLICATE, original)]
+
+
+async def test_a_repeat_received_just_before_its_original_committed_is_a_duplicate(
+    store: Store,
+) -> None:
+    # Two processes receive the same content 5 ms apart; the later one commits first, and the
+    # earlier one's put (or promotion) took its `now` before that commit.
+    (original,) = await put(store, [make_event(at=START + 0.005)], now=START + 0.005)
+
+    commit = await store.put([make_event(at=START)], now=START, dedup_ttl_s=TTL)
+
+    assert commit.outcome == [(PutStatus.DUPLICATE, original)]
+
+
+async def test_a_fresh_repeat_after_the_clock_stepped_back_ends_the_window(store: Store) -> None:
+    (original,) = await put(store, [make_event(at=START + 100)], now=START + 100)
+
+    # Received after the step back: the original lies "in the future", its window ends.
+    commit = await store.put([make_event(at=START - 3500)], now=START - 3500, dedup_ttl_s=TTL)
+
+    ((status, again),) = commit.outcome
+    assert status is PutStatus.ACCEPTED and again != original
 
 
 async def test_dedup_off_accepts_every_repeat(store: Store) -> None:
@@ -186,16 +244,21 @@ async def test_dedup_survives_close_and_reopen(store: Store, open_another: OpenS
     assert info is not None and info["duplicates"] == 1
 
 
-async def test_scheduled_counts_pending_and_claimed_but_not_done(store: Store) -> None:
+async def test_waiting_counts_pending_and_back_off_but_not_claimed_or_done(store: Store) -> None:
     await put(store, many("a", 2) + many("b", 3))
-    first = await claim_one(store)  # "a", the oldest key, claimed
-    assert await store.scheduled_count() == 5
-    await store.ack(first.token, first.ids, now=START)
+    first = await claim_one(store)  # "a", the oldest key, claimed: it no longer waits
+    assert (await store.waiting_count(), await store.unfinished_count()) == (3, 5)
+    retried, acked = first.ids
+    await store.nack(first.token, {retried: START + 60}, [], error="x", now=START)
+    await store.ack(first.token, [acked], now=START)
+    assert await store.waiting_count() == 4  # in back-off: it waits again
+    second = await claim_one(store, token="t2")  # "b"
+    await store.ack(second.token, second.ids, now=START)
 
     commit = await store.put([make_event("c")], now=START, dedup_ttl_s=TTL)
 
-    assert commit.scheduled == 4
-    assert await store.scheduled_count() == 4
+    assert commit.waiting == 2  # the retry and "c"
+    assert (await store.waiting_count(), await store.unfinished_count()) == (2, 2)
 
 
 async def test_a_refused_row_fails_the_whole_put_and_stores_nothing(store: Store) -> None:
@@ -205,16 +268,16 @@ async def test_a_refused_row_fails_the_whole_put_and_stores_nothing(store: Store
     with pytest.raises(StorageError):
         await store.put([good, bad], now=START, dedup_ttl_s=TTL, source_positions={"sse": "9"})
 
-    assert await store.scheduled_count() == 0
+    assert await store.waiting_count() == 0
     assert await store.source_position("sse") is None
 
 
-async def test_a_put_without_counting_reports_no_scheduled_count(store: Store) -> None:
-    commit = await store.put(many("a", 3), now=START, dedup_ttl_s=TTL, count_scheduled=False)
+async def test_a_put_without_counting_reports_no_waiting_count(store: Store) -> None:
+    commit = await store.put(many("a", 3), now=START, dedup_ttl_s=TTL, count_waiting=False)
 
-    assert commit.scheduled is None
+    assert commit.waiting is None
     assert [status for status, _ in commit.outcome] == [PutStatus.ACCEPTED] * 3
-    assert await store.scheduled_count() == 3
+    assert await store.waiting_count() == 3
 
 
 @pytest.mark.parametrize("size", [1, 63, 64, 65, 100, 200, 257])
@@ -236,4 +299,4 @@ async def test_a_large_put_keeps_order_ids_and_dedup_across_its_whole_length(
         (PutStatus.DUPLICATE, ids[0]),
         (PutStatus.DUPLICATE, ids[size // 2]),
     ]
-    assert commit.scheduled == size
+    assert commit.waiting == size

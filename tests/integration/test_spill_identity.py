@@ -78,7 +78,7 @@ async def test_promotion_positions_are_stored_under_the_identity(
     assert q.overflow.name == identity
     # Consumers free room; the promoter moves the spill in and commits its positions.
     async with asyncio.timeout(30):
-        while q.overflow.pending() or await q.store.scheduled_count():
+        while q.overflow.pending() or await q.store.unfinished_count():
             batch = await q.next_batch("drain", timeout=1.0)
             if batch is not None:
                 await q.ack(batch)

@@ -51,8 +51,8 @@ async def test_a_split_put_stores_its_first_part_with_that_parts_position(
     )
 
     assert [status for status, _ in commit.outcome] == [PutStatus.ACCEPTED] * 64
-    assert commit.scheduled is None
-    assert await q.store.scheduled_count() == 64
+    assert commit.waiting is None
+    assert await q.store.waiting_count() == 64
     assert await q.store.source_position("sse") == "64"  # not past what is stored
 
 

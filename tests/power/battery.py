@@ -40,7 +40,7 @@ WAL = "/events.db-wal"
 
 # A short lease brings back a batch claimed by a killed worker within seconds; attempts and the
 # dedup window are generous so neither a dead letter nor an expired key hides a duplicate. A small
-# scheduling set makes a few hundred events spill and promote.
+# queue (50 waiting events) makes a few hundred events spill and promote.
 BASE_SETTINGS = {
     "EVENT_LEASE_SECONDS": "1",
     "EVENT_MAX_ATTEMPTS": "1000",

@@ -21,7 +21,7 @@ from eventqueue.store.sqlite.migrations import VERSION_TABLE, head_revision
 
 from .harness import RUNTIME_POINTS, CrashHarness, Outcome, run_killable
 
-# Enough spill and promotion in a few thousand events: the scheduling set holds only 50.
+# Enough spill and promotion in a few thousand events: the queue holds only 50 waiting events.
 SMALL_QUEUE = {"EVENT_QUEUE_SIZE": "50"}
 # The largest pass of each point a random cycle asks for: every cycle puts a fresh burst of
 # about 130 events (fast tier) into a full queue, so each pass is reached before it drains.

@@ -1,4 +1,4 @@
-"""Room: when a put counts pending + claimed exactly, and the estimate in between."""
+"""Room: when a put counts the waiting events exactly, and the estimate in between."""
 
 from __future__ import annotations
 
@@ -35,10 +35,14 @@ def test_without_a_count_the_estimate_grows_by_what_was_accepted() -> None:
     room.committed(100, 0, NOW)
     room.committed(None, 7, NOW + 1)
 
-    assert room.scheduled == 107
+    assert room.waiting == 107
     assert room.counted_at == NOW  # still the last count
-    room.finished(10)
-    assert room.scheduled == 97
+    room.taken(10)  # claimed: they no longer wait
+    assert room.waiting == 97
+    room.returned(3)  # nacked for a retry or released: they wait again
+    assert room.waiting == 100
+    room.taken(1000)
+    assert room.waiting == 0  # never below empty
 
 
 def test_an_idle_consumer_wakes_for_the_shorter_high_window() -> None:

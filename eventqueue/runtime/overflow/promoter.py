@@ -1,8 +1,10 @@
 """Overflow: the spill side of admission, and promotion back into the table.
 
 Events that Admission cannot put into the table now are appended to this process's spill log
-(log.py) instead of being dropped or making the stream wait. As consumers free room, spilled
-events are promoted into the table, highest priority and oldest first; the spill position is
+(log.py) instead of being dropped or making the stream wait. As soon as there is room (a claim took
+waiting events, or another process did), spilled events are promoted into the table,
+highest priority and oldest first, each keeping the time it was received (its dedup window
+is measured from then, however late it is promoted); the spill position is
 committed in the same transaction as the promoted rows, so a crash at any point neither loses
 nor doubles an event. Which folders are spilled into and adopted: folders.py.
 """
@@ -74,6 +76,7 @@ class Overflow:
         self._config = config
         self._metrics = metrics
         self._clock = clock
+        self._ttl_s = config.dedup_ttl_s if config.enable_dedup else None
         self._wanted = asyncio.Event()
         self._stopping = asyncio.Event()
         self._closing = False
@@ -225,19 +228,22 @@ class Overflow:
         if held is None:
             return 0
         async with self._room.lock:
-            scheduled = await self._store.scheduled_count()
-            if scheduled > self._config.queue_size // 2:  # the low-water mark
+            # No low-water mark: a spilled event waits for room, never for the queue to drain
+            # (held claims do not count, so an idle consumer always gets it).
+            waiting = await self._store.waiting_count()
+            if waiting >= self._config.queue_size:
                 return 0
             limit = min(
-                self._config.queue_size - scheduled,
+                self._config.queue_size - waiting,
                 self._config.commit_max_events,
                 PROMOTION_CHUNK_EVENTS,
             )
-            records, reached = await asyncio.to_thread(_read, held, limit)
+            records = await asyncio.to_thread(_read, held, limit)
             if not records:
                 return 0
-            commit = await self._promote(held, records, reached)
-            self._room.committed(commit.scheduled, accepted(commit.outcome), self._clock())
+            rows, reached = _within_windows(records, self._ttl_s)
+            commit = await self._promote(held, rows, reached)
+            self._room.committed(commit.waiting, accepted(commit.outcome), self._clock())
         crash_point("mid_promotion")
         for priority, position in reached.items():
             held.positions[priority] = position
@@ -247,20 +253,20 @@ class Overflow:
             held.close()  # drained: unlock it for whichever process needs a folder next
         self._count(commit.outcome)
         self._changes.notify()
-        return len(records)
+        return len(rows)
 
     async def _promote(
-        self, held: SpillFolder, records: list[SpillRecord], reached: dict[int, SpillPosition]
+        self, held: SpillFolder, rows: list[NewEvent], reached: dict[int, SpillPosition]
     ) -> PutCommit:
-        rows = [NewEvent.from_bytes(record.data) for record in records]
-        ttl = self._config.dedup_ttl_s if self._config.enable_dedup else None
         try:
+            # `now` is the promotion time; the dedup window of each row is measured from its
+            # own received_at, kept in the spill record.
             # fail_fast: waiting for another connection's write lock here would hold this
             # process's store, and with it every put that should be spilling meanwhile.
             return await self._store.put(
                 rows,
                 now=self._clock(),
-                dedup_ttl_s=ttl,
+                dedup_ttl_s=self._ttl_s,
                 spill_positions=(
                     held.name,
                     {p: (pos.segment, pos.offset) for p, pos in reached.items()},
@@ -296,15 +302,35 @@ class Overflow:
         return describe(combine([held.spill.stats() for held in self._logs()]), self._clock())
 
 
-def _read(held: SpillFolder, limit: int) -> tuple[list[SpillRecord], dict[int, SpillPosition]]:
+def _read(held: SpillFolder, limit: int) -> list[SpillRecord]:
+    """Up to `limit` records not promoted yet, highest priority first, oldest first in each."""
     records: list[SpillRecord] = []
-    reached: dict[int, SpillPosition] = {}
     for priority in sorted(Priority, reverse=True):
         if len(records) >= limit:
             break
         start = held.positions.get(priority, SpillPosition(0, 0))
-        found = held.spill.read(priority, start, limit - len(records))
-        if found:
-            records.extend(found)
-            reached[priority] = found[-1].next
-    return records, reached
+        records.extend(held.spill.read(priority, start, limit - len(records)))
+    return records
+
+
+def _within_windows(
+    records: list[SpillRecord], ttl_s: float | None
+) -> tuple[list[NewEvent], dict[int, SpillPosition]]:
+    """The events of `records` that one put may take, and per priority the spill position after
+    the last of them.
+
+    A put folds the repeats of one content into its first row, judged once at that row's
+    receipt time. A repeat received more than the dedup window apart from that row must be
+    judged on its own (it may be new again): the chunk ends before it, and leads the next one.
+    """
+    rows: list[NewEvent] = []
+    reached: dict[int, SpillPosition] = {}
+    first: dict[str, float] = {}
+    for record in records:
+        row = NewEvent.from_bytes(record.data)
+        since = first.setdefault(row.content_hash, row.received_at)
+        if ttl_s is not None and abs(row.received_at - since) > ttl_s:
+            break
+        rows.append(row)
+        reached[record.priority] = record.next
+    return rows, reached

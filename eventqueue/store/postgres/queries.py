@@ -119,14 +119,20 @@ PUT_PLAIN = Query.of(
     """,
 )
 
-# Originals older than the dedup window give up their key, so the content is new again. One
-# received "in the future" means the wall clock stepped back: its window ends now.
+# Originals received more than the dedup window apart from the repeat of their content give
+# up their key, so the repeat is new. Measured between the two receipt times (`received`: of
+# the first row of each hash), not at the put's `now`: a repeat spilled inside the window stays
+# a duplicate however late it is promoted. In either direction: a repeat received before its
+# original (another process's put committed first, or the wall clock stepped back) is a
+# duplicate within the window, and beyond it the window ends rather than lasting as long as
+# the step back.
 RELEASE_DEDUP = Query.of(
     "release_dedup",
     """
     UPDATE events SET dedup_key = NULL
-    WHERE dedup_key = ANY(:hashes::text[])
-      AND (received_at < :cutoff::float8 OR received_at > :now::float8)
+    FROM unnest(:hashes::text[], :received::float8[]) AS r(content_hash, received_at)
+    WHERE events.dedup_key = r.content_hash
+      AND abs(events.received_at - r.received_at) > :ttl::float8
     """,
 )
 
@@ -159,8 +165,15 @@ SAVE_SPILL_POSITIONS = Query.of(
     """,
 )
 
-COUNT_SCHEDULED = Query.of(
-    "count_scheduled",
+# The events that wait (pending, back-off included), the set EVENT_QUEUE_SIZE bounds: what a
+# consumer holds has left the queue, so held claims never make new events spill.
+COUNT_WAITING = Query.of(
+    "count_waiting",
+    "SELECT count(*) FROM events WHERE status = 'pending'",
+)
+
+COUNT_UNFINISHED = Query.of(
+    "count_unfinished",
     """
     SELECT (SELECT count(*) FROM events WHERE status = 'pending')
          + (SELECT count(*) FROM events WHERE status = 'claimed')

@@ -129,7 +129,7 @@ class PostgresStore:
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
         lease: Lease | None = None,
-        count_scheduled: bool = True,
+        count_waiting: bool = True,
         # One pool of connections: a CRITICAL put never waits for this one, so never split.
         split: Sequence[SplitPoint] | None = None,
     ) -> PutCommit:
@@ -141,7 +141,7 @@ class PostgresStore:
         """
 
         async def body(c: Conn) -> PutCommit:
-            outcome = await _insert(c, rows, now, dedup_ttl_s) if rows else []
+            outcome = await _insert(c, rows, dedup_ttl_s) if rows else []
             if source_positions:
                 names = [to_db(s) for s in source_positions]
                 positions = [None if p is None else to_db(p) for p in source_positions.values()]
@@ -152,16 +152,20 @@ class PostgresStore:
             if any(status is PutStatus.ACCEPTED for status, _ in outcome):
                 await self._notify(c)
             claimed = await _lease_critical(c, rows, outcome, lease, self._holder) if lease else []
-            if not count_scheduled:
+            if not count_waiting:
                 return PutCommit(outcome, None, claimed)
-            scheduled = await c.fetchval(sql.COUNT_SCHEDULED.sql)
-            return PutCommit(outcome, int(scheduled), claimed)
+            waiting = await c.fetchval(sql.COUNT_WAITING.sql)
+            return PutCommit(outcome, int(waiting), claimed)
 
         return await self._pool.write(body, fail_fast=fail_fast)
 
-    async def scheduled_count(self) -> int:
-        """Pending + claimed events (what EVENT_QUEUE_SIZE bounds)."""
-        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_SCHEDULED.sql)))
+    async def waiting_count(self) -> int:
+        """Waiting events: pending, back-off included (what EVENT_QUEUE_SIZE bounds)."""
+        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_WAITING.sql)))
+
+    async def unfinished_count(self) -> int:
+        """Events not done or dead yet: pending and claimed."""
+        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_UNFINISHED.sql)))
 
     async def source_position(self, source: str) -> str | None:
         """The stream position stored with the last committed events of `source`."""
@@ -511,7 +515,7 @@ async def _lease_critical(
 
 
 async def _insert(
-    c: Conn, rows: Sequence[NewEvent], now: float, dedup_ttl_s: float | None
+    c: Conn, rows: Sequence[NewEvent], dedup_ttl_s: float | None
 ) -> list[tuple[PutStatus, int]]:
     if dedup_ttl_s is None:
         query = sql.PUT_PLAIN
@@ -527,7 +531,8 @@ async def _insert(
         copies[row.content_hash] = copies.get(row.content_hash, 0) + 1
     distinct = [rows[i] for i in first.values()]
     hashes = sorted(first)
-    release = sql.RELEASE_DEDUP.args(hashes=hashes, cutoff=now - dedup_ttl_s, now=now)
+    received = [rows[first[h]].received_at for h in hashes]  # the window starts at the first
+    release = sql.RELEASE_DEDUP.args(hashes=hashes, received=received, ttl=dedup_ttl_s)
     await c.execute(sql.RELEASE_DEDUP.sql, *release)
     counts = [copies[r.content_hash] for r in distinct]
     returned = await c.fetch(sql.PUT_DEDUP.sql, *sql.PUT_DEDUP.args(**_columns(distinct, counts)))

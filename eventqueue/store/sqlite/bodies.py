@@ -17,6 +17,7 @@ from eventqueue.core.records import (
     Lease,
     NewEvent,
     assemble_batches,
+    first_receipts,
     handoff_ids,
 )
 from eventqueue.core.rules import ClaimRules
@@ -38,7 +39,8 @@ class Q:
     release = Prepared.of(sql.release_ids())
     give_back = Prepared.of(sql.give_back_ids())
     nack = Prepared.of(sql.nack_items())
-    scheduled = Prepared.of(sql.count_scheduled())
+    waiting = Prepared.of(sql.count_waiting())
+    unfinished = Prepared.of(sql.count_unfinished())
     wakeup = Prepared.of(sql.next_wakeup())
     by_status = Prepared.of(sql.count_by_status_priority())
     oldest = Prepared.of(sql.oldest_pending())
@@ -69,7 +71,6 @@ class Q:
 def insert_rows(
     db: Tx,
     rows: Sequence[NewEvent],
-    now: float,
     dedup_ttl_s: float | None,
     stop: Callable[[], bool] | None = None,
     cuts: Sequence[int] = (),
@@ -78,10 +79,14 @@ def insert_rows(
     ascending): when True, the rest is left out and the outcome covers only the rows stored."""
     dedup = dedup_ttl_s is not None
     if dedup_ttl_s is not None:
-        hashes = json.dumps(sorted({r.content_hash for r in rows}))
+        arrived = first_receipts(rows)
         db.run(
             Q.release_dedup.sql,
-            Q.release_dedup.bind(b_hashes=hashes, b_cutoff=now - dedup_ttl_s, b_now=now),
+            Q.release_dedup.bind(
+                b_hashes=json.dumps(list(arrived)),
+                b_received=json.dumps(list(arrived.values())),
+                b_ttl=dedup_ttl_s,
+            ),
         )
     returned: list[Any] = []
     offset = 0

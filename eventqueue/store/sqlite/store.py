@@ -129,7 +129,7 @@ class SQLiteStore:
         spill_positions: tuple[str, SpillPositions] | None = None,
         fail_fast: bool = False,
         lease: Lease | None = None,
-        count_scheduled: bool = True,
+        count_waiting: bool = True,
         split: Sequence[SplitPoint] | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
@@ -148,7 +148,7 @@ class SQLiteStore:
         cuts = stop_cuts(sorted(points), len(rows)) if split else []
 
         def body(db: Tx) -> PutCommit:
-            outcome = insert_rows(db, rows, now, dedup_ttl_s, stop, cuts) if rows else []
+            outcome = insert_rows(db, rows, dedup_ttl_s, stop, cuts) if rows else []
             positions = source_positions
             if len(outcome) < len(rows):  # ended early: the caller puts the rest
                 positions = points[len(outcome)]
@@ -169,10 +169,10 @@ class SQLiteStore:
             claimed = (
                 lease_critical(db, rows, outcome, lease, self._holder) if lease and outcome else []
             )
-            if not count_scheduled:
+            if not count_waiting:
                 return PutCommit(outcome, None, claimed)
-            scheduled = db.scalar(Q.scheduled.sql, Q.scheduled.bind())
-            return PutCommit(outcome, int(scheduled), claimed)
+            waiting = db.scalar(Q.waiting.sql, Q.waiting.bind())
+            return PutCommit(outcome, int(waiting), claimed)
 
         # A put carrying CRITICAL events goes before the claims and group commits that wait.
         urgent = any(row.priority == Priority.CRITICAL for row in rows)
@@ -188,9 +188,14 @@ class SQLiteStore:
 
         return await self._conn.read(body)
 
-    async def scheduled_count(self) -> int:
-        """Pending + claimed rows (what EVENT_QUEUE_SIZE bounds)."""
-        statement = Q.scheduled
+    async def waiting_count(self) -> int:
+        """Waiting events: pending, back-off included (what EVENT_QUEUE_SIZE bounds)."""
+        statement = Q.waiting
+        return int(await self._conn.read(lambda db: db.scalar(statement.sql, statement.bind())))
+
+    async def unfinished_count(self) -> int:
+        """Events not done or dead yet: pending and claimed."""
+        statement = Q.unfinished
         return int(await self._conn.read(lambda db: db.scalar(statement.sql, statement.bind())))
 
     async def source_position(self, source: str) -> str | None:

@@ -21,7 +21,7 @@ def bench_config(base: Config, path: Path | str, **overrides: Any) -> Config:
 
 def backlog_overrides(backlog: int) -> dict[str, Any]:
     """Settings that hold a backlog of `backlog` pending events and load it fast."""
-    # Room for the whole backlog in the database (EVENT_QUEUE_SIZE bounds pending + claimed;
+    # Room for the whole backlog in the database (EVENT_QUEUE_SIZE bounds pending events;
     # beyond it events would spill), big groups to load it fast, and no spilling on a busy lock.
     return {
         "queue_size": min(10_000_000, backlog + 10_000),

@@ -131,7 +131,7 @@ async def test_repeats_within_one_put_count_on_their_original(stores: OpenStore)
     commit = await store.put([first, new_event(2), first, first], now=NOW, dedup_ttl_s=300.0)
     (s1, id1), (s2, _), (s3, id3), (s4, id4) = commit.outcome
     assert (s1, s2, s3, s4) == ("accepted", "accepted", "duplicate", "duplicate")
-    assert id1 == id3 == id4 and commit.scheduled == 2
+    assert id1 == id3 == id4 and commit.waiting == 2
     info = await store.show(id1)
     assert info is not None and info["duplicates"] == 2
 
@@ -205,7 +205,7 @@ async def test_the_sql_console_reads_and_refuses_writes(stores: OpenStore, pg_db
     ):
         with pytest.raises(QueryError, match="refused"):
             await asyncio.to_thread(admin.sql, config, refused)
-    assert await store.scheduled_count() == 2
+    assert await store.waiting_count() == 2
 
 
 async def test_backup_says_to_use_pg_dump(pg_db: str) -> None:

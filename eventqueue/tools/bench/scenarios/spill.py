@@ -54,7 +54,7 @@ async def spill_scenarios(sz: Sizes, base: Config, places: Places) -> list[Row]:
     if not puts.counts["spilled"]:
         why = f"not available: no put spilled (queue_size {queue_size}, {len(events)} puts)"
         return _unavailable(why)
-    # Room for everything even below the promoter's low-water mark (half of queue_size).
+    # Room for everything at once, so promotion runs in full chunks.
     roomy = config.replace(queue_size=2 * (len(events) + queue_size))
     promotion = await _promote(roomy, sz.limit_s)
     specific = {
