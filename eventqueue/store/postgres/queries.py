@@ -8,8 +8,10 @@ text and its server-side prepared plan never depend on the number of events.
 Claims use `FOR UPDATE SKIP LOCKED` (as River's JobGetAvailable and procrastinate's
 fetch_job do): concurrent claimers on any host never wait for each other and never lease the
 same row; a row another claimer committed meanwhile is re-checked against the WHERE clause
-(status = 'pending') and dropped. Readiness is computed over the pending rows, which
-EVENT_QUEUE_SIZE bounds, through the partial index ix_events_pending.
+(status = 'pending') and dropped. Readiness is decided without aggregating the pending rows:
+a loose index scan of the partial index ix_events_pending finds the batch keys with pending
+work, and a few index probes per key decide it (see _READY), so a claim costs the same at a
+backlog of 2k and of 1M.
 """
 
 from __future__ import annotations
@@ -179,8 +181,31 @@ SELECT_SPILL_POSITIONS = Query.of(
 
 # --- claim ------------------------------------------------------------------------------------
 
-# Per batch key with claimable pending events: whether a full batch waits, the oldest and
-# newest received time, the top priority; then the keys that are ready, in claim order.
+PRIORITIES = (4, 3, 2, 1)
+
+
+def _probe(column: str, order: str, extra: str = "") -> str:
+    # One index descent into ix_events_pending (batch_key, priority DESC, received_at, id,
+    # available_at) for the key of `k`: the first claimable row in `order`.
+    return f"""(SELECT e.{column} FROM events e
+             WHERE e.status = 'pending' AND e.batch_key = k.batch_key{extra}
+               AND {_available("e")}
+             ORDER BY {order} LIMIT 1)"""
+
+
+def _per_priority(column: str, order: str, extra: str = "") -> list[str]:
+    # One probe per priority: with priority fixed, the index is in received_at order, so the
+    # key's oldest (or newest) claimable row is the least (greatest) of four first rows.
+    return [_probe(column, order, f" AND e.priority = {p}{extra}") for p in PRIORITIES]
+
+
+# Readiness without aggregation: the cost depends on the number of batch keys with pending
+# work and on MAX_BATCH_SIZE, never on the backlog. `keys` is a loose index scan of
+# ix_events_pending (one descent per distinct key, a recursive CTE); `summary` decides each key
+# with index probes: its top priority (the first row in claim order), its oldest and newest
+# received time (one probe per priority), and whether a full batch waits (its MAX_BATCH_SIZE-th
+# claimable row exists: a walk of at most MAX_BATCH_SIZE index entries). A key whose pending
+# events are all waiting for a retry has no top and is not ready.
 # Ready: a full batch, the oldest waited the window (the shorter HIGH window when the key holds
 # a HIGH event), a CRITICAL event (never waits), batching
 # off, or an event received after `now` (the clock stepped back: do not wait for it). Effective
@@ -188,12 +213,29 @@ SELECT_SPILL_POSITIONS = Query.of(
 # HIGH; CRITICAL stays CRITICAL. min_priority: a key ready only because of CRITICAL events
 # leases just those; the rest keep filling their batch.
 _READY = f"""
-    summary AS MATERIALIZED (
-        SELECT batch_key, count(*) >= :max_batch::int AS full_batch,
-               min(received_at) AS oldest, max(received_at) AS newest, max(priority) AS top
-        FROM events
-        WHERE status = 'pending' AND {_available("events")}
-        GROUP BY batch_key
+    RECURSIVE pending_keys(batch_key) AS (
+        (SELECT batch_key FROM events WHERE status = 'pending' ORDER BY batch_key LIMIT 1)
+        UNION ALL
+        SELECT (SELECT e.batch_key FROM events e
+                WHERE e.status = 'pending' AND e.batch_key > pk.batch_key
+                ORDER BY e.batch_key LIMIT 1)
+        FROM pending_keys pk WHERE pk.batch_key IS NOT NULL
+    ),
+    probed AS MATERIALIZED (
+        SELECT k.batch_key,
+               {_probe("priority", "e.priority DESC, e.received_at, e.id")} AS top,
+               least({", ".join(_per_priority("received_at", "e.received_at"))}) AS oldest,
+               (greatest({", ".join(_per_priority("received_at", "e.received_at DESC"))})
+                > :now::float8) AS from_future,
+               EXISTS (SELECT 1 FROM events e
+                       WHERE e.status = 'pending' AND e.batch_key = k.batch_key
+                         AND {_available("e")}
+                       ORDER BY e.priority DESC, e.received_at, e.id
+                       OFFSET :max_batch::int - 1 LIMIT 1) AS full_batch
+        FROM pending_keys k WHERE k.batch_key IS NOT NULL
+    ),
+    summary AS (
+        SELECT batch_key, full_batch, oldest, from_future, top FROM probed WHERE top IS NOT NULL
     ),
     ready AS (
         SELECT batch_key, oldest, top,
@@ -202,12 +244,12 @@ _READY = f"""
                                            / :aging_s::float8), {TOP_AGED_PRIORITY})::int
                END AS effective,
                CASE WHEN top = {CRITICAL} AND NOT full_batch
-                         AND oldest > :window_start::float8 AND newest <= :now::float8
+                         AND oldest > :window_start::float8 AND NOT from_future
                          AND NOT :no_batching::boolean
                     THEN {CRITICAL} ELSE 0
                END AS min_priority
         FROM summary
-        WHERE (full_batch OR oldest <= :window_start::float8 OR newest > :now::float8
+        WHERE (full_batch OR oldest <= :window_start::float8 OR from_future
                OR (top >= {HIGH} AND oldest <= :high_window_start::float8)
                OR top = {CRITICAL} OR :no_batching::boolean)
           AND top >= :min_priority::int  -- a claim for CRITICAL work only
