@@ -184,28 +184,36 @@ SELECT_SPILL_POSITIONS = Query.of(
 PRIORITIES = (4, 3, 2, 1)
 
 
-def _probe(column: str, order: str, extra: str = "") -> str:
+def _first_received(priority: int, key: str, order: str) -> str:
     # One index descent into ix_events_pending (batch_key, priority DESC, received_at, id,
-    # available_at) for the key of `k`: the first claimable row in `order`.
-    return f"""(SELECT e.{column} FROM events e
-             WHERE e.status = 'pending' AND e.batch_key = k.batch_key{extra}
-               AND {_available("e")}
-             ORDER BY {order} LIMIT 1)"""
+    # available_at): with key and priority fixed the index is in received_at order, so the
+    # first claimable entry is that priority's oldest (or, walked backward, newest) event.
+    return f"""(SELECT e.received_at FROM events e
+         WHERE e.status = 'pending' AND e.batch_key = {key}.batch_key AND e.priority = {priority}
+           AND {_available("e")}
+         ORDER BY e.received_at {order} LIMIT 1)"""
 
 
-def _per_priority(column: str, order: str, extra: str = "") -> list[str]:
-    # One probe per priority: with priority fixed, the index is in received_at order, so the
-    # key's oldest (or newest) claimable row is the least (greatest) of four first rows.
-    return [_probe(column, order, f" AND e.priority = {p}{extra}") for p in PRIORITIES]
-
+_OLDEST_PER_PRIORITY = ",\n".join(f"{_first_received(p, 'k', 'ASC')} AS p{p}" for p in PRIORITIES)
+_TOP = "CASE " + " ".join(f"WHEN p{p} IS NOT NULL THEN {p}" for p in PRIORITIES) + " END"
+_OLDEST = "least(" + ", ".join(f"p{p}" for p in PRIORITIES) + ")"
+_NEWEST = "greatest(" + ", ".join(_first_received(p, "keyed", "DESC") for p in PRIORITIES) + ")"
+# The key's MAX_BATCH_SIZE-th claimable event exists: a walk of at most MAX_BATCH_SIZE entries.
+_FULL = f"""EXISTS (SELECT 1 FROM events e
+         WHERE e.status = 'pending' AND e.batch_key = keyed.batch_key AND {_available("e")}
+         ORDER BY e.priority DESC, e.received_at, e.id
+         OFFSET :max_batch::int - 1 LIMIT 1)"""
+# A key whose oldest waited the window (or with batching off) is ready whatever else holds, and
+# then leases every priority: its full-batch and clock probes are skipped (CASE runs one branch).
+_WAITED = "(oldest <= :window_start::float8 OR :no_batching::boolean)"
 
 # Readiness without aggregation: the cost depends on the number of batch keys with pending
-# work and on MAX_BATCH_SIZE, never on the backlog. `keys` is a loose index scan of
-# ix_events_pending (one descent per distinct key, a recursive CTE); `summary` decides each key
-# with index probes: its top priority (the first row in claim order), its oldest and newest
-# received time (one probe per priority), and whether a full batch waits (its MAX_BATCH_SIZE-th
-# claimable row exists: a walk of at most MAX_BATCH_SIZE index entries). A key whose pending
-# events are all waiting for a retry has no top and is not ready.
+# work and on MAX_BATCH_SIZE, never on the backlog. `pending_keys` is a loose index scan of
+# ix_events_pending (a recursive CTE, one index descent per distinct key); `firsts` probes
+# each key's oldest claimable event per priority (four descents), which gives its top priority
+# (the highest with one) and its oldest; `summary` adds, only for keys still inside their
+# window, whether a full batch waits and whether an event was received after `now`. A key whose
+# pending events all wait for a retry has no top and is not ready.
 # Ready: a full batch, the oldest waited the window (the shorter HIGH window when the key holds
 # a HIGH event), a CRITICAL event (never waits), batching
 # off, or an event received after `now` (the clock stepped back: do not wait for it). Effective
@@ -221,21 +229,18 @@ _READY = f"""
                 ORDER BY e.batch_key LIMIT 1)
         FROM pending_keys pk WHERE pk.batch_key IS NOT NULL
     ),
-    probed AS MATERIALIZED (
-        SELECT k.batch_key,
-               {_probe("priority", "e.priority DESC, e.received_at, e.id")} AS top,
-               least({", ".join(_per_priority("received_at", "e.received_at"))}) AS oldest,
-               (greatest({", ".join(_per_priority("received_at", "e.received_at DESC"))})
-                > :now::float8) AS from_future,
-               EXISTS (SELECT 1 FROM events e
-                       WHERE e.status = 'pending' AND e.batch_key = k.batch_key
-                         AND {_available("e")}
-                       ORDER BY e.priority DESC, e.received_at, e.id
-                       OFFSET :max_batch::int - 1 LIMIT 1) AS full_batch
+    firsts AS MATERIALIZED (
+        SELECT k.batch_key, {_OLDEST_PER_PRIORITY}
         FROM pending_keys k WHERE k.batch_key IS NOT NULL
     ),
-    summary AS (
-        SELECT batch_key, full_batch, oldest, from_future, top FROM probed WHERE top IS NOT NULL
+    keyed AS MATERIALIZED (
+        SELECT batch_key, {_TOP} AS top, {_OLDEST} AS oldest FROM firsts
+    ),
+    summary AS MATERIALIZED (
+        SELECT batch_key, top, oldest,
+               CASE WHEN {_WAITED} THEN false ELSE {_FULL} END AS full_batch,
+               CASE WHEN {_WAITED} THEN false ELSE {_NEWEST} > :now::float8 END AS from_future
+        FROM keyed WHERE top IS NOT NULL
     ),
     ready AS (
         SELECT batch_key, oldest, top,
