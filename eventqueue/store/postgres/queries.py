@@ -220,7 +220,7 @@ _WAITED = "(oldest <= :window_start::float8 OR :no_batching::boolean)"
 # priority: the top priority raised one level per aging period the oldest waited, capped at
 # HIGH; CRITICAL stays CRITICAL. min_priority: a key ready only because of CRITICAL events
 # leases just those; the rest keep filling their batch.
-_READY = f"""
+_FIRSTS = f"""
     RECURSIVE pending_keys(batch_key) AS (
         (SELECT batch_key FROM events WHERE status = 'pending' ORDER BY batch_key LIMIT 1)
         UNION ALL
@@ -232,7 +232,9 @@ _READY = f"""
     firsts AS MATERIALIZED (
         SELECT k.batch_key, {_OLDEST_PER_PRIORITY}
         FROM pending_keys k WHERE k.batch_key IS NOT NULL
-    ),
+    )
+"""
+_READY = f"""{_FIRSTS},
     keyed AS MATERIALIZED (
         SELECT batch_key, {_TOP} AS top, {_OLDEST} AS oldest FROM firsts
     ),
@@ -422,20 +424,21 @@ NACK = Query.of(
     """,
 )
 
+# Like readiness, without reading the backlog: the oldest claimable events come from the keys'
+# per-priority probes (`firsts`), the next retry from ix_events_retrying (revision 0004: only
+# events waiting for a retry), the next lease expiry from ix_events_claimed.
 NEXT_WAKEUP = Query.of(
     "next_wakeup",
     f"""
+    WITH {_FIRSTS}
     SELECT
-        (SELECT min(received_at) FROM events
-         WHERE status = 'pending' AND {_available("events")}) AS oldest_pending_at,
+        (SELECT min(least(p4, p3, p2, p1)) FROM firsts) AS oldest_pending_at,
         (SELECT min(available_at) FROM events
-         WHERE status = 'pending' AND available_at > :now::float8
-           AND available_at <> received_at) AS next_retry_at,
+         WHERE status = 'pending' AND available_at <> received_at
+           AND available_at > :now::float8) AS next_retry_at,
         (SELECT min(lease_expires_at) FROM events WHERE status = 'claimed')
             AS next_lease_expiry_at,
-        (SELECT min(received_at) FROM events
-         WHERE status = 'pending' AND priority >= {HIGH} AND {_available("events")})
-            AS oldest_high_pending_at
+        (SELECT min(least(p4, p3)) FROM firsts) AS oldest_high_pending_at
     """.replace(":retry_horizon::float8", "'Infinity'::float8"),
 )
 

@@ -1,6 +1,6 @@
 """Plans that cannot flip: at a million pending events, every statement that decides readiness
-reads `events` only through index scans (ix_events_pending, pk_events), never a sequential or
-bitmap scan, with the plan the server picks for the given values and with its generic plan
+(and the idle wait's next_wakeup) reads `events` only through index scans, never a sequential
+or bitmap scan, with the plan the server picks for the given values and with its generic plan
 (asyncpg prepares statements; the server may switch to the generic plan after five runs)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ RULES = ClaimRules(
     max_batch=100, window_s=0.05, aging_s=60.0, batching=True, lease_s=30.0, max_attempts=5
 )
 INDEX_SCANS = {"Index Scan", "Index Only Scan"}
-INDEXES = {"ix_events_pending", "pk_events"}
+INDEXES = {"ix_events_pending", "pk_events", "ix_events_retrying", "ix_events_claimed"}
 
 # One statement: 5 % CRITICAL, 20 % HIGH, 50 % NORMAL, 25 % LOW (as the bench's events), over
 # KEYS batch keys, received over the last 100 s; key0 holds every CRITICAL event.
@@ -56,6 +56,8 @@ _READINESS = {
         **ready_args(NOW, RULES), batches=4, limit=RULES.batch_limit
     ),
     "count_ready_keys": sql.COUNT_READY_KEYS.args(**ready_args(NOW, RULES)),
+    # The idle wait: when work that is not ready now may become ready.
+    "next_wakeup": sql.NEXT_WAKEUP.args(now=NOW),
 }
 
 
