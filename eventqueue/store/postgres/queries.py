@@ -263,8 +263,14 @@ _READY = f"""{_FIRSTS},
     )
 """
 
+# The best `batches` ready keys, each with its rank in claim order (the claim returns it: a
+# claim of several batches needs no second pass over readiness to order them), and per key its
+# next batch in claim order.
 _PICK = f"""
-    SELECT p.id FROM (SELECT * FROM ready ORDER BY effective DESC, oldest LIMIT :batches::int) k
+    SELECT p.id, k.rank FROM (
+        SELECT ready.*, row_number() OVER (ORDER BY effective DESC, oldest) AS rank
+        FROM ready ORDER BY effective DESC, oldest LIMIT :batches::int
+    ) k
     CROSS JOIN LATERAL (
         SELECT e.id FROM events e
         WHERE e.status = 'pending' AND e.batch_key = k.batch_key AND {_available("e")}
@@ -300,7 +306,7 @@ CLAIM = Query.of(
         attempts = attempts + 1
     FROM picked WHERE events.id = picked.id
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context
+        trace_context, picked.rank
     """,
 )
 
@@ -334,7 +340,8 @@ PEEK_EVENTS = Query.of(
     "peek_events",
     f"""
     WITH {_READY}
-    SELECT {_EVENT_COLUMNS} FROM events WHERE id IN ({_PICK.format(lock="")})
+    SELECT {_EVENT_COLUMNS} FROM events
+    WHERE id IN (SELECT picked.id FROM ({_PICK.format(lock="")}) picked)
     ORDER BY batch_key, priority DESC, received_at, id
     """,
 )
