@@ -8,8 +8,10 @@ text and its server-side prepared plan never depend on the number of events.
 Claims use `FOR UPDATE SKIP LOCKED` (as River's JobGetAvailable and procrastinate's
 fetch_job do): concurrent claimers on any host never wait for each other and never lease the
 same row; a row another claimer committed meanwhile is re-checked against the WHERE clause
-(status = 'pending') and dropped. Readiness is computed over the pending rows, which
-EVENT_QUEUE_SIZE bounds, through the partial index ix_events_pending.
+(status = 'pending') and dropped. Readiness is decided without aggregating the pending rows:
+a loose index scan of the partial index ix_events_pending finds the batch keys with pending
+work, and a few index probes per key decide it (see _READY), so a claim costs the same at a
+backlog of 2k and of 1M.
 """
 
 from __future__ import annotations
@@ -192,21 +194,68 @@ SELECT_SPILL_POSITIONS = Query.of(
 
 # --- claim ------------------------------------------------------------------------------------
 
-# Per batch key with claimable pending events: whether a full batch waits, the oldest and
-# newest received time, the top priority; then the keys that are ready, in claim order.
+PRIORITIES = (4, 3, 2, 1)
+
+
+def _first_received(priority: int, key: str, order: str) -> str:
+    # One index descent into ix_events_pending (batch_key, priority DESC, received_at, id,
+    # available_at): with key and priority fixed the index is in received_at order, so the
+    # first claimable entry is that priority's oldest (or, walked backward, newest) event.
+    return f"""(SELECT e.received_at FROM events e
+         WHERE e.status = 'pending' AND e.batch_key = {key}.batch_key AND e.priority = {priority}
+           AND {_available("e")}
+         ORDER BY e.received_at {order} LIMIT 1)"""
+
+
+_OLDEST_PER_PRIORITY = ",\n".join(f"{_first_received(p, 'k', 'ASC')} AS p{p}" for p in PRIORITIES)
+_TOP = "CASE " + " ".join(f"WHEN p{p} IS NOT NULL THEN {p}" for p in PRIORITIES) + " END"
+_OLDEST = "least(" + ", ".join(f"p{p}" for p in PRIORITIES) + ")"
+_NEWEST = "greatest(" + ", ".join(_first_received(p, "keyed", "DESC") for p in PRIORITIES) + ")"
+# The key's MAX_BATCH_SIZE-th claimable event exists: a walk of at most MAX_BATCH_SIZE entries.
+_FULL = f"""EXISTS (SELECT 1 FROM events e
+         WHERE e.status = 'pending' AND e.batch_key = keyed.batch_key AND {_available("e")}
+         ORDER BY e.priority DESC, e.received_at, e.id
+         OFFSET :max_batch::int - 1 LIMIT 1)"""
+# A key whose oldest waited the window (or with batching off) is ready whatever else holds, and
+# then leases every priority: its full-batch and clock probes are skipped (CASE runs one branch).
+_WAITED = "(oldest <= :window_start::float8 OR :no_batching::boolean)"
+
+# Readiness without aggregation: the cost depends on the number of batch keys with pending
+# work and on MAX_BATCH_SIZE, never on the backlog. `pending_keys` is a loose index scan of
+# ix_events_pending (a recursive CTE, one index descent per distinct key); `firsts` probes
+# each key's oldest claimable event per priority (four descents), which gives its top priority
+# (the highest with one) and its oldest; `summary` adds, only for keys still inside their
+# window, whether a full batch waits and whether an event was received after `now`. A key whose
+# pending events all wait for a retry has no top and is not ready.
 # Ready: a full batch, the oldest waited the window (the shorter HIGH window when the key holds
 # a HIGH event), a CRITICAL event (never waits), batching
 # off, or an event received after `now` (the clock stepped back: do not wait for it). Effective
 # priority: the top priority raised one level per aging period the oldest waited, capped at
 # HIGH; CRITICAL stays CRITICAL. min_priority: a key ready only because of CRITICAL events
 # leases just those; the rest keep filling their batch.
-_READY = f"""
+_FIRSTS = f"""
+    RECURSIVE pending_keys(batch_key) AS (
+        (SELECT batch_key FROM events WHERE status = 'pending' ORDER BY batch_key LIMIT 1)
+        UNION ALL
+        SELECT (SELECT e.batch_key FROM events e
+                WHERE e.status = 'pending' AND e.batch_key > pk.batch_key
+                ORDER BY e.batch_key LIMIT 1)
+        FROM pending_keys pk WHERE pk.batch_key IS NOT NULL
+    ),
+    firsts AS MATERIALIZED (
+        SELECT k.batch_key, {_OLDEST_PER_PRIORITY}
+        FROM pending_keys k WHERE k.batch_key IS NOT NULL
+    )
+"""
+_READY = f"""{_FIRSTS},
+    keyed AS MATERIALIZED (
+        SELECT batch_key, {_TOP} AS top, {_OLDEST} AS oldest FROM firsts
+    ),
     summary AS MATERIALIZED (
-        SELECT batch_key, count(*) >= :max_batch::int AS full_batch,
-               min(received_at) AS oldest, max(received_at) AS newest, max(priority) AS top
-        FROM events
-        WHERE status = 'pending' AND {_available("events")}
-        GROUP BY batch_key
+        SELECT batch_key, top, oldest,
+               CASE WHEN {_WAITED} THEN false ELSE {_FULL} END AS full_batch,
+               CASE WHEN {_WAITED} THEN false ELSE {_NEWEST} > :now::float8 END AS from_future
+        FROM keyed WHERE top IS NOT NULL
     ),
     ready AS (
         SELECT batch_key, oldest, top,
@@ -215,20 +264,26 @@ _READY = f"""
                                            / :aging_s::float8), {TOP_AGED_PRIORITY})::int
                END AS effective,
                CASE WHEN top = {CRITICAL} AND NOT full_batch
-                         AND oldest > :window_start::float8 AND newest <= :now::float8
+                         AND oldest > :window_start::float8 AND NOT from_future
                          AND NOT :no_batching::boolean
                     THEN {CRITICAL} ELSE 0
                END AS min_priority
         FROM summary
-        WHERE (full_batch OR oldest <= :window_start::float8 OR newest > :now::float8
+        WHERE (full_batch OR oldest <= :window_start::float8 OR from_future
                OR (top >= {HIGH} AND oldest <= :high_window_start::float8)
                OR top = {CRITICAL} OR :no_batching::boolean)
           AND top >= :min_priority::int  -- a claim for CRITICAL work only
     )
 """
 
+# The best `batches` ready keys, each with its rank in claim order (the claim returns it: a
+# claim of several batches needs no second pass over readiness to order them), and per key its
+# next batch in claim order.
 _PICK = f"""
-    SELECT p.id FROM (SELECT * FROM ready ORDER BY effective DESC, oldest LIMIT :batches::int) k
+    SELECT p.id, k.rank FROM (
+        SELECT ready.*, row_number() OVER (ORDER BY effective DESC, oldest) AS rank
+        FROM ready ORDER BY effective DESC, oldest LIMIT :batches::int
+    ) k
     CROSS JOIN LATERAL (
         SELECT e.id FROM events e
         WHERE e.status = 'pending' AND e.batch_key = k.batch_key AND {_available("e")}
@@ -264,7 +319,7 @@ CLAIM = Query.of(
         attempts = attempts + 1
     FROM picked WHERE events.id = picked.id
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context
+        trace_context, picked.rank
     """,
 )
 
@@ -298,7 +353,8 @@ PEEK_EVENTS = Query.of(
     "peek_events",
     f"""
     WITH {_READY}
-    SELECT {_EVENT_COLUMNS} FROM events WHERE id IN ({_PICK.format(lock="")})
+    SELECT {_EVENT_COLUMNS} FROM events
+    WHERE id IN (SELECT picked.id FROM ({_PICK.format(lock="")}) picked)
     ORDER BY batch_key, priority DESC, received_at, id
     """,
 )
@@ -388,20 +444,21 @@ NACK = Query.of(
     """,
 )
 
+# Like readiness, without reading the backlog: the oldest claimable events come from the keys'
+# per-priority probes (`firsts`), the next retry from ix_events_retrying (revision 0004: only
+# events waiting for a retry), the next lease expiry from ix_events_claimed.
 NEXT_WAKEUP = Query.of(
     "next_wakeup",
     f"""
+    WITH {_FIRSTS}
     SELECT
-        (SELECT min(received_at) FROM events
-         WHERE status = 'pending' AND {_available("events")}) AS oldest_pending_at,
+        (SELECT min(least(p4, p3, p2, p1)) FROM firsts) AS oldest_pending_at,
         (SELECT min(available_at) FROM events
-         WHERE status = 'pending' AND available_at > :now::float8
-           AND available_at <> received_at) AS next_retry_at,
+         WHERE status = 'pending' AND available_at <> received_at
+           AND available_at > :now::float8) AS next_retry_at,
         (SELECT min(lease_expires_at) FROM events WHERE status = 'claimed')
             AS next_lease_expiry_at,
-        (SELECT min(received_at) FROM events
-         WHERE status = 'pending' AND priority >= {HIGH} AND {_available("events")})
-            AS oldest_high_pending_at
+        (SELECT min(least(p4, p3)) FROM firsts) AS oldest_high_pending_at
     """.replace(":retry_horizon::float8", "'Infinity'::float8"),
 )
 

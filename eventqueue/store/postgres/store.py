@@ -221,13 +221,13 @@ class PostgresStore:
                 statuses = await c.fetch(sql.EXPIRE_LEASES.sql, *expired)
                 if any(status == "pending" for (status,) in statuses):
                     await self._notify(c)
+            rows = await c.fetch(sql.CLAIM.sql, *args)
+            # The claim's own key order: each row carries its key's rank (keys SKIP LOCKED left
+            # out simply do not appear).
             order = None
             if batches > 1:
-                # The claim's own key order, read just before it in the same transaction
-                # (RETURNING carries no rank); keys SKIP LOCKED left out simply do not appear.
-                keys = sql.PEEK_KEYS.args(**ready_args(now, rules, min_priority), batches=batches)
-                order = [from_db(str(r[0])) for r in await c.fetch(sql.PEEK_KEYS.sql, *keys)]
-            rows = await c.fetch(sql.CLAIM.sql, *args)
+                ranked = sorted({(int(r["rank"]), str(r["batch_key"])) for r in rows})
+                order = [from_db(key) for _, key in ranked]
             return assemble_batches(
                 map(_event, rows),
                 batch_id=batch_id,
@@ -600,7 +600,8 @@ def _check_fence(changed: int, wanted: int) -> None:
 
 
 def _event(row: Any) -> Event:
-    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row
+    # The first eight columns (a claim's rows also carry their key's rank).
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row[:8]
     return Event(
         id=int(row_id),
         payload=decode_payload(payload),
