@@ -305,10 +305,13 @@ def _round_on_thread(
     retry: bool,
 ) -> tuple[list[tuple[bool, Any]], float] | None:
     """BEGIN IMMEDIATE, each request in its SAVEPOINT, COMMIT; None when busy and `retry`."""
-    tx = make_tx(connection, steps)
+    tx = make_tx(connection, steps)  # every statement through tx: counted as steps
     try:
-        connection.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
+        tx.run("BEGIN IMMEDIATE")
+    except BaseException as exc:
+        if connection.in_transaction:  # began, then failed: never leave it open
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
         if not is_busy(exc):
             raise
         if retry:
@@ -321,25 +324,21 @@ def _round_on_thread(
             late = (time.perf_counter() - started) * 1000.0 >= ROUND_MAX_MS
             if results and late and request.rank != Rank.CRITICAL and critical_waiting():
                 break  # the rest go first next round, after the CRITICAL put
-            connection.execute("SAVEPOINT request")
-            steps.count += 1
+            tx.run("SAVEPOINT request")
             try:
                 value = request.body(tx)
             except Exception as exc:
                 if not connection.in_transaction:
                     raise _RoundLost(exc) from exc  # SQLite rolled the whole round back
-                connection.execute("ROLLBACK TO request")
-                connection.execute("RELEASE request")
-                steps.count += 2
+                tx.run("ROLLBACK TO request")
+                tx.run("RELEASE request")
                 results.append((False, exc))
                 continue
-            connection.execute("RELEASE request")
-            steps.count += 1
+            tx.run("RELEASE request")
             results.append((True, value))
         crash_point("mid_round")  # statements run, no COMMIT
         committing = time.perf_counter()
-        connection.execute("COMMIT")
-        steps.count += 1
+        tx.run("COMMIT")
         commit_s = time.perf_counter() - committing
     except BaseException:
         # SQLite may already have rolled back by itself (disk full, F14): no blind ROLLBACK.

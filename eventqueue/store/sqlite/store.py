@@ -115,6 +115,11 @@ class SQLiteStore:
         """The value of one PRAGMA on the store's own connection (for checks and tests)."""
         return await self._conn.read(lambda db: db.scalar(f"PRAGMA {name}", ()))
 
+    def round_profile(self) -> dict[str, float]:
+        """The round engine's per-round figures: rounds, and p50/p99 of requests, sqlite3
+        steps, COMMIT and round time per round (the last rounds.PROFILE_ROUNDS rounds)."""
+        return self._conn.engine.profile.summary()
+
     async def maintain(self) -> None:
         """Checkpoint the WAL so the file stays small (F7); skipped when busy."""
         await self._conn.checkpoint()
