@@ -4,15 +4,16 @@ first; one request's failure fails it alone; checkpoints run off the writer's co
 from __future__ import annotations
 
 import asyncio
+import os
 
 from conftest import START, OpenQueue, event
 
 from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Priority, PutStatus
-from eventqueue.store.sqlite.checkpoints import WAL_CHECKPOINT_BYTES
+from eventqueue.store.sqlite.checkpoints import WAL_CHECKPOINT_BYTES, WAL_IDLE_TRUNCATE_BYTES
 
 
-async def test_writes_queued_together_share_one_round_with_critical_puts_first(
+async def test_a_critical_put_queued_with_others_gets_a_round_of_its_own_first(
     open_queue: OpenQueue,
 ) -> None:
     q = await open_queue()
@@ -21,14 +22,17 @@ async def test_writes_queued_together_share_one_round_with_critical_puts_first(
     engine = q.store._conn.engine
     rounds = engine.profile.rounds
 
-    # Queued in one loop turn, NORMAL first: one round, which stores the CRITICAL put first.
-    first, second = await asyncio.gather(
+    # Queued in one loop turn, NORMAL first: the CRITICAL put's own round commits first (it is
+    # answered after its own COMMIT, not after the others'), then the rest in one round.
+    first, second, third = await asyncio.gather(
         q.store.put([normal], now=START, dedup_ttl_s=None),
         q.store.put([critical], now=START, dedup_ttl_s=None),
+        q.store.put([q.prepare(event(aggregate_id="m"))], now=START, dedup_ttl_s=None),
     )
 
-    assert engine.profile.rounds == rounds + 1
-    assert second.outcome[0][1] < first.outcome[0][1]
+    assert engine.profile.rounds == rounds + 2
+    assert list(engine.profile.requests)[-2:] == [1, 2]
+    assert second.outcome[0][1] < first.outcome[0][1] < third.outcome[0][1]
 
 
 async def test_a_stale_ack_fails_alone_and_the_rest_of_its_round_commits(
@@ -61,7 +65,7 @@ async def test_the_writer_never_checkpoints_and_the_checkpointer_does(
     big = "x" * 4000
     rows = [q.prepare(event(aggregate_id=f"a{i}", attributes={"note": big})) for i in range(200)]
     written = 0
-    while written <= WAL_CHECKPOINT_BYTES * 2:  # past the threshold, whatever the page reuse
+    while written <= WAL_CHECKPOINT_BYTES * 4:  # past the growth threshold
         await q.store.put(rows, now=START, dedup_ttl_s=None)
         written += len(big) * len(rows)
         if checkpointer._running is not None:
@@ -70,3 +74,16 @@ async def test_the_writer_never_checkpoints_and_the_checkpointer_does(
     assert checkpointer._running is not None  # started by a round past the threshold
     await checkpointer._running
     assert checkpointer.checkpoints >= 1
+    wal = q.store.name + "-wal"
+    assert file_size(wal) > WAL_IDLE_TRUNCATE_BYTES
+
+    checkpointer.maintain()  # a maintenance pass after rounds: PASSIVE, the WAL file stays
+    await checkpointer._running
+    assert file_size(wal) > WAL_IDLE_TRUNCATE_BYTES
+    checkpointer.maintain()  # no round since the last pass: idle, TRUNCATE
+    await checkpointer._running
+    assert file_size(wal) == 0
+
+
+def file_size(path: str) -> int:
+    return os.stat(path).st_size

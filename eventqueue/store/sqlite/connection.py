@@ -205,7 +205,10 @@ class Connection:
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database file so it stays small (F7); skipped when busy.
-        (The checkpointer does this after rounds; this is the maintenance task's own pass.)"""
+        The checkpointer's connection does it, on its own thread (a TRUNCATE when idle)."""
+        if self._checkpointer is not None:
+            self._checkpointer.maintain()
+            return
         if not self._closed:
             with contextlib.suppress(sqlite3.Error):
                 await self._outside_transaction("PRAGMA wal_checkpoint(PASSIVE)")
@@ -267,7 +270,7 @@ class Connection:
         # must not be reported as stored.
         self._check_file()
         if not await self._relieve_disk() and self._checkpointer is not None:
-            self._checkpointer.after_round(idle=not self._engine.queued())
+            self._checkpointer.after_round()
 
     async def _relieve_disk(self) -> bool:
         """On a nearly full disk, TRUNCATE the WAL on the writer itself, between rounds

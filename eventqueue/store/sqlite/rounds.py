@@ -9,7 +9,9 @@ Every request runs inside its own SAVEPOINT: its failure (a stale token, an inva
 constraint) rolls back that request alone. The answers are given after COMMIT returns; the next
 round starts at once (no timers: one request per round when idle, hundreds under load).
 
-Caps, so that a CRITICAL put waits for at most one short round: a round takes at most
+Caps, so that a CRITICAL put waits for at most one short round: CRITICAL requests, when
+queued, make a round of their own (answered after their own COMMIT, not after a group commit's
+and the claims'); a round takes at most
 ROUND_MAX_ROWS rows of puts (a single larger put runs alone, and ends early at a whole put
 when a CRITICAL put is queued: the caller puts the rest), and stops taking further requests
 once it has run ROUND_MAX_MS while a CRITICAL put waits (those left go first next round).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections import deque
@@ -36,6 +39,8 @@ from eventqueue.store.sqlite.errors import is_busy, storage_error
 ROUND_MAX_ROWS = 1024
 # A round stops taking further requests after this long when a CRITICAL put is queued.
 ROUND_MAX_MS = 4.0
+# Loop passes a round lets the ready tasks run before it takes the queue (no timer).
+ROUND_GATHER_PASSES = int(os.environ.get("EVENTQUEUE_ROUND_GATHER_PASSES", "1"))
 # Rounds remembered for the profile (requests, steps, commit time per round).
 PROFILE_ROUNDS = 4096
 
@@ -187,7 +192,11 @@ class RoundEngine:
         """The requests of the next round, best rank first, within ROUND_MAX_ROWS rows."""
         taken: list[Request] = []
         rows = 0
-        for queue in self._queues:
+        # CRITICAL requests make a round of their own: each is answered after its COMMIT, so
+        # sharing a round with claims and group commits would make it wait for them.
+        critical = bool(self._queues[Rank.CRITICAL])
+        queues = self._queues[: Rank.CRITICAL + 1] if critical else self._queues
+        for queue in queues:
             while queue:
                 request = queue[0]
                 if taken and rows + request.rows > ROUND_MAX_ROWS:
@@ -204,6 +213,10 @@ class RoundEngine:
         pause = 0.005
         try:
             while self.queued():
+                # One pass of the loop before taking: the callers a round just answered (and
+                # any other ready task) queue their next requests for this round. No timer.
+                for _ in range(ROUND_GATHER_PASSES):
+                    await asyncio.sleep(0)
                 self._arrived.clear()
                 requests = self._take()
                 try:
@@ -312,18 +325,28 @@ def _round_on_thread(
         if connection.in_transaction:  # began, then failed: never leave it open
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
-        if not is_busy(exc):
+        if not isinstance(exc, sqlite3.OperationalError) or not is_busy(exc):
             raise
         if retry:
             return None
         raise _Busy(exc) from exc
     started = time.perf_counter()
     results: list[tuple[bool, Any]] = []
+    alone = len(requests) == 1
     try:
         for request in requests:
             late = (time.perf_counter() - started) * 1000.0 >= ROUND_MAX_MS
             if results and late and request.rank != Rank.CRITICAL and critical_waiting():
                 break  # the rest go first next round, after the CRITICAL put
+            if alone:  # the round's own transaction is the request's: no savepoint needed
+                try:
+                    results.append((True, request.body(tx)))
+                except Exception as exc:
+                    if not connection.in_transaction:
+                        raise _RoundLost(exc) from exc
+                    tx.run("ROLLBACK")
+                    return [(False, exc)], 0.0
+                continue
             tx.run("SAVEPOINT request")
             try:
                 value = request.body(tx)
