@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
 from collections import deque
@@ -40,7 +39,9 @@ ROUND_MAX_ROWS = 1024
 # A round stops taking further requests after this long when a CRITICAL put is queued.
 ROUND_MAX_MS = 4.0
 # Loop passes a round lets the ready tasks run before it takes the queue (no timer).
-ROUND_GATHER_PASSES = int(os.environ.get("EVENTQUEUE_ROUND_GATHER_PASSES", "1"))
+# (Measured in end_to_end: 0 passes 2,709 events/s, 1 pass 2,957, 3 passes 2,966 with rounds of
+# p50 2 instead of 1: one is kept.)
+ROUND_GATHER_PASSES = 1
 # Rounds remembered for the profile (requests, steps, commit time per round).
 PROFILE_ROUNDS = 4096
 
