@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from eventqueue.core.arguments import error_text, extend_s, retry_in_s
 from eventqueue.core.config import Config
 from eventqueue.core.errors import InvalidArgumentError, NotInBatchError, QueueClosedError
-from eventqueue.core.faults import crash_point
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
@@ -28,6 +27,7 @@ from eventqueue.core.rules import (
     view_settings,
 )
 from eventqueue.runtime.admission import Admission
+from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.maintenance import Maintenance
 from eventqueue.runtime.metrics import Metrics
