@@ -54,3 +54,12 @@ def error_text(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidArgumentError(f"error must be a string, got {type(value).__name__}")
     return value
+
+
+def dead_flag(value: object, retry_in: float | None) -> bool:
+    """`nack(dead=)`: True or False, and not together with an explicit `retry_in`."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"dead must be True or False, got {value!r}")
+    if value and retry_in is not None:
+        raise InvalidArgumentError("nack: give retry_in or dead=True, not both")
+    return value

@@ -19,6 +19,7 @@ from eventqueue.core.config import Config
 from eventqueue.core.errors import StoreBusyError
 from eventqueue.core.models import Batch, Priority
 from eventqueue.core.records import NewEvent, PutCommit, SplitPoint, accepted
+from eventqueue.core.rules import dedup_ttl_s
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.metrics import Metrics
@@ -54,7 +55,7 @@ class Admission:
         self._changes = changes
         self._config = config
         self._clock = clock
-        self._ttl_s = config.dedup_ttl_s if config.enable_dedup else None
+        self._ttl_s = dedup_ttl_s(config)
         # A stream position commits only when every earlier put is durable: a put still being
         # spilled must not be passed by a later one's position (a crash would skip it). The
         # position then simply commits with a later group.

@@ -11,9 +11,9 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from eventqueue.core.arguments import error_text, extend_s, retry_in_s
+from eventqueue.core.arguments import dead_flag, error_text, extend_s, retry_in_s
 from eventqueue.core.config import Config
-from eventqueue.core.errors import InvalidArgumentError, NotInBatchError, QueueClosedError
+from eventqueue.core.errors import NotInBatchError, QueueClosedError
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
@@ -478,10 +478,7 @@ class EventQueue:
         self._check_open()
         text = error_text(error)
         delay = retry_in_s(retry_in)
-        if not isinstance(dead, bool):
-            raise InvalidArgumentError(f"dead must be True or False, got {dead!r}")
-        if dead and delay is not None:
-            raise InvalidArgumentError("nack: give retry_in or dead=True, not both")
+        dead = dead_flag(dead, delay)
         if delay is not None and delay + 1.0 > self._rules.retry_horizon_s:
             # A long explicit delay is not a clock step.
             self._rules = dataclasses.replace(self._rules, retry_horizon_s=delay + 1.0)

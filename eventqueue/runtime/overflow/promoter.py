@@ -23,6 +23,7 @@ from eventqueue.core.config import Config
 from eventqueue.core.errors import SpillError, StorageError, StoreBusyError
 from eventqueue.core.models import Priority, PutStatus
 from eventqueue.core.records import NewEvent, PutCommit, SplitPoint, accepted
+from eventqueue.core.rules import dedup_ttl_s
 from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow.folders import (
@@ -76,7 +77,7 @@ class Overflow:
         self._config = config
         self._metrics = metrics
         self._clock = clock
-        self._ttl_s = config.dedup_ttl_s if config.enable_dedup else None
+        self._ttl_s = dedup_ttl_s(config)
         self._wanted = asyncio.Event()
         self._stopping = asyncio.Event()
         self._closing = False
