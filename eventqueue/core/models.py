@@ -42,6 +42,9 @@ class Status(enum.StrEnum):
     """Where an event is in its life; stored as text in `events.status`."""
 
     PENDING = "pending"
+    # An ordered event waiting for the earlier events of its ordering key (revision 0004):
+    # out of every claim's reach until its group's earlier events are done or dead.
+    HELD = "held"
     CLAIMED = "claimed"
     DONE = "done"
     DEAD = "dead"
@@ -91,6 +94,8 @@ class Event:
     received_at: float
     # The W3C trace context stored by a traced put ("traceparent[ tracestate]"), else None.
     trace_context: str | None = None
+    # The event's ordering group (`ordered_by` / `put(ordering_key=)`), else None.
+    ordering_key: str | None = None
 
     @property
     def name(self) -> str:

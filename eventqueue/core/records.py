@@ -30,22 +30,33 @@ class NewEvent:
     received_at: float
     # The put's W3C trace context, "traceparent[ tracestate]" (None when not traced).
     trace_context: str | None = None
+    # The ordering group: leased only after every earlier event of it is done or dead.
+    ordering_key: str | None = None
 
     def to_bytes(self) -> bytes:
         """The event as one spill record (JSON array, UTF-8)."""
-        fields = [self.payload_json, self.priority, self.batch_key, self.content_hash]
+        fields: list[Any] = [self.payload_json, self.priority, self.batch_key, self.content_hash]
         fields.append(self.received_at)
-        if self.trace_context is not None:  # untraced records keep the original 5 fields
-            fields.append(self.trace_context)
+        if self.trace_context is not None or self.ordering_key is not None:
+            fields.append(self.trace_context)  # untraced, unordered: the original 5 fields
+        if self.ordering_key is not None:
+            fields.append(self.ordering_key)
         return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NewEvent:
-        """The event a spill record holds (the inverse of `to_bytes`; 5 or 6 fields)."""
+        """The event a spill record holds (the inverse of `to_bytes`; 5 to 7 fields)."""
         payload_json, priority, batch_key, content_hash, received_at, *rest = json.loads(data)
         trace_context = rest[0] if rest else None
+        ordering_key = rest[1] if len(rest) > 1 else None
         return cls(
-            payload_json, int(priority), batch_key, content_hash, float(received_at), trace_context
+            payload_json,
+            int(priority),
+            batch_key,
+            content_hash,
+            float(received_at),
+            trace_context,
+            ordering_key,
         )
 
 
@@ -90,6 +101,22 @@ class Wakeup:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitHold:
+    """Whether a key limit holds back pending work now, and when a bucket refills next."""
+
+    held: bool = False
+    refill_at: float | None = None  # the first held key's bucket holds a token again
+
+
+class KeyUse(TypedDict):
+    """One batch key under a limit: batches leased now, claims it held back, bucket level."""
+
+    in_flight: int
+    held_back: int
+    tokens: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     """One consistent read of the table: counts, counters, oldest pending time, ready keys."""
 
@@ -97,6 +124,7 @@ class StoreStats:
     counters: dict[str, int]
     oldest_pending_at: float | None
     ready_batches: int
+    key_limits: dict[str, KeyUse] = field(default_factory=dict)  # per limited batch key
 
 
 class SchemaStatus(TypedDict):

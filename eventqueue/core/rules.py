@@ -9,6 +9,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from eventqueue.core.config import Config
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch
 
 
@@ -30,6 +31,8 @@ class ClaimRules:
     # than that mean the wall clock stepped back, and count as due.
     lease_horizon_s: float = 86_400.0
     retry_horizon_s: float = 604_800.0
+    # Concurrency and rate limits per batch key (EVENT_KEY_LIMITS), enforced in the claim.
+    limits: KeyLimits = KeyLimits()
 
     @property
     def batch_limit(self) -> int:
@@ -54,6 +57,7 @@ def rules_from_config(config: Config) -> ClaimRules:
         max_attempts=config.max_attempts,
         lease_horizon_s=config.lease_s + 1.0,
         retry_horizon_s=config.backoff_max_s + 1.0,
+        limits=KeyLimits.of(config.key_limits),
     )
 
 

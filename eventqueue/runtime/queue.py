@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from eventqueue.core.arguments import dead_flag, error_text, extend_s, retry_in_s
 from eventqueue.core.config import Config
-from eventqueue.core.errors import NotInBatchError, QueueClosedError
+from eventqueue.core.errors import InvalidEventError, NotInBatchError, QueueClosedError
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
-from eventqueue.core.prepare import prepare_event
+from eventqueue.core.limits import KeyLimits
+from eventqueue.core.prepare import _UNSET, OrderingFn, ordering_fn, prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
 from eventqueue.core.records import NewEvent
 from eventqueue.core.rules import (
@@ -62,6 +63,7 @@ class EventQueue:
         classifier: Classifier = classify,
         batch_key_fn: BatchKeyFn = batch_key,
         clock: Clock = time.time,
+        ordering: OrderingFn | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -73,6 +75,7 @@ class EventQueue:
         self._handoff = handoff
         self._classify = classifier
         self._batch_key = batch_key_fn
+        self._ordering = ordering or ordering_fn(config.ordered_by)
         self._clock = clock
         self._rules = rules_from_config(config)
         self._expiry_every_s = min(1.0, config.lease_s / 4)
@@ -100,11 +103,20 @@ class EventQueue:
         Settings come from `config`, else keyword arguments over the environment. `migrate`:
         "auto" creates the schema in a new file and refuses an old one; True upgrades; False never.
         """
+        # `ordered_by` may be a callable and `key_limits` a dict: Config holds their text forms.
+        ordering = settings.pop("ordered_by", None)
+        if ordering is not None and not isinstance(ordering, str):
+            ordering_fn(ordering)  # ConfigError unless callable
+        elif ordering is not None:
+            settings["ordered_by"] = ordering
+            ordering = None
+        if settings.get("key_limits") is not None:
+            settings["key_limits"] = KeyLimits.of(settings["key_limits"]).text()
         if config is None:
             config = Config.load(db_path=path, **settings)
         elif path is not None or settings:
             config = config.replace(**({"db_path": path} if path else {}), **settings)
-        return _Opener(cls._open(config, classifier, batch_key, clock, migrate))
+        return _Opener(cls._open(config, classifier, batch_key, clock, migrate, ordering))
 
     @classmethod
     async def _open(
@@ -114,6 +126,7 @@ class EventQueue:
         key_fn: BatchKeyFn,
         clock: Clock,
         migrate: bool | str,
+        ordering: OrderingFn | None = None,
     ) -> EventQueue:
         store = await open_store(config, migrate=migrate)
         metrics = Metrics()
@@ -147,6 +160,7 @@ class EventQueue:
             classifier=classifier,
             batch_key_fn=key_fn,
             clock=clock,
+            ordering=ordering,
         )
         admission.start()
         overflow.start()
@@ -186,9 +200,14 @@ class EventQueue:
         *,
         source: str | None = None,
         position: str | None = None,
+        ordering_key: str | None = _UNSET,
     ) -> PutResult:
-        """Store one event durably; returns once it is committed (accepted or duplicate)."""
-        results = await self._put_rows([self.prepare(event, priority)], source, position)
+        """Store one event durably; returns once it is committed (accepted or duplicate).
+
+        `ordering_key` (default: from `ordered_by`; None: unordered) puts it in a group leased
+        one event after another, in the order put."""
+        row = self.prepare(event, priority, ordering_key=ordering_key)
+        results = await self._put_rows([row], source, position)
         return results[0]
 
     async def put_many(
@@ -198,9 +217,17 @@ class EventQueue:
         *,
         source: str | None = None,
         position: str | None = None,
+        ordering_key: str | Sequence[str | None] | None = _UNSET,
     ) -> list[PutResult]:
-        """Store several events in one commit; all are validated before any is stored."""
-        rows = [self.prepare(event, priority, index=i) for i, event in enumerate(events)]
+        """Store several events in one commit; all are validated before any is stored.
+
+        `ordering_key`: one key for every event, or a sequence with one per event."""
+        given = list(events)
+        keys = _ordering_keys(ordering_key, len(given))
+        rows = [
+            self.prepare(event, priority, index=i, ordering_key=key)
+            for i, (event, key) in enumerate(zip(given, keys, strict=True))
+        ]
         return await self._put_rows(rows, source, position) if rows else []
 
     async def record_position(self, source: str, position: str) -> None:
@@ -222,6 +249,7 @@ class EventQueue:
         priority: Priority | int | str | None = None,
         *,
         index: int | None = None,
+        ordering_key: Any = _UNSET,
     ) -> NewEvent:
         """Validate, hash and classify one event (raises InvalidEventError; stores nothing)."""
         return prepare_event(
@@ -232,6 +260,8 @@ class EventQueue:
             batch_key_fn=self._batch_key,
             now=self._clock(),
             index=index,
+            ordering=self._ordering,
+            ordering_key=ordering_key,
         )
 
     async def _put_rows(
@@ -569,6 +599,17 @@ def _require_in_batch(batch: Batch, ids: Iterable[int]) -> None:
     outside = sorted(set(ids) - set(batch.ids))
     if outside:
         raise NotInBatchError(outside)
+
+
+def _ordering_keys(given: Any, count: int) -> list[Any]:
+    """put_many's `ordering_key`: one for all (a string, None or unset), or one per event."""
+    if given is _UNSET or given is None or isinstance(given, str):
+        return [given] * count
+    if not isinstance(given, Sequence) or len(given) != count:
+        raise InvalidEventError(
+            f"ordering_key: a string, None, or a sequence of {count} (one per event)"
+        )
+    return list(given)
 
 
 class _Opener:

@@ -161,6 +161,7 @@ def _values(row: NewEvent, dedup: bool) -> tuple[Any, ...]:
         row.received_at,
         row.received_at,  # available_at: claimable as soon as it is stored
         row.trace_context,
+        row.ordering_key,
     )
 
 
@@ -244,7 +245,7 @@ def ack_pairs(db: Tx, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> 
 
 
 def to_event(row: Any) -> Event:
-    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, group = row
     return Event(
         id=row_id,
         payload=decode_payload(payload),
@@ -254,6 +255,7 @@ def to_event(row: Any) -> Event:
         attempts=attempts,
         received_at=received_at,
         trace_context=trace,
+        ordering_key=group,
     )
 
 

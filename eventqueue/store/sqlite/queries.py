@@ -74,6 +74,7 @@ EVENT_COLUMNS = (
     events.c.attempts,
     events.c.received_at,
     events.c.trace_context,
+    events.c.ordering_key,
 )
 
 
@@ -105,10 +106,11 @@ def count_waiting() -> Select[Any]:
 
 
 def count_unfinished() -> Select[Any]:
-    """Events not done or dead yet: pending + claimed."""
+    """Events not done or dead yet: pending + held + claimed."""
     pending = select(func.count()).select_from(events).where(_status_is("pending"))
+    held = select(func.count()).select_from(events).where(_status_is("held"))
     claimed = select(func.count()).select_from(events).where(_status_is("claimed"))
-    return select(pending.scalar_subquery() + claimed.scalar_subquery())
+    return select(pending.scalar_subquery() + held.scalar_subquery() + claimed.scalar_subquery())
 
 
 # --- claim ----------------------------------------------------------------------------------
@@ -422,6 +424,7 @@ PUT_COLUMNS = (
     "received_at",
     "available_at",
     "trace_context",
+    "ordering_key",
 )
 
 
