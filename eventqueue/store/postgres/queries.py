@@ -73,16 +73,18 @@ _LEASE_CLEARED = (
     " lease_holder = NULL"
 )
 _EVENT_COLUMNS = (
-    "id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context"
+    "id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context,"
+    " ordering_key"
 )
 
 # --- put --------------------------------------------------------------------------------------
 
 _ROWS = """
     unnest(:payloads::text[], :priorities::int[], :keys::text[], :hashes::text[],
-           :received::float8[], :copies::int[], :traces::text[])
+           :received::float8[], :copies::int[], :traces::text[], :orderings::text[])
         WITH ORDINALITY
-        AS r(payload, priority, batch_key, content_hash, received_at, copies, trace_context, n)
+        AS r(payload, priority, batch_key, content_hash, received_at, copies, trace_context,
+             ordering_key, n)
 """
 
 # Distinct hashes only (the caller folds repeats into `copies`): ON CONFLICT DO UPDATE may not
@@ -98,9 +100,9 @@ PUT_DEDUP = Query.of(
         FROM generate_series(1, cardinality(:hashes::text[])) AS g
     )
     INSERT INTO events AS e (id, payload, priority, batch_key, content_hash, dedup_key, status,
-                             received_at, available_at, duplicates, trace_context)
+                             received_at, available_at, duplicates, trace_context, ordering_key)
     SELECT ids.id, r.payload, r.priority, r.batch_key, r.content_hash, r.content_hash,
-           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context
+           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context, r.ordering_key
     FROM {_ROWS} JOIN ids USING (n)
     ORDER BY r.content_hash
     ON CONFLICT (dedup_key) DO UPDATE SET duplicates = e.duplicates + EXCLUDED.duplicates + 1
@@ -112,9 +114,9 @@ PUT_PLAIN = Query.of(
     "put_plain",
     f"""
     INSERT INTO events (payload, priority, batch_key, content_hash, status, received_at,
-                        available_at, duplicates, trace_context)
+                        available_at, duplicates, trace_context, ordering_key)
     SELECT r.payload, r.priority, r.batch_key, r.content_hash, 'pending', r.received_at,
-           r.received_at, r.copies - 1, r.trace_context
+           r.received_at, r.copies - 1, r.trace_context, r.ordering_key
     FROM {_ROWS}
     ORDER BY r.n
     RETURNING id
@@ -178,6 +180,7 @@ COUNT_UNFINISHED = Query.of(
     "count_unfinished",
     """
     SELECT (SELECT count(*) FROM events WHERE status = 'pending')
+         + (SELECT count(*) FROM events WHERE status = 'held')
          + (SELECT count(*) FROM events WHERE status = 'claimed')
     """,
 )
@@ -319,7 +322,7 @@ CLAIM = Query.of(
         attempts = attempts + 1
     FROM picked WHERE events.id = picked.id
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context, picked.rank
+        trace_context, ordering_key, picked.rank
     """,
 )
 
@@ -335,7 +338,7 @@ LEASE_IDS = Query.of(
         attempts = attempts + 1
     WHERE id = ANY(:ids::bigint[]) AND status = 'pending'
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context
+        trace_context, ordering_key
     """,
 )
 

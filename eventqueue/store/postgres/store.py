@@ -563,6 +563,7 @@ def _columns(rows: Sequence[NewEvent], copies: list[int]) -> dict[str, list[Any]
         "received": [r.received_at for r in rows],
         "copies": copies,
         "traces": [r.trace_context for r in rows],
+        "orderings": [r.ordering_key for r in rows],
     }
 
 
@@ -600,8 +601,9 @@ def _check_fence(changed: int, wanted: int) -> None:
 
 
 def _event(row: Any) -> Event:
-    # The first eight columns (a claim's rows also carry their key's rank).
+    # The first nine columns (a claim's rows also carry their key's rank).
     row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row[:8]
+    group = row[8]
     return Event(
         id=int(row_id),
         payload=decode_payload(payload),
@@ -611,6 +613,7 @@ def _event(row: Any) -> Event:
         attempts=attempts,
         received_at=received_at,
         trace_context=trace,
+        ordering_key=group,
     )
 
 
