@@ -179,3 +179,45 @@ def _fields(limit: KeyLimit) -> str:
 
 def _number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True, slots=True)
+class Holds:
+    """The keys a claim must leave alone now: `blocked` entirely, `critical_only` but for
+    their CRITICAL events (their limit exempts them)."""
+
+    blocked: tuple[str, ...] = ()
+    critical_only: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.blocked or self.critical_only)
+
+    def all(self) -> tuple[str, ...]:
+        return self.blocked + self.critical_only
+
+
+def holds(limits: KeyLimits, in_flight: Mapping[str, int], empty: Iterable[str]) -> Holds:
+    """Which keys are at their limit: `in_flight` batches leased per key, `empty` the keys
+    whose bucket holds less than one token now. Keys in neither are free (a key with no
+    batch leased and a full or untouched bucket is below any limit)."""
+    drained = set(empty)
+    blocked: list[str] = []
+    critical_only: list[str] = []
+    for key in sorted(set(in_flight) | drained):
+        limit = limits.for_key(key)
+        if limit is None:
+            continue
+        level = 0.0 if key in drained else 1.0
+        if limit.blocked(in_flight.get(key, 0), level):
+            (critical_only if limit.exempt_critical else blocked).append(key)
+    return Holds(tuple(blocked), tuple(critical_only))
+
+
+def debit(
+    limit: KeyLimit, tokens: float | None, refilled_at: float | None, now: float, events: int
+) -> tuple[float, float | None]:
+    """The bucket after a claim took `events`: its level at `now`, and when it holds one
+    token again (None: it still does). A batch may take the bucket below zero (a batch is
+    never split for it): the key then waits for the refill, so over time the rate holds."""
+    level = limit.refill(tokens, refilled_at, now) - events
+    return level, limit.tokens_due_at(level, now)

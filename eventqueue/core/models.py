@@ -145,6 +145,9 @@ class QueueStats:
     metrics: dict[str, Any] = field(default_factory=dict)
     # The live lease owners (open queues): owner, host, pid, started_at, heartbeat_age_s, leases.
     owners: list[dict[str, Any]] = field(default_factory=list)
+    # Per batch key under a limit: in_flight (batches leased now), held_back (claims a limit
+    # held it back, counted in the store), tokens (its bucket now; None without a rate).
+    key_limits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def count(self, status: Status | str, priority: Priority | None = None) -> int:
         """Events with this status (at this priority, or at all priorities)."""
@@ -163,4 +166,5 @@ class QueueStats:
             "spill": self.spill,
             "metrics": self.metrics,
             "owners": self.owners,
+            "key_limits": self.key_limits,
         }

@@ -77,6 +77,17 @@ class Lease:
     token: str
     batch_id: str
     expires_at: float
+    # Batch keys under a limit that binds CRITICAL events: never handed over (their claims
+    # count against the limit; a hand-off would pass it by).
+    limited: frozenset[str] = frozenset()
+    limit_all: bool = False  # the "*" limit binds CRITICAL events of every other key too
+    free: frozenset[str] = frozenset()  # keys with their own limit that leaves CRITICAL free
+
+    def binds(self, batch_key: str) -> bool:
+        """Whether a limit binds CRITICAL events of `batch_key` (no hand-off then)."""
+        if batch_key in self.limited:
+            return True
+        return self.limit_all and batch_key not in self.free
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,12 +303,17 @@ def refusals(ids: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
     ]
 
 
-def handoff_ids(rows: Sequence[NewEvent], outcome: Sequence[tuple[PutStatus, int]]) -> list[int]:
-    """The ids of the CRITICAL events a put accepted: what a put with a Lease hands over."""
+def handoff_ids(
+    rows: Sequence[NewEvent], outcome: Sequence[tuple[PutStatus, int]], lease: Lease | None = None
+) -> list[int]:
+    """The ids of the CRITICAL events a put accepted: what a put with a Lease hands over
+    (not those of a key whose limit binds CRITICAL events: they wait for a claim)."""
     return [
         row_id
         for row, (status, row_id) in zip(rows, outcome, strict=True)
-        if status is PutStatus.ACCEPTED and row.priority == Priority.CRITICAL
+        if status is PutStatus.ACCEPTED
+        and row.priority == Priority.CRITICAL
+        and (lease is None or not lease.binds(row.batch_key))
     ]
 
 

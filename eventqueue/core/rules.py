@@ -9,6 +9,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from eventqueue.core.config import Config
+from eventqueue.core.errors import ConfigError
 from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch
 
@@ -72,6 +73,8 @@ def view_settings(config: Config) -> dict[str, str]:
         "queue_size": str(config.queue_size),
         # What `eventqueue purge` must keep for dedup, whatever the CLI's own environment says.
         "dedup_ttl_s": str(dedup_ttl_s(config)),
+        # The CLI's stats show each key against the limits the queue runs with.
+        "key_limits": config.key_limits,
     }
 
 
@@ -95,7 +98,16 @@ def rules_from_settings(stored: Mapping[str, str], config: Config) -> ClaimRules
         batching=stored.get("enable_batching", str(config.enable_batching).lower()) != "false",
         lease_s=config.lease_s,
         max_attempts=config.max_attempts,
+        limits=_stored_limits(stored.get("key_limits"), config),
     )
+
+
+def _stored_limits(text: str | None, config: Config) -> KeyLimits:
+    # The queue's own limits; an entry this version cannot read falls back to the config's.
+    try:
+        return KeyLimits.of(config.key_limits if text is None else text)
+    except ConfigError:
+        return KeyLimits.of(config.key_limits)
 
 
 def dedup_ttl_s(config: Config) -> float | None:

@@ -144,7 +144,7 @@ class EventQueue:
         except BaseException:
             await store.close()
             raise
-        handoff = Handoff(config.lease_s)
+        handoff = Handoff(config.lease_s, KeyLimits.of(config.key_limits))
         admission = Admission(
             store, overflow, room, changes, handoff, config, clock, metrics=metrics
         )
@@ -479,7 +479,10 @@ class EventQueue:
     async def idle_delay(self) -> float:
         """Seconds until something not ready now may become ready (capped by the poll)."""
         now = self._clock()
-        return idle_delay(await self.store.next_wakeup(now), self.config, now)
+        wake = await self.store.next_wakeup(now)
+        limits = self._rules.limits
+        hold = await self.store.limit_hold(now=now, limits=limits) if limits else None
+        return idle_delay(wake, self.config, now, hold)
 
     async def ack(self, batch: Batch, ids: Sequence[int] | None = None) -> None:
         """The batch (or these events of it) was handled: done. LeaseLostError if stale."""
@@ -570,6 +573,7 @@ class EventQueue:
             ready_batches=found.ready_batches,
             spill=self.overflow.stats(),
             metrics={"intake_queued": self._admission.queued, **self.metrics.as_dict()},
+            key_limits={k: dict(v) for k, v in found.key_limits.items()},
             owners=await live_owners(self.store, now),
         )
 

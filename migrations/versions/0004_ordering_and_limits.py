@@ -67,10 +67,12 @@ def upgrade() -> None:
         sa.Column("batch_key", sa.Text(), nullable=False),
         sa.Column("tokens", sa.Float(), nullable=True),
         sa.Column("refilled_at", sa.Float(), nullable=True),
+        sa.Column("ready_at", sa.Float(), nullable=True),
         sa.Column("held_back", sa.Integer(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("batch_key", name=op.f("pk_key_limits")),
         if_not_exists=True,
     )
+    op.execute("CREATE INDEX IF NOT EXISTS ix_key_limits_ready_at ON key_limits (ready_at)")
     for ddl in TRIGGERS.values():
         op.execute(ddl)
     for name in _NEW_VIEWS:

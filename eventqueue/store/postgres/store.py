@@ -494,7 +494,7 @@ async def _lease_critical(
     holder: str | None,
 ) -> list[Batch]:
     """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
-    ids = handoff_ids(rows, outcome)
+    ids = handoff_ids(rows, outcome, lease)
     if not ids:
         return []
     args = sql.LEASE_IDS.args(

@@ -21,6 +21,8 @@ from eventqueue.core.records import (
     handoff_ids,
 )
 from eventqueue.core.rules import ClaimRules
+from eventqueue.core.limits import Holds
+from eventqueue.store.sqlite import limiting
 from eventqueue.store.sqlite import queries as sql
 from eventqueue.store.sqlite.connection import Prepared, Tx
 
@@ -210,8 +212,11 @@ def claim_batches(
     min_priority: int = 0,
     holder: str | None = None,
 ) -> list[Batch]:
+    held = limiting.claim_holds(db, rules.limits, now) if rules.limits else None
+    lists = held_lists(held)
     params = Q.claim.bind(
         **ready_params(now, rules, min_priority),
+        **lists,
         b_batches=batches,
         b_limit=rules.batch_limit,
         b_owner=consumer,
@@ -224,10 +229,12 @@ def claim_batches(
     if batches > 1:
         # The claim's own key order (effective priority, then oldest), read in the same
         # transaction just before it: RETURNING cannot carry the CTE's rank.
-        keys_params = Q.peek_keys.bind(**ready_params(now, rules, min_priority), b_batches=batches)
+        keys_params = Q.peek_keys.bind(
+            **ready_params(now, rules, min_priority), **lists, b_batches=batches
+        )
         order = [row[0] for row in db.rows(Q.peek_keys.sql, keys_params)]
     rows = db.rows(Q.claim.sql, params)
-    return assemble_batches(
+    found = assemble_batches(
         map(to_event, rows),
         batch_id=batch_id,
         token=token,
@@ -235,6 +242,19 @@ def claim_batches(
         expires_at=now + rules.lease_s,
         order=order,
     )
+    if held is not None:
+        limiting.settle_claim(db, rules.limits, held, found, batches, now)
+    return found
+
+
+def held_lists(held: Holds | None) -> dict[str, str]:
+    # The readiness statements' key-limit parameters (JSON arrays of batch keys).
+    if not held:
+        return {}
+    return {
+        "b_blocked": json.dumps(list(held.blocked)),
+        "b_critical_only": json.dumps(list(held.critical_only)),
+    }
 
 
 def ack_pairs(db: Tx, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
@@ -283,7 +303,7 @@ def lease_critical(
     holder: str | None = None,
 ) -> list[Batch]:
     """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
-    ids = handoff_ids(rows, outcome)
+    ids = handoff_ids(rows, outcome, lease)
     if not ids:
         return []
     params = Q.lease_ids.bind(

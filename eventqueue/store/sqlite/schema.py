@@ -112,8 +112,12 @@ key_limits = Table(
     Column("batch_key", Text, primary_key=True),
     Column("tokens", Float, nullable=True),
     Column("refilled_at", Float, nullable=True),
+    Column("ready_at", Float, nullable=True),  # when the bucket holds a token again
     Column("held_back", Integer, nullable=False, server_default="0"),
 )
+
+# The keys whose bucket is empty now: one range read per claim, however many keys.
+Index("ix_key_limits_ready_at", key_limits.c.ready_at)
 
 # Where each stream source stands (e.g. SSE Last-Event-ID), written in the same transaction
 # as the events it produced, so a restarted listener resumes exactly after what was committed.

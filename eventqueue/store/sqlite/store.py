@@ -12,10 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from eventqueue.core.config import Config
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.errors import SchemaError, StorageError
 from eventqueue.core.models import Batch, Priority
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
+    LimitHold,
     EventBrief,
     EventInfo,
     Lease,
@@ -46,9 +48,11 @@ from eventqueue.store.sqlite.bodies import (
     lease_critical,
     ready_params,
     stop_cuts,
+    held_lists,
     to_event,
     to_owner,
 )
+from eventqueue.store.sqlite import limiting
 from eventqueue.store.sqlite.connection import Connection, Tx
 from eventqueue.store.sqlite.migrations import ensure_schema, schema_status
 
@@ -295,6 +299,10 @@ class SQLiteStore:
 
         return await self._conn.read(body)
 
+    async def limit_hold(self, *, now: float, limits: KeyLimits) -> LimitHold:
+        """Whether a key limit holds back pending work now, and when a bucket refills next."""
+        return await self._conn.read(lambda db: limiting.limit_hold(db, limits, now))
+
     # --- lease owners ---------------------------------------------------------------------
 
     async def save_owner(self, owner: Owner) -> None:
@@ -361,9 +369,11 @@ class SQLiteStore:
                 counts.setdefault(status, {})[Priority(priority).name] = int(count)
             rows = db.rows(Q.counters.sql, Q.counters.bind())
             oldest = db.scalar(Q.oldest.sql, Q.oldest.bind())
-            ready_params_ = Q.ready_keys.bind(**ready_params(now, rules))
+            held = limiting.claim_holds(db, rules.limits, now) if rules.limits else None
+            ready_params_ = Q.ready_keys.bind(**ready_params(now, rules), **held_lists(held))
             ready = db.scalar(Q.ready_keys.sql, ready_params_)
-            return StoreStats(counts, {n: int(v) for n, v in rows}, oldest, int(ready or 0))
+            uses = limiting.key_uses(db, rules.limits, now)
+            return StoreStats(counts, {n: int(v) for n, v in rows}, oldest, int(ready or 0), uses)
 
         return await self._conn.read(body)
 

@@ -43,11 +43,13 @@ def upgrade() -> None:
             batch_key text NOT NULL,
             tokens double precision,
             refilled_at double precision,
+            ready_at double precision,
             held_back bigint DEFAULT '0' NOT NULL,
             CONSTRAINT pk_key_limits PRIMARY KEY (batch_key)
         )
         """
     )
+    op.execute("CREATE INDEX IF NOT EXISTS ix_key_limits_ready_at ON key_limits (ready_at)")
     for ddl in ORDERING_DDL:
         op.execute(ddl)
     for name in ("eq_dead_letters", "eq_ordering_groups"):
