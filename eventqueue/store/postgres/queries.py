@@ -269,10 +269,15 @@ _READY = f"""{_FIRSTS},
                CASE WHEN top = {CRITICAL} AND NOT full_batch
                          AND oldest > :window_start::float8 AND NOT from_future
                          AND NOT :no_batching::boolean
-                    THEN {CRITICAL} ELSE 0
+                    THEN {CRITICAL}
+                    WHEN batch_key = ANY(:critical_only::text[]) THEN {CRITICAL}
+                    ELSE 0
                END AS min_priority
         FROM summary
-        WHERE (full_batch OR oldest <= :window_start::float8 OR from_future
+        -- A key at its limit is not ready (critical_only: but for its CRITICAL events).
+        WHERE batch_key <> ALL(:blocked::text[])
+          AND (top = {CRITICAL} OR batch_key <> ALL(:critical_only::text[]))
+          AND (full_batch OR oldest <= :window_start::float8 OR from_future
                OR (top >= {HIGH} AND oldest <= :high_window_start::float8)
                OR top = {CRITICAL} OR :no_batching::boolean)
           AND top >= :min_priority::int  -- a claim for CRITICAL work only
@@ -608,3 +613,67 @@ LOCK_TIMEOUT = Query.of("lock_timeout", "SELECT set_config('lock_timeout', :time
 def all_queries() -> Mapping[str, Query]:
     """Every named statement (tests prepare them all against a real server)."""
     return {q.name: q for q in globals().values() if isinstance(q, Query)}
+
+
+# --- key limits -------------------------------------------------------------------------------
+
+# Batches leased now, per batch key (claimed rows only: a handful, never the backlog).
+IN_FLIGHT = Query.of(
+    "in_flight",
+    """
+    SELECT batch_key, count(DISTINCT batch_id) FROM events WHERE status = 'claimed'
+    GROUP BY batch_key
+    """,
+)
+
+IN_FLIGHT_OF = Query.of(
+    "in_flight_of",
+    """
+    SELECT batch_key, count(DISTINCT batch_id) FROM events
+    WHERE status = 'claimed' AND batch_key = ANY(:keys::text[])
+    GROUP BY batch_key
+    """,
+)
+
+# Keys whose bucket holds less than one token now (ix_key_limits_ready_at).
+EMPTY_BUCKETS = Query.of(
+    "empty_buckets",
+    "SELECT batch_key, ready_at FROM key_limits WHERE ready_at > :now::float8",
+)
+
+# Lock the rows of `keys` (made if missing), in key order so two claimers never wait on each
+# other in opposite orders; the keys in `held` count one claim held back. Under these locks a
+# claim recounts its keys' leased batches and buckets: the limits hold across hosts.
+LOCK_KEYS = Query.of(
+    "lock_keys",
+    """
+    INSERT INTO key_limits AS l (batch_key, held_back)
+    SELECT k, CASE WHEN k = ANY(:held::text[]) THEN 1 ELSE 0 END
+    FROM unnest(:keys::text[]) AS k ORDER BY k
+    ON CONFLICT (batch_key) DO UPDATE SET held_back = l.held_back + EXCLUDED.held_back
+    RETURNING l.batch_key, l.tokens, l.refilled_at
+    """,
+)
+
+SAVE_BUCKET = Query.of(
+    "save_bucket",
+    """
+    UPDATE key_limits SET tokens = :tokens::float8, refilled_at = :now::float8,
+        ready_at = :ready_at::float8
+    WHERE batch_key = :key::text
+    """,
+)
+
+# Which of `keys` have pending events (one index probe each).
+PENDING_KEYS_AMONG = Query.of(
+    "pending_keys_among",
+    """
+    SELECT k FROM unnest(:keys::text[]) AS k
+    WHERE EXISTS (SELECT 1 FROM events e WHERE e.status = 'pending' AND e.batch_key = k)
+    """,
+)
+
+SELECT_KEY_LIMITS = Query.of(
+    "select_key_limits",
+    "SELECT batch_key, held_back, tokens, refilled_at FROM key_limits ORDER BY batch_key",
+)

@@ -11,10 +11,12 @@ from typing import Any
 
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.config import Config
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.errors import LeaseLostError, SchemaError
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
+    LimitHold,
     EventBrief,
     EventInfo,
     Lease,
@@ -38,6 +40,7 @@ from eventqueue.core.records import (
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.base import Capabilities, SpillPositions
 from eventqueue.store.postgres import queries as sql
+from eventqueue.store.postgres import limiting
 from eventqueue.store.postgres.connection import Conn, Pool
 from eventqueue.store.postgres.listener import Listener
 from eventqueue.store.postgres.schema_state import ensure_schema, read_status
@@ -200,7 +203,7 @@ class PostgresStore:
         lost its lease); `expire` first returns expired leases to pending. `min_priority`:
         only events of at least this priority.
         """
-        args = sql.CLAIM.args(
+        values = dict(
             **ready_args(now, rules, min_priority),
             batches=batches,
             limit=rules.batch_limit,
@@ -221,6 +224,8 @@ class PostgresStore:
                 statuses = await c.fetch(sql.EXPIRE_LEASES.sql, *expired)
                 if any(status == "pending" for (status,) in statuses):
                     await self._notify(c)
+            held = await limiting.claim_holds(c, rules.limits, now) if rules.limits else None
+            args = sql.CLAIM.args(**{**values, **limiting.held_args(held)})
             rows = await c.fetch(sql.CLAIM.sql, *args)
             # The claim's own key order: each row carries its key's rank (keys SKIP LOCKED left
             # out simply do not appear).
@@ -228,7 +233,7 @@ class PostgresStore:
             if batches > 1:
                 ranked = sorted({(int(r["rank"]), str(r["batch_key"])) for r in rows})
                 order = [from_db(key) for _, key in ranked]
-            return assemble_batches(
+            found = assemble_batches(
                 map(_event, rows),
                 batch_id=batch_id,
                 token=token,
@@ -236,6 +241,13 @@ class PostgresStore:
                 expires_at=now + rules.lease_s,
                 order=order,
             )
+            if held is None:
+                return found
+            over: list[Batch] = []
+            kept = await limiting.settle_claim(c, rules.limits, held, found, batches, now, over)
+            for batch in over:  # over its limit after all: unseen, its attempt uncounted
+                await _fenced(c, sql.GIVE_BACK, batch.token, batch.ids)
+            return kept
 
         return await self._pool.write(body)
 
@@ -300,6 +312,10 @@ class PostgresStore:
         row = await self._pool.read(lambda c: c.fetchrow(sql.NEXT_WAKEUP.sql, *args))
         assert row is not None
         return Wakeup(row[0], row[1], row[2], row[3])
+
+    async def limit_hold(self, *, now: float, limits: KeyLimits) -> LimitHold:
+        """Whether a key limit holds back pending work now, and when a bucket refills next."""
+        return await self._pool.read(lambda c: limiting.limit_hold(c, limits, now))
 
     # --- lease owners ---------------------------------------------------------------------
 
@@ -369,8 +385,11 @@ class PostgresStore:
             counters = {str(n): int(v) for n, v in await c.fetch(sql.SELECT_COUNTERS.sql)}
             oldest = await c.fetchval(sql.OLDEST_PENDING.sql)
             query = sql.COUNT_READY_KEYS
-            ready = await c.fetchval(query.sql, *query.args(**ready_args(now, rules)))
-            return StoreStats(counts, counters, oldest, int(ready or 0))
+            held = await limiting.claim_holds(c, rules.limits, now) if rules.limits else None
+            values = {**ready_args(now, rules), **limiting.held_args(held)}
+            ready = await c.fetchval(query.sql, *query.args(**values))
+            uses = await limiting.key_uses(c, rules.limits, now)
+            return StoreStats(counts, counters, oldest, int(ready or 0), uses)
 
         return await self._pool.read(body)
 
@@ -483,6 +502,8 @@ def ready_args(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[str
         "no_batching": not rules.batching,
         "aging_s": rules.aging_s,
         "retry_horizon": rules.retry_horizon_s,
+        "blocked": [],
+        "critical_only": [],
     }
 
 
