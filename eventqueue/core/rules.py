@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eventqueue.core.config import Config
 from eventqueue.core.errors import ConfigError
@@ -33,7 +33,7 @@ class ClaimRules:
     lease_horizon_s: float = 86_400.0
     retry_horizon_s: float = 604_800.0
     # Concurrency and rate limits per batch key (EVENT_KEY_LIMITS), enforced in the claim.
-    limits: KeyLimits = KeyLimits()
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
     @property
     def batch_limit(self) -> int:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from eventqueue.core.arguments import dead_flag, error_text, extend_s, retry_in_s
 from eventqueue.core.config import Config
 from eventqueue.core.errors import InvalidEventError, NotInBatchError, QueueClosedError
-from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.limits import KeyLimits
+from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.prepare import _UNSET, OrderingFn, ordering_fn, prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
 from eventqueue.core.records import NewEvent

@@ -88,9 +88,7 @@ class Room:
         return not 0.0 <= now - self.counted_at < RECOUNT_AFTER_S  # or the clock stepped back
 
 
-def idle_delay(
-    wake: Wakeup, config: Config, now: float, hold: LimitHold | None = None
-) -> float:
+def idle_delay(wake: Wakeup, config: Config, now: float, hold: LimitHold | None = None) -> float:
     """Seconds until something not ready now may become ready (capped by the poll)."""
     # Sleep until the next batch window closes, retry comes due or lease expires; poll anyway
     # for work committed by other processes.

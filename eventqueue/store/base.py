@@ -16,10 +16,10 @@ from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
-    LimitHold,
     EventBrief,
     EventInfo,
     Lease,
+    LimitHold,
     NewEvent,
     PeekBatch,
     PutCommit,

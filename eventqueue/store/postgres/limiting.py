@@ -53,7 +53,7 @@ async def settle_claim(
     batches: Sequence[Batch],
     asked: int,
     now: float,
-    give_back: Sequence[Batch],
+    give_back: list[Batch],
 ) -> list[Batch]:
     """Check the claimed batches against their limits under the keys' locks; draw the kept
     ones from their buckets. The batches kept, best first; `give_back` collects the rest."""
@@ -76,7 +76,9 @@ async def settle_claim(
         limit = limits.for_key(key)
         assert limit is not None
         tokens, at = buckets.get(key, (None, None))
-        exempt = limit.exempt_critical and all(e.priority == Priority.CRITICAL for e in batch.events)
+        exempt = limit.exempt_critical and all(
+            e.priority == Priority.CRITICAL for e in batch.events
+        )
         # flying counts this batch too: over the limit when the others already fill it.
         if not exempt and limit.blocked(flying.get(key, 1) - 1, limit.refill(tokens, at, now)):
             over.add(key)

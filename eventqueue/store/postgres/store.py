@@ -11,15 +11,15 @@ from typing import Any
 
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.config import Config
-from eventqueue.core.limits import KeyLimits
 from eventqueue.core.errors import LeaseLostError, SchemaError
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
-    LimitHold,
     EventBrief,
     EventInfo,
     Lease,
+    LimitHold,
     NewEvent,
     PeekBatch,
     PutCommit,
@@ -39,8 +39,8 @@ from eventqueue.core.records import (
 )
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.base import Capabilities, SpillPositions
-from eventqueue.store.postgres import queries as sql
 from eventqueue.store.postgres import limiting
+from eventqueue.store.postgres import queries as sql
 from eventqueue.store.postgres.connection import Conn, Pool
 from eventqueue.store.postgres.listener import Listener
 from eventqueue.store.postgres.schema_state import ensure_schema, read_status

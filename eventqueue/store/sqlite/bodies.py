@@ -11,6 +11,7 @@ from typing import Any
 
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.errors import LeaseLostError
+from eventqueue.core.limits import Holds
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
@@ -21,7 +22,6 @@ from eventqueue.core.records import (
     handoff_ids,
 )
 from eventqueue.core.rules import ClaimRules
-from eventqueue.core.limits import Holds
 from eventqueue.store.sqlite import limiting
 from eventqueue.store.sqlite import queries as sql
 from eventqueue.store.sqlite.connection import Prepared, Tx

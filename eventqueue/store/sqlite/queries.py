@@ -413,7 +413,7 @@ def select_statuses() -> Select[Any]:
 def _json_rows(param: str) -> Any:
     """`json_each(:param)` as a table (key, value): a list of rows bound as one JSON text
     (`[]` unless bound: the key-limit lists are empty for claims without limits)."""
-    value = bindparam(param, value="[]") if param.startswith("b_") else bindparam(param)
+    value: Any = bindparam(param, value="[]") if param.startswith("b_") else bindparam(param)
     return func.json_each(value).table_valued("key", "value").alias("j")
 
 
@@ -880,9 +880,7 @@ def count_held_back() -> Insert:
     held back each."""
     rows = _json_rows("b_keys")
     waiting = (
-        select(literal(1))
-        .where(_status_is("pending"), events.c.batch_key == rows.c.value)
-        .exists()
+        select(literal(1)).where(_status_is("pending"), events.c.batch_key == rows.c.value).exists()
     )
     stmt = sqlite_insert(key_limits).from_select(
         ["batch_key", "held_back"], select(rows.c.value, literal(1)).where(waiting)
@@ -897,9 +895,7 @@ def pending_keys_among() -> Select[Any]:
     """Which of the keys `b_keys` (JSON) have pending events (one seek each)."""
     rows = _json_rows("b_keys")
     waiting = (
-        select(literal(1))
-        .where(_status_is("pending"), events.c.batch_key == rows.c.value)
-        .exists()
+        select(literal(1)).where(_status_is("pending"), events.c.batch_key == rows.c.value).exists()
     )
     return select(rows.c.value).where(waiting)
 

@@ -12,15 +12,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from eventqueue.core.config import Config
-from eventqueue.core.limits import KeyLimits
 from eventqueue.core.errors import SchemaError, StorageError
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch, Priority
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
-    LimitHold,
     EventBrief,
     EventInfo,
     Lease,
+    LimitHold,
     NewEvent,
     PeekBatch,
     PutCommit,
@@ -38,21 +38,21 @@ from eventqueue.core.records import (
 )
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.base import Capabilities, SpillPositions
+from eventqueue.store.sqlite import limiting
 from eventqueue.store.sqlite.bodies import (
     Q,
     ack_pairs,
     check_fence,
     claim_batches,
     fenced,
+    held_lists,
     insert_rows,
     lease_critical,
     ready_params,
     stop_cuts,
-    held_lists,
     to_event,
     to_owner,
 )
-from eventqueue.store.sqlite import limiting
 from eventqueue.store.sqlite.connection import Connection, Tx
 from eventqueue.store.sqlite.migrations import ensure_schema, schema_status
 
