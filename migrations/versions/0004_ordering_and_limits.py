@@ -17,8 +17,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from eventqueue.store.sqlite.schema import TRIGGERS, VIEWS
-
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -27,6 +25,18 @@ depends_on = None
 _OLD_CHECK = "status IN ('pending', 'claimed', 'done', 'dead')"
 _NEW_CHECK = "status IN ('pending', 'held', 'claimed', 'done', 'dead')"
 _NEW_VIEWS = ("eq_dead_letters", "eq_ordering_groups")
+
+# A migration is a frozen snapshot: view and trigger texts are copied here (from
+# eventqueue/store/sqlite/schema.py as of this revision), not imported.
+VIEWS = {
+    "eq_dead_letters": "\n        SELECT id, json_extract(payload, '$.event_name') AS event_name, CASE priority WHEN 4 THEN 'CRITICAL' WHEN 3 THEN 'HIGH' WHEN 2 THEN 'NORMAL' ELSE 'LOW' END AS priority,\n               attempts, last_error, datetime(finished_at, 'unixepoch') AS died_at, payload,\n               ordering_key\n        FROM events WHERE status = 'dead'\n    ",
+    "eq_ordering_groups": "\n        SELECT ordering_key, sum(status = 'held') AS held, sum(status = 'pending') AS pending,\n               sum(status = 'claimed') AS claimed,\n               round((julianday('now') - 2440587.5) * 86400.0 - min(received_at), 3) AS oldest_age_s\n        FROM events WHERE ordering_key IS NOT NULL AND status IN ('pending', 'held', 'claimed')\n        GROUP BY ordering_key\n    ",
+}
+TRIGGERS = {
+    "eq_ordering_put": "\n        CREATE TRIGGER IF NOT EXISTS eq_ordering_put AFTER INSERT ON events\n        WHEN NEW.ordering_key IS NOT NULL\n        BEGIN \n    UPDATE events SET status = CASE WHEN id = (SELECT id FROM (\n        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = NEW.ordering_key\n                       AND status = 'pending' ORDER BY received_at, id LIMIT 1)\n        UNION ALL\n        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = NEW.ordering_key\n                       AND status = 'held' ORDER BY received_at, id LIMIT 1))\n    ORDER BY received_at, id LIMIT 1) AND NOT EXISTS (SELECT 1 FROM events WHERE ordering_key = NEW.ordering_key AND status = 'claimed')\n                                    THEN 'pending' ELSE 'held' END\n    WHERE (ordering_key = NEW.ordering_key AND status = 'pending') OR id = (SELECT id FROM (\n        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = NEW.ordering_key\n                       AND status = 'pending' ORDER BY received_at, id LIMIT 1)\n        UNION ALL\n        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = NEW.ordering_key\n                       AND status = 'held' ORDER BY received_at, id LIMIT 1))\n    ORDER BY received_at, id LIMIT 1);\n END\n    ",
+    "eq_ordering_settle": "\n        CREATE TRIGGER IF NOT EXISTS eq_ordering_settle AFTER UPDATE OF status ON events\n        WHEN NEW.ordering_key IS NOT NULL AND OLD.status <> NEW.status\n             AND (NEW.status IN ('done', 'dead') OR OLD.status = 'dead')\n        BEGIN\n            UPDATE events SET last_error = coalesce(last_error || '; ', '')\n                                           || 'later events of its ordering key went on'\n            WHERE id = NEW.id AND NEW.status = 'dead'\n              AND (EXISTS (SELECT 1 FROM events WHERE ordering_key = NEW.ordering_key\n                           AND status = 'held')\n                   OR EXISTS (SELECT 1 FROM events WHERE ordering_key = NEW.ordering_key\n                              AND status = 'pending'));\n            \n    UPDATE events SET status = CASE WHEN id = (SELECT id FROM (\n        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = NEW.ordering_key\n                       AND status = 'pending' ORDER BY received_at, id LIMIT 1)\n        UNION ALL\n        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = NEW.ordering_key\n                       AND status = 'held' ORDER BY received_at, id LIMIT 1))\n    ORDER BY received_at, id LIMIT 1) AND NOT EXISTS (SELECT 1 FROM events WHERE ordering_key = NEW.ordering_key AND status = 'claimed')\n                                    THEN 'pending' ELSE 'held' END\n    WHERE (ordering_key = NEW.ordering_key AND status = 'pending') OR id = (SELECT id FROM (\n        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = NEW.ordering_key\n                       AND status = 'pending' ORDER BY received_at, id LIMIT 1)\n        UNION ALL\n        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = NEW.ordering_key\n                       AND status = 'held' ORDER BY received_at, id LIMIT 1))\n    ORDER BY received_at, id LIMIT 1);\n\n        END\n    ",
+}
+_DEAD_LETTERS_0001 = "\n        SELECT id, json_extract(payload, '$.event_name') AS event_name, CASE priority WHEN 4 THEN 'CRITICAL' WHEN 3 THEN 'HIGH' WHEN 2 THEN 'NORMAL' ELSE 'LOW' END AS priority,\n               attempts, last_error, datetime(finished_at, 'unixepoch') AS died_at, payload\n        FROM events WHERE status = 'dead'\n    "
 
 
 def _has_column() -> bool:
@@ -85,12 +95,7 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER IF EXISTS {name}")
     op.execute("DROP VIEW IF EXISTS eq_ordering_groups")
     op.execute("DROP VIEW IF EXISTS eq_dead_letters")
-    op.execute(
-        "CREATE VIEW eq_dead_letters AS SELECT id, json_extract(payload, '$.event_name') AS "
-        "event_name, CASE priority WHEN 4 THEN 'CRITICAL' WHEN 3 THEN 'HIGH' WHEN 2 THEN "
-        "'NORMAL' ELSE 'LOW' END AS priority, attempts, last_error, datetime(finished_at, "
-        "'unixepoch') AS died_at, payload FROM events WHERE status = 'dead'"
-    )
+    op.execute(f"CREATE VIEW eq_dead_letters AS {_DEAD_LETTERS_0001}")
     op.drop_table("key_limits", if_exists=True)
     op.execute("DROP INDEX IF EXISTS ix_events_ordering")
     op.execute("DROP INDEX IF EXISTS ix_events_held")
