@@ -22,6 +22,7 @@ from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
+from eventqueue.tools.bench.scenarios.groups import limited_scenario, ordered_scenario
 from eventqueue.tools.bench.scenarios.latency import critical_latency_scenario
 from eventqueue.tools.bench.scenarios.loop import claim_loop_scenario
 from eventqueue.tools.bench.scenarios.put import put_scenario
@@ -30,7 +31,16 @@ from eventqueue.tools.bench.sizes import Sizes
 
 T = TypeVar("T")
 
-STEPS = ("end_to_end", "put", "claim_ack", "claim_loop", "critical_latency", "spill")
+STEPS = (
+    "end_to_end",
+    "put",
+    "claim_ack",
+    "claim_loop",
+    "critical_latency",
+    "spill",
+    "ordered",
+    "limited",
+)
 ROW_ORDER = (
     "put",
     "put_many",
@@ -44,6 +54,9 @@ ROW_ORDER = (
     "spill_put",
     "promote",
     "memory",
+    "ordered",
+    *(f"ordered_claims_{n}" for n in (1_000, 2_000, 5_000, 20_000, 1_000_000)),
+    "limited",
 )
 
 
@@ -108,6 +121,10 @@ async def _scenarios(
         rows.append(await step("claim_loop", partial(claim_loop_scenario, sz, base)))
     if "spill" in wanted:
         rows += await step("spill", partial(spill_scenarios, sz, base))
+    if "ordered" in wanted:
+        rows += await step("ordered", partial(ordered_scenario, sz, base))
+    if "limited" in wanted:
+        rows += await step("limited", partial(limited_scenario, sz, base))
     return rows
 
 
