@@ -269,7 +269,7 @@ ORDERING_DDL: tuple[str, ...] = (
               AND EXISTS (SELECT 1 FROM events h WHERE h.ordering_key = n.ordering_key
                           AND h.status IN ('pending', 'held'));
         END IF;
-        WITH heads AS (
+        WITH heads AS MATERIALIZED (
             SELECT g AS key,
                    EXISTS (SELECT 1 FROM events c
                            WHERE c.ordering_key = g AND c.status = 'claimed') AS busy,
@@ -282,11 +282,28 @@ ORDERING_DDL: tuple[str, ...] = (
                     ORDER BY f.received_at, f.id LIMIT 1) AS head
             FROM unnest(groups) g
         )
-        UPDATE events e
-        SET status = CASE WHEN e.id = h.head AND NOT h.busy THEN 'pending' ELSE 'held' END
+        -- Two statements, each an index probe per group (one UPDATE with an OR of the two
+        -- conditions was planned as a scan of the table).
+        UPDATE events e SET status = 'held'
         FROM heads h
-        WHERE e.ordering_key = h.key AND (e.status = 'pending' OR e.id = h.head)
-          AND e.status <> CASE WHEN e.id = h.head AND NOT h.busy THEN 'pending' ELSE 'held' END;
+        WHERE e.ordering_key = h.key AND e.status = 'pending'
+          AND (e.id IS DISTINCT FROM h.head OR h.busy);
+        WITH heads AS MATERIALIZED (
+            SELECT g AS key,
+                   EXISTS (SELECT 1 FROM events c
+                           WHERE c.ordering_key = g AND c.status = 'claimed') AS busy,
+                   (SELECT f.id FROM (
+                        (SELECT id, received_at FROM events WHERE ordering_key = g
+                         AND status = 'pending' ORDER BY received_at, id LIMIT 1)
+                        UNION ALL
+                        (SELECT id, received_at FROM events WHERE ordering_key = g
+                         AND status = 'held' ORDER BY received_at, id LIMIT 1)) f
+                    ORDER BY f.received_at, f.id LIMIT 1) AS head
+            FROM unnest(groups) g
+        )
+        UPDATE events e SET status = 'pending'
+        FROM heads h
+        WHERE e.id = h.head AND NOT h.busy AND e.status = 'held';
         RETURN NULL;
     END
     $fn$
