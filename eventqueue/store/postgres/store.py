@@ -12,7 +12,7 @@ from typing import Any
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.config import Config
 from eventqueue.core.errors import LeaseLostError, SchemaError
-from eventqueue.core.limits import KeyLimits
+from eventqueue.core.limits import Holds, KeyLimits
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
@@ -42,6 +42,7 @@ from eventqueue.store.base import Capabilities, SpillPositions
 from eventqueue.store.postgres import limiting
 from eventqueue.store.postgres import queries as sql
 from eventqueue.store.postgres.connection import Conn, Pool
+from eventqueue.store.postgres.limiting import held_args
 from eventqueue.store.postgres.listener import Listener
 from eventqueue.store.postgres.schema_state import ensure_schema, read_status
 from eventqueue.store.postgres.text import from_db, plain_prefix, readable, to_db
@@ -204,7 +205,7 @@ class PostgresStore:
         only events of at least this priority.
         """
         values = dict(
-            **ready_args(now, rules, min_priority),
+            **ready_args(now, rules, min_priority, limits=False),
             batches=batches,
             limit=rules.batch_limit,
             owner=consumer,
@@ -213,6 +214,23 @@ class PostgresStore:
             expires=now + rules.lease_s,
             batch_id=plain_prefix(batch_id, "a batch id"),
         )
+
+        async def lease(c: Conn, held: Holds | None) -> list[Batch]:
+            rows = await c.fetch(sql.CLAIM.sql, *sql.CLAIM.args(**values, **held_args(held)))
+            # The claim's own key order: each row carries its key's rank (keys SKIP LOCKED left
+            # out simply do not appear).
+            order = None
+            if batches > 1:
+                ranked = sorted({(int(r["rank"]), str(r["batch_key"])) for r in rows})
+                order = [from_db(key) for _, key in ranked]
+            return assemble_batches(
+                map(_event, rows),
+                batch_id=batch_id,
+                token=token,
+                consumer=consumer,
+                expires_at=now + rules.lease_s,
+                order=order,
+            )
 
         async def body(c: Conn) -> list[Batch]:
             if acks:
@@ -225,29 +243,21 @@ class PostgresStore:
                 if any(status == "pending" for (status,) in statuses):
                     await self._notify(c)
             held = await limiting.claim_holds(c, rules.limits, now) if rules.limits else None
-            args = sql.CLAIM.args(**{**values, **limiting.held_args(held)})
-            rows = await c.fetch(sql.CLAIM.sql, *args)
-            # The claim's own key order: each row carries its key's rank (keys SKIP LOCKED left
-            # out simply do not appear).
-            order = None
-            if batches > 1:
-                ranked = sorted({(int(r["rank"]), str(r["batch_key"])) for r in rows})
-                order = [from_db(key) for _, key in ranked]
-            found = assemble_batches(
-                map(_event, rows),
-                batch_id=batch_id,
-                token=token,
-                consumer=consumer,
-                expires_at=now + rules.lease_s,
-                order=order,
-            )
+            found = await lease(c, held)
             if held is None:
                 return found
-            over: list[Batch] = []
-            kept = await limiting.settle_claim(c, rules.limits, held, found, batches, now, over)
-            for batch in over:  # over its limit after all: unseen, its attempt uncounted
-                await _fenced(c, sql.GIVE_BACK, batch.token, batch.ids)
-            return kept
+            # Twice at most: a claim that lost a key to another host's claim (given back below)
+            # claims again without it, in the same transaction, rather than coming back empty.
+            for _ in range(2):
+                over: list[Batch] = []
+                kept = await limiting.settle_claim(c, rules.limits, held, found, batches, now, over)
+                for batch in over:  # over its limit after all: unseen, its attempt uncounted
+                    await _fenced(c, sql.GIVE_BACK, batch.token, batch.ids)
+                if kept or not over:
+                    return kept
+                held = Holds(held.blocked + tuple(b.key for b in over), held.critical_only)
+                found = await lease(c, held)
+            return []
 
         return await self._pool.write(body)
 
@@ -386,7 +396,7 @@ class PostgresStore:
             oldest = await c.fetchval(sql.OLDEST_PENDING.sql)
             query = sql.COUNT_READY_KEYS
             held = await limiting.claim_holds(c, rules.limits, now) if rules.limits else None
-            values = {**ready_args(now, rules), **limiting.held_args(held)}
+            values = {**ready_args(now, rules, limits=False), **limiting.held_args(held)}
             ready = await c.fetchval(query.sql, *query.args(**values))
             uses = await limiting.key_uses(c, rules.limits, now)
             return StoreStats(counts, counters, oldest, int(ready or 0), uses)
@@ -491,9 +501,14 @@ def channel_for(schema: str) -> str:
     return f"eventqueue.{schema}"[:63]
 
 
-def ready_args(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[str, Any]:
-    """The parameters of every statement that decides readiness (claims, ready counts, peek)."""
+def ready_args(
+    now: float, rules: ClaimRules, min_priority: int = 0, *, limits: bool = True
+) -> dict[str, Any]:
+    """The parameters of every statement that decides readiness (claims, ready counts, peek);
+    with `limits`, no key held back (limiting.held_args gives them otherwise)."""
+    held: dict[str, Any] = {"blocked": [], "critical_only": []} if limits else {}
     return {
+        **held,
         "min_priority": min_priority,
         "now": now,
         "max_batch": rules.max_batch,
@@ -502,8 +517,6 @@ def ready_args(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[str
         "no_batching": not rules.batching,
         "aging_s": rules.aging_s,
         "retry_horizon": rules.retry_horizon_s,
-        "blocked": [],
-        "critical_only": [],
     }
 
 
