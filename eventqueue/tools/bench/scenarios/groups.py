@@ -20,7 +20,7 @@ from eventqueue.runtime.queue import EventQueue
 from eventqueue.tools.bench.harness import CONCURRENCY, backlog_overrides, run_dispatcher
 from eventqueue.tools.bench.measure import rate
 from eventqueue.tools.bench.places import Places
-from eventqueue.tools.bench.rows import Row, row
+from eventqueue.tools.bench.rows import Row, queue_pragmas, row
 from eventqueue.tools.bench.sizes import Sizes
 
 GROUP_SIZE = 10
@@ -53,16 +53,16 @@ async def _source(groups: int) -> Any:
 async def ordered_scenario(sz: Sizes, base: Config, places: Places) -> list[Row]:
     """The `ordered` rows: end to end ordered against unordered, and claims at two backlogs."""
     groups = _GROUPS[sz.mode]
-    unordered_s, _ = await _e2e(await places.config("ordered_off"), groups, sz)
+    unordered_s, _, _ = await _e2e(await places.config("ordered_off"), groups, sz)
     config = await places.config("ordered_on", ordered_by="aggregate_id")
-    ordered_s, in_order = await _e2e(config, groups, sz)
+    ordered_s, in_order, pragmas = await _e2e(config, groups, sz)
     events = groups * GROUP_SIZE
     ratio = unordered_s / ordered_s if ordered_s else 0.0
     rows = [
         row(
             "ordered",
             config,
-            {"groups": groups, "group_size": GROUP_SIZE, "consumers": CONCURRENCY},
+            {**pragmas, "groups": groups, "group_size": GROUP_SIZE, "consumers": CONCURRENCY},
             events_per_s=rate(events, ordered_s),
             baseline_events_per_s=rate(events, unordered_s),
             groups_in_order=in_order,
@@ -80,7 +80,7 @@ async def ordered_scenario(sz: Sizes, base: Config, places: Places) -> list[Row]
     return rows
 
 
-async def _e2e(config: Config, groups: int, sz: Sizes) -> tuple[float, int]:
+async def _e2e(config: Config, groups: int, sz: Sizes) -> tuple[float, int, dict[str, Any]]:
     """Seconds to run the events through a Dispatcher; how many groups kept their order."""
     seen: dict[str, int] = {}
     in_order = set(range(groups))
@@ -97,7 +97,7 @@ async def _e2e(config: Config, groups: int, sz: Sizes) -> tuple[float, int]:
         dispatcher.add_handler("*", handler)
         started = time.perf_counter()
         await run_dispatcher(dispatcher, _source(groups), sz.e2e_limit_s)
-        return time.perf_counter() - started, len(in_order)
+        return time.perf_counter() - started, len(in_order), await queue_pragmas(q)
 
 
 async def _claims(places: Places, backlog: int, sz: Sizes) -> Row:
@@ -106,6 +106,7 @@ async def _claims(places: Places, backlog: int, sz: Sizes) -> Row:
     overrides = backlog_overrides(backlog)
     config = await places.config(name, ordered_by="aggregate_id", **overrides)
     async with EventQueue.open(config=config) as q:
+        pragmas = await queue_pragmas(q)
         events = list(ordered_events(backlog // GROUP_SIZE))
         for offset in range(0, len(events), 1_000):
             await q.put_many(events[offset : offset + 1_000])
@@ -122,7 +123,7 @@ async def _claims(places: Places, backlog: int, sz: Sizes) -> Row:
     return row(
         name,
         config,
-        {"backlog": backlog, "groups": backlog // GROUP_SIZE, "claimed": "claim, then ack"},
+        {**pragmas, "backlog": backlog, "groups": backlog // GROUP_SIZE, "claimed": "claim, ack"},
         events_per_s=rate(taken, seconds),
         claims_per_s=round(rate(claims, seconds), 1),
         events=taken,
@@ -140,6 +141,7 @@ async def limited_scenario(sz: Sizes, base: Config, places: Places) -> list[Row]
     off = await _limited_run(free_config, 0, free_n, seconds, None)
     config = await places.config("limited", **backlog_overrides(limited_n + free_n))
     on = await _limited_run(config, limited_n, free_n, seconds, limits)
+    pragmas = on.pop("pragmas")
     limited_rate = on["limited"]
     error = abs(limited_rate / LIMITED_RATE - 1.0)
     free_ratio = on["free"] / off["free"] if off["free"] else 0.0
@@ -147,7 +149,11 @@ async def limited_scenario(sz: Sizes, base: Config, places: Places) -> list[Row]
         row(
             "limited",
             config,
-            {"limit": f"{LIMITED_KEY}: rate_per_s={LIMITED_RATE}, burst=10", "window_s": seconds},
+            {
+                **pragmas,
+                "limit": f"{LIMITED_KEY}: rate_per_s={LIMITED_RATE}, burst=10",
+                "window_s": seconds,
+            },
             events_per_s=limited_rate,
             free_keys_events_per_s=round(on["free"], 1),
             free_keys_alone_events_per_s=round(off["free"], 1),
@@ -165,7 +171,7 @@ async def _limited_run(
     free_n: int,
     seconds: float,
     limits: dict[str, KeyLimit] | None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Rates handled: the limited key's after its first second (the burst and the start
     excluded), the free keys' over the time they took."""
     times: dict[str, list[float]] = {"limited": [], "free": []}
@@ -188,6 +194,7 @@ async def _limited_run(
         dispatcher.add_handler("*", handler)
         started = time.perf_counter()
         await run_dispatcher(dispatcher, None, seconds)
+        pragmas = await queue_pragmas(q)
     limited = [t - started for t in times["limited"] if t - started >= 1.0]
     window = min(seconds, max(limited, default=1.0)) - 1.0
     free = times["free"]
@@ -195,4 +202,5 @@ async def _limited_run(
     return {
         "limited": rate(len(limited), window) if window > 0 else 0.0,
         "free": rate(len(free), free_s),
+        "pragmas": pragmas,
     }
