@@ -95,6 +95,8 @@ def literal(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, list):  # an array of texts (the key-limit lists)
+        return "ARRAY[" + ", ".join(literal(v) for v in value) + "]::text[]"
     return repr(value)
 
 
