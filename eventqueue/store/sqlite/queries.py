@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy import Integer as SAInteger
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.dml import ReturningDelete
+from sqlalchemy.sql.expression import literal_column as text_column
+from sqlalchemy.sql.expression import table as text_table
 
 from eventqueue.store.sqlite.schema import (
     STATUSES,
@@ -434,8 +436,7 @@ def put_values(rows: int, *, dedup: bool) -> Insert:
     depends on `rows`, so the store compiles one per size it uses (powers of two).
 
     With dedup, a row whose content hash is held by a live original is not inserted: the
-    original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key). RETURNING gives
-    (id, content_hash, duplicates); duplicates is 0 exactly for the rows inserted.
+    original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key).
     """
     values: list[dict[str, Any]] = [
         {name: bindparam(f"r{i}_{name}") for name in PUT_COLUMNS}
@@ -449,7 +450,27 @@ def put_values(rows: int, *, dedup: bool) -> Insert:
             index_elements=[events.c.dedup_key],
             set_={"duplicates": events.c.duplicates + literal_column("1")},
         )
-    return stmt.returning(events.c.id, events.c.content_hash, events.c.duplicates)
+    # No RETURNING: each returned row is one more sqlite3 step (the GIL released and taken
+    # again). The ids come from the sequence (`last_event_id`) and `dedup_holders` instead.
+    return stmt
+
+
+def last_event_id() -> Select[Any]:
+    """The last id AUTOINCREMENT handed out (0 before the first event): with one writer, the
+    rows a put inserts get the ids after it, in order."""
+    return (
+        select(text_column("coalesce(max(seq), 0)"))
+        .select_from(text_table("sqlite_sequence"))
+        .where(text_column("name") == literal("events"))
+    )
+
+
+def dedup_holders() -> Select[Any]:
+    """For the content hashes `b_hashes` (JSON), the id of the row holding each one's dedup
+    key, as one JSON text [[hash, id], ...]: one row, one step, however many hashes."""
+    hashes = _json_rows("b_hashes")
+    pair = func.json_array(events.c.dedup_key, events.c.id)
+    return select(func.json_group_array(pair)).where(events.c.dedup_key.in_(select(hashes.c.value)))
 
 
 def release_expired_dedup_keys() -> Update:

@@ -1,0 +1,89 @@
+"""The SQLite round engine: the writes queued at one moment share one transaction, CRITICAL puts
+first; one request's failure fails it alone; checkpoints run off the writer's commits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from conftest import START, OpenQueue, event
+
+from eventqueue.core.errors import LeaseLostError
+from eventqueue.core.models import Priority, PutStatus
+from eventqueue.store.sqlite.checkpoints import WAL_CHECKPOINT_BYTES, WAL_IDLE_TRUNCATE_BYTES
+
+
+async def test_a_critical_put_queued_with_others_gets_a_round_of_its_own_first(
+    open_queue: OpenQueue,
+) -> None:
+    q = await open_queue()
+    normal = q.prepare(event(aggregate_id="n"))
+    critical = q.prepare(event("payment_failed", aggregate_id="c"), priority=Priority.CRITICAL)
+    engine = q.store._conn.engine
+    rounds = engine.profile.rounds
+
+    # Queued in one loop turn, NORMAL first: the CRITICAL put's own round commits first (it is
+    # answered after its own COMMIT, not after the others'), then the rest in one round.
+    first, second, third = await asyncio.gather(
+        q.store.put([normal], now=START, dedup_ttl_s=None),
+        q.store.put([critical], now=START, dedup_ttl_s=None),
+        q.store.put([q.prepare(event(aggregate_id="m"))], now=START, dedup_ttl_s=None),
+    )
+
+    assert engine.profile.rounds == rounds + 2
+    assert list(engine.profile.requests)[-2:] == [1, 2]
+    assert second.outcome[0][1] < first.outcome[0][1] < third.outcome[0][1]
+
+
+async def test_a_stale_ack_fails_alone_and_the_rest_of_its_round_commits(
+    open_queue: OpenQueue,
+) -> None:
+    q = await open_queue()
+    await q.store.put([q.prepare(event(aggregate_id="a"))], now=START, dedup_ttl_s=None)
+    rounds = q.store._conn.engine.profile.rounds
+    row = q.prepare(event(aggregate_id="b"))
+
+    stale, put = await asyncio.gather(
+        q.store.ack("no-such-token", [1], now=START),
+        q.store.put([row], now=START, dedup_ttl_s=None),
+        return_exceptions=True,
+    )
+
+    assert isinstance(stale, LeaseLostError)
+    assert not isinstance(put, BaseException)
+    assert put.outcome[0][0] is PutStatus.ACCEPTED
+    assert q.store._conn.engine.profile.rounds == rounds + 1  # both in one round
+    assert await q.store.waiting_count() == 2  # the put of the failed ack's round is stored
+
+
+async def test_the_writer_never_checkpoints_and_the_checkpointer_does(
+    open_queue: OpenQueue,
+) -> None:
+    q = await open_queue(enable_dedup=False)
+    assert await q.store.pragma("wal_autocheckpoint") == 0
+    checkpointer = q.store._conn._checkpointer
+    big = "x" * 4000
+    rows = [q.prepare(event(aggregate_id=f"a{i}", attributes={"note": big})) for i in range(200)]
+    written = 0
+    while written <= WAL_CHECKPOINT_BYTES * 4:  # past the growth threshold
+        await q.store.put(rows, now=START, dedup_ttl_s=None)
+        written += len(big) * len(rows)
+        if checkpointer._running is not None:
+            break
+
+    assert checkpointer._running is not None  # started by a round past the threshold
+    await checkpointer._running
+    assert checkpointer.checkpoints >= 1
+    wal = q.store.name + "-wal"
+    assert file_size(wal) > WAL_IDLE_TRUNCATE_BYTES
+
+    checkpointer.maintain()  # a maintenance pass after rounds: PASSIVE, the WAL file stays
+    await checkpointer._running
+    assert file_size(wal) > WAL_IDLE_TRUNCATE_BYTES
+    checkpointer.maintain()  # no round since the last pass: idle, TRUNCATE
+    await checkpointer._running
+    assert file_size(wal) == 0
+
+
+def file_size(path: str) -> int:
+    return os.stat(path).st_size
