@@ -142,6 +142,7 @@ class Connection:
             self._check_file,
             self._after_round,
             self._busy_timeout_s,
+            self._between_rounds,
         )
 
     @classmethod
@@ -271,6 +272,14 @@ class Connection:
         self._check_file()
         if not await self._relieve_disk() and self._checkpointer is not None:
             self._checkpointer.after_round()
+
+    async def _between_rounds(self) -> None:
+        # After a round's answers, before the next round: the frames the checkpointer could not
+        # copy while rounds appended them (a few rounds' worth). Once copied, the next round's
+        # BEGIN restarts the WAL (checkpoints.py).
+        if self._checkpointer is not None and self._checkpointer.catch_up_due():
+            with contextlib.suppress(sqlite3.Error):
+                await self._outside_transaction("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def _relieve_disk(self) -> bool:
         """On a nearly full disk, TRUNCATE the WAL on the writer itself, between rounds

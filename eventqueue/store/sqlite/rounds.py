@@ -24,7 +24,7 @@ import contextlib
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -75,28 +75,39 @@ class RoundProfile:
     """Per-round figures of the last PROFILE_ROUNDS rounds."""
 
     requests: deque[int] = field(default_factory=lambda: deque(maxlen=PROFILE_ROUNDS))
+    rows: deque[int] = field(default_factory=lambda: deque(maxlen=PROFILE_ROUNDS))
     steps: deque[int] = field(default_factory=lambda: deque(maxlen=PROFILE_ROUNDS))
     commit_ms: deque[float] = field(default_factory=lambda: deque(maxlen=PROFILE_ROUNDS))
     round_ms: deque[float] = field(default_factory=lambda: deque(maxlen=PROFILE_ROUNDS))
+    # From handing the round to the connection's thread until it started there: the wait for
+    # aiosqlite's queue and for the GIL, which the loop holds while it runs Python.
+    thread_wait_ms: deque[float] = field(default_factory=lambda: deque(maxlen=PROFILE_ROUNDS))
     rounds: int = 0
     committed_requests: int = 0
 
-    def record(self, requests: int, steps: int, commit_s: float, round_s: float) -> None:
+    def record(self, requests: int, rows: int, steps: int, times: tuple[float, ...]) -> None:
+        """One round: its requests, rows put, steps; (commit, round, thread wait) seconds."""
+        commit_s, round_s, wait_s = times
         self.rounds += 1
         self.committed_requests += requests
         self.requests.append(requests)
+        self.rows.append(rows)
         self.steps.append(steps)
         self.commit_ms.append(commit_s * 1000.0)
         self.round_ms.append(round_s * 1000.0)
+        self.thread_wait_ms.append(wait_s * 1000.0)
 
     def summary(self) -> dict[str, float]:
-        """p50/p99 of requests, steps, COMMIT and round time per round, and the round count."""
+        """p50/p99 of requests, rows, steps, COMMIT, round and thread-wait time per round, and
+        the round count."""
         out: dict[str, float] = {"rounds": float(self.rounds)}
         for name, values in (
             ("requests", self.requests),
+            ("rows", self.rows),
             ("steps", self.steps),
             ("commit_ms", self.commit_ms),
             ("round_ms", self.round_ms),
+            ("thread_wait_ms", self.thread_wait_ms),
         ):
             ordered = sorted(values)
             for label, q in (("p50", 0.50), ("p99", 0.99)):
@@ -142,6 +153,7 @@ class RoundEngine:
         before: Callable[[], None],
         after: Callable[[], Any],
         busy_timeout_s: float,
+        between: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._path = path
         self._on_thread = on_thread  # async: run fn(sqlite3.Connection, *args) on the thread
@@ -149,6 +161,7 @@ class RoundEngine:
         self._before = before  # file checks before a round (raises StorageError)
         self._after = after  # async: checks and disk relief after a COMMIT
         self._busy_timeout_s = busy_timeout_s
+        self._between = between  # async: upkeep after a round's answers (checkpoint catch-up)
         self._queues: list[deque[Request]] = [deque() for _ in Rank]
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -214,6 +227,8 @@ class RoundEngine:
         pause = 0.005
         try:
             while self.queued():
+                if self._between is not None:
+                    await self._between()
                 # One pass of the loop before taking: the callers a round just answered (and
                 # any other ready task) queue their next requests for this round. No timer.
                 for _ in range(ROUND_GATHER_PASSES):
@@ -260,7 +275,13 @@ class RoundEngine:
         retry = any(not r.fail_fast for r in requests)
         try:
             outcome = await self._on_thread(
-                _round_on_thread, self._make_tx, steps, requests, self.critical_waiting, retry
+                _round_on_thread,
+                self._make_tx,
+                steps,
+                requests,
+                self.critical_waiting,
+                retry,
+                time.perf_counter(),
             )
         except _Busy as busy:  # every request is fail-fast: they spill
             raise _busy_error(self._path, busy.cause) from busy.cause
@@ -270,7 +291,7 @@ class RoundEngine:
             raise storage_error(self._path, exc) from exc
         if outcome is None:
             return _BUSY_RETRY
-        results, commit_s = outcome
+        results, commit_s, wait_s = outcome
         await self._after()  # raises StorageError when the file was replaced under the round
         ran = requests[: len(results)]
         self._put_back(requests[len(results) :])
@@ -282,7 +303,9 @@ class RoundEngine:
                 request.future.set_result(value)
             else:
                 request.future.set_exception(_as_storage(self._path, value))
-        self.profile.record(len(ran), steps.count, commit_s, time.perf_counter() - started)
+        rows = sum(request.rows for request in ran)
+        times = (commit_s, time.perf_counter() - started, wait_s)
+        self.profile.record(len(ran), rows, steps.count, times)
         return None
 
 
@@ -317,8 +340,11 @@ def _round_on_thread(
     requests: list[Request],
     critical_waiting: Callable[[], bool],
     retry: bool,
-) -> tuple[list[tuple[bool, Any]], float] | None:
-    """BEGIN IMMEDIATE, each request in its SAVEPOINT, COMMIT; None when busy and `retry`."""
+    handed: float,
+) -> tuple[list[tuple[bool, Any]], float, float] | None:
+    """BEGIN IMMEDIATE, each request in its SAVEPOINT, COMMIT; None when busy and `retry`.
+    `handed`: when the loop handed the round over (perf_counter), for the thread wait."""
+    wait_s = time.perf_counter() - handed
     tx = make_tx(connection, steps)  # every statement through tx: counted as steps
     try:
         tx.run("BEGIN IMMEDIATE")
@@ -346,7 +372,7 @@ def _round_on_thread(
                     if not connection.in_transaction:
                         raise _RoundLost(exc) from exc
                     tx.run("ROLLBACK")
-                    return [(False, exc)], 0.0
+                    return [(False, exc)], 0.0, wait_s
                 continue
             tx.run("SAVEPOINT request")
             try:
@@ -370,4 +396,4 @@ def _round_on_thread(
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
         raise
-    return results, commit_s
+    return results, commit_s, wait_s
