@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sqlite3
 
-from conftest import START, OpenQueue, event
+from conftest import START, FakeClock, OpenQueue, event
 
 from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Priority, PutStatus
@@ -139,3 +140,32 @@ async def test_a_checkpoint_is_followed_by_the_writers_catch_up_before_the_next_
 
     assert checkpointer.catch_ups == 1
     assert not checkpointer.catch_up_due()  # asked once per checkpoint
+
+
+async def test_a_claim_reads_its_events_back_in_one_step_with_exact_times(
+    open_queue: OpenQueue, clock: FakeClock
+) -> None:
+    # The claim is an UPDATE, then one aggregated SELECT (one row: a JSON array), not an
+    # UPDATE ... RETURNING of one sqlite3 step per event. received_at must survive JSON exactly.
+    q = await open_queue(enable_dedup=False, max_batch_size=100)
+    received = START + 0.123456789
+    rows = [
+        dataclasses.replace(
+            q.prepare(event(aggregate_id="k", attributes={"n": i})), received_at=received
+        )
+        for i in range(50)
+    ]
+    await q.store.put(rows, now=received, dedup_ttl_s=None)
+    clock.advance(60.0)  # past the batching window
+    profile = q.store._conn.engine.profile
+
+    batch = await q.claim()
+
+    assert batch is not None and len(batch) == 50
+    assert [e.received_at for e in batch.events] == [received] * 50
+    assert sorted(e.payload["attributes"]["n"] for e in batch.events) == list(range(50))
+    assert list(profile.steps)[-1] < 10  # BEGIN, expire, UPDATE, SELECT + its row, COMMIT
+
+    await q.ack(batch)  # the ack's fence counts the rows changed, without RETURNING
+    assert list(profile.steps)[-1] < 10
+    assert await q.store.unfinished_count() == 0

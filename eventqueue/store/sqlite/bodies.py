@@ -56,6 +56,7 @@ class Q:
     spill_read = Prepared.of(sql.select_spill_positions())
     peek = Prepared.of(sql.peek_ready())
     lease_ids = Prepared.of(sql.lease_ids())
+    leased = Prepared.of(sql.select_leased())
     peek_keys = Prepared.of(sql.select_ready_keys())
     event = Prepared.of(sql.select_event())
     dead = Prepared.of(sql.select_dead())
@@ -232,9 +233,9 @@ def claim_batches(
         # transaction just before it: RETURNING cannot carry the CTE's rank.
         keys_params = Q.peek_keys.bind(**ready_params(now, rules, min_priority), b_batches=batches)
         order = [row[0] for row in db.rows(Q.peek_keys.sql, keys_params)]
-    rows = db.rows(Q.claim.sql, params)
+    db.run(Q.claim.sql, params)
     return assemble_batches(
-        map(to_event, rows),
+        leased_events(db, token, now + rules.lease_s),
         batch_id=batch_id,
         token=token,
         consumer=consumer,
@@ -243,11 +244,29 @@ def claim_batches(
     )
 
 
+def leased_events(db: Tx, token: str, expires_at: float) -> list[Event]:
+    """The events a claim or hand-off under `token` just leased: one row, one step."""
+    params = Q.leased.bind(b_token=token, b_expires=expires_at)
+    items = json.loads(db.scalar(Q.leased.sql, params))
+    return [
+        Event(
+            id=row_id,
+            payload=decode_payload(payload),
+            priority=Priority(priority),
+            content_hash=content_hash,
+            batch_key=batch_key,
+            attempts=attempts,
+            received_at=float(received_at),  # quote()'s exact text (queries.select_leased)
+            trace_context=trace,
+        )
+        for row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace in items
+    ]
+
+
 def ack_pairs(db: Tx, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
     pairs = [[event_id, token] for token, ids in acks for event_id in sorted(set(ids))]
     params = Q.ack_pairs.bind(b_pairs=json.dumps(pairs), b_now=now)
-    changed = db.rows(Q.ack_pairs.sql, params)
-    check_fence(len(list(changed)), len(pairs))
+    check_fence(db.run(Q.ack_pairs.sql, params), len(pairs))
 
 
 def to_event(row: Any) -> Event:
@@ -267,8 +286,7 @@ def to_event(row: Any) -> Event:
 def fenced(db: Tx, statement: Prepared, token: str, ids: Sequence[int], **values: Any) -> None:
     wanted = sorted(set(ids))
     params = statement.bind(b_ids=json.dumps(wanted), b_token=token, **values)
-    changed = db.rows(statement.sql, params)
-    check_fence(len(list(changed)), len(wanted))
+    check_fence(db.run(statement.sql, params), len(wanted))
 
 
 def check_fence(changed: int, wanted: int) -> None:
@@ -299,8 +317,9 @@ def lease_critical(
         b_expires=lease.expires_at,
         b_batch_id=lease.batch_id,
     )
+    db.run(Q.lease_ids.sql, params)
     return assemble_batches(
-        map(to_event, db.rows(Q.lease_ids.sql, params)),
+        leased_events(db, lease.token, lease.expires_at),
         batch_id=lease.batch_id,
         token=lease.token,
         consumer=lease.consumer,

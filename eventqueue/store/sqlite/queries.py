@@ -601,13 +601,35 @@ def _claim_selection() -> Select[Any]:
 
 
 def claim_ready() -> Update:
-    """Lease the events of `_claim_selection` in one statement, returning them (fenced per
-    batch, see `_leased`)."""
-    return (
-        update(events)
-        .where(events.c.id.in_(_claim_selection()))
-        .values(**_leased())
-        .returning(*EVENT_COLUMNS)
+    """Lease the events of `_claim_selection` in one statement (fenced per batch, see
+    `_leased`); `select_leased` reads them back. No RETURNING: each returned row would be one
+    more sqlite3 step, with the GIL released and taken again around it."""
+    return update(events).where(events.c.id.in_(_claim_selection())).values(**_leased())
+
+
+def select_leased() -> Select[Any]:
+    """The events one claim (or hand-off) just leased, as ONE row: a JSON array of
+    [id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context].
+
+    Found by the claim's own expiry `b_expires` (ix_events_claimed, a partial index on
+    lease_expires_at of claimed rows) and its token prefix `b_token:` (tokens are unique per
+    claim). received_at goes as quote()'s text: JSON renders a REAL with 15 digits, which
+    loses the microseconds of a unix time; quote() round-trips it exactly."""
+    prefix = bindparam("b_token") + literal(":")
+    item = func.json_array(
+        events.c.id,
+        events.c.payload,
+        events.c.priority,
+        events.c.content_hash,
+        events.c.batch_key,
+        events.c.attempts,
+        func.quote(events.c.received_at),
+        events.c.trace_context,
+    )
+    return select(func.json_group_array(item)).where(
+        _status_is("claimed"),
+        events.c.lease_expires_at == bindparam("b_expires"),
+        func.substr(events.c.lease_token, 1, func.length(prefix)) == prefix,
     )
 
 
@@ -630,12 +652,7 @@ def lease_ids() -> Update:
 
     As `claim_ready` leases, fenced per key by `b_token:key`, in the put's own transaction.
     """
-    return (
-        update(events)
-        .where(_ids_in("b_ids"), _status_is("pending"))
-        .values(**_leased())
-        .returning(*EVENT_COLUMNS)
-    )
+    return update(events).where(_ids_in("b_ids"), _status_is("pending")).values(**_leased())
 
 
 def peek_ready() -> Select[Any]:
@@ -664,20 +681,19 @@ def ack_pairs() -> Update:
             batch_id=None,
             **_LEASE_CLEARED,
         )
-        .returning(events.c.id)
     )
 
 
 def _fenced(values: dict[str, Any]) -> Update:
-    # The fence: only rows still claimed under this claim's token change. RETURNING tells the
-    # store how many did; fewer than asked means the lease was lost, and it rolls back.
+    # The fence: only rows still claimed under this claim's token change. The count of rows
+    # changed tells the store how many did (not RETURNING: one sqlite3 step per row); fewer
+    # than asked means the lease was lost, and it rolls back.
     return (
         update(events)
         .where(
             _ids_in("b_ids"), _status_is("claimed"), events.c.lease_token == bindparam("b_token")
         )
         .values(**values)
-        .returning(events.c.id)
     )
 
 
@@ -754,7 +770,6 @@ def nack_items() -> Update:
             batch_id=None,
             **_LEASE_CLEARED,
         )
-        .returning(events.c.id)
     )
 
 

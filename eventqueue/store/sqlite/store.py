@@ -276,8 +276,7 @@ class SQLiteStore:
         params = Q.nack.bind(b_items=json.dumps(items), b_token=token, b_error=error, b_now=now)
 
         def body(db: Tx) -> None:
-            changed = db.rows(Q.nack.sql, params)
-            check_fence(len(list(changed)), len(items))
+            check_fence(db.run(Q.nack.sql, params), len(items))
 
         await self._conn.write(body, rank=_SETTLE)
 
