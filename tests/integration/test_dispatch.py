@@ -600,3 +600,20 @@ async def test_one_claim_serves_every_consumer_that_finished_at_the_same_moment(
 
     assert handled == 40
     assert asked[1:-1] and all(n == 4 for n in asked[1:-1]), asked  # the first and last: fewer
+
+
+async def test_a_handler_that_finishes_within_a_third_of_its_lease_costs_no_renewal_task(
+    q: EventQueue, make_event: MakeEvent
+) -> None:
+    # The renewal is a timer until its first extend is due: no task per batch on the hot path.
+    running: list[set[str]] = []
+    dispatcher = Dispatcher(q, concurrency=1)
+
+    async def handler(events: list[Event]) -> None:
+        running.append({t.get_coro().__qualname__ for t in asyncio.all_tasks()})  # type: ignore[union-attr]
+        dispatcher.stop()
+
+    dispatcher.add_handler("*", handler)
+    await run(dispatcher, from_list([make_event("a")]))
+
+    assert running and "HandlerRunner._renew" not in running[0], sorted(running[0])
