@@ -14,6 +14,7 @@ from conftest import START, FakeClock, OpenQueue, event
 from eventqueue.core.errors import LeaseLostError
 from eventqueue.core.models import Priority, PutStatus
 from eventqueue.store.sqlite.checkpoints import WAL_CHECKPOINT_BYTES, WAL_IDLE_TRUNCATE_BYTES
+from eventqueue.store.sqlite.rounds import Rank
 
 
 async def test_a_critical_put_queued_with_others_gets_a_round_of_its_own_first(
@@ -169,3 +170,22 @@ async def test_a_claim_reads_its_events_back_in_one_step_with_exact_times(
     await q.ack(batch)  # the ack's fence counts the rows changed, without RETURNING
     assert list(profile.steps)[-1] < 10
     assert await q.store.unfinished_count() == 0
+
+
+async def test_the_writers_catch_up_waits_while_a_critical_put_is_queued(
+    open_queue: OpenQueue,
+) -> None:
+    q = await open_queue()
+    connection = q.store._conn
+    checkpointer = connection._checkpointer
+    assert checkpointer is not None
+    checkpointer._behind = True  # a checkpoint of the second connection just finished
+    critical = connection.engine._queues[Rank.CRITICAL]
+    critical.append(object())  # a CRITICAL put waiting for its round
+
+    await connection._between_rounds()
+    assert checkpointer.catch_ups == 0  # the CRITICAL put goes first
+
+    critical.clear()
+    await connection._between_rounds()
+    assert checkpointer.catch_ups == 1

@@ -276,8 +276,11 @@ class Connection:
     async def _between_rounds(self) -> None:
         # After a round's answers, before the next round: the frames the checkpointer could not
         # copy while rounds appended them (a few rounds' worth). Once copied, the next round's
-        # BEGIN restarts the WAL (checkpoints.py).
-        if self._checkpointer is not None and self._checkpointer.catch_up_due():
+        # BEGIN restarts the WAL (checkpoints.py). Not while a CRITICAL put waits: it goes
+        # first, the catch-up after a later round.
+        if self._checkpointer is None or self._engine.critical_waiting():
+            return
+        if self._checkpointer.catch_up_due():
             with contextlib.suppress(sqlite3.Error):
                 await self._outside_transaction("PRAGMA wal_checkpoint(PASSIVE)")
 

@@ -615,7 +615,7 @@ def select_leased() -> Select[Any]:
     lease_expires_at of claimed rows) and its token prefix `b_token:` (tokens are unique per
     claim). received_at goes as quote()'s text: JSON renders a REAL with 15 digits, which
     loses the microseconds of a unix time; quote() round-trips it exactly."""
-    prefix = bindparam("b_token") + literal(":")
+    prefix: ColumnElement[str] = bindparam("b_token") + literal(":")
     item = func.json_array(
         events.c.id,
         events.c.payload,
