@@ -14,10 +14,11 @@ The WAL restarts from its beginning only when a write transaction begins after a
 that copied every frame. Under constant rounds a PASSIVE checkpoint from this connection never
 does (the writer appends frames while it copies), so the WAL grew without end: 600 MB after
 300k events of end_to_end, and the process's RSS with it (the wal-index and the checkpoint's
-frame iterator grow with the WAL). So when a PASSIVE here leaves frames behind, the writer
-catches up between two rounds (`catch_up_due`): a PASSIVE on its own connection copies only the
-frames written since (a few rounds' worth: nothing else writes meanwhile) and the next round
-restarts the WAL; the first COMMIT after a restart truncates the file to journal_size_limit.
+frame iterator grow with the WAL). So after each checkpoint here the writer catches up between
+two rounds (`catch_up_due`; not while a CRITICAL put waits): a PASSIVE on its own connection
+copies only the frames written since (a few rounds' worth: nothing else writes meanwhile) and
+the next round restarts the WAL; the first COMMIT after a restart truncates the file to
+journal_size_limit.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Checkpointer:
         self._size_at_last = 0  # the WAL file's size then
         self.checkpoints = 0
         self.catch_ups = 0
-        self._behind = False  # the last PASSIVE left frames behind: the writer catches up
+        self._behind = False  # a checkpoint finished since the writer last caught up
 
     def after_round(self) -> None:
         """Called on the loop after each round: start a PASSIVE checkpoint when one is due.
