@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from eventqueue.core.arguments import dead_flag, error_text, extend_s, retry_in_s
 from eventqueue.core.config import Config
 from eventqueue.core.errors import InvalidEventError, NotInBatchError, QueueClosedError
+from eventqueue.core.faults import crash_point
 from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.prepare import _UNSET, OrderingFn, ordering_fn, prepare_event
@@ -28,7 +29,6 @@ from eventqueue.core.rules import (
     view_settings,
 )
 from eventqueue.runtime.admission import Admission
-from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.maintenance import Maintenance
 from eventqueue.runtime.metrics import Metrics

@@ -22,7 +22,7 @@ from contract.conftest import (
 from eventqueue.core.config import Config
 from eventqueue.core.errors import ConfigError, InvalidEventError
 from eventqueue.core.models import Batch, Priority
-from eventqueue.core.records import NewEvent
+from eventqueue.core.records import Lease, NewEvent
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.store.base import Store
 
@@ -71,6 +71,17 @@ async def test_the_delivered_event_carries_its_ordering_key(store: Store) -> Non
         ("other", None),
         ("thing", "order-7"),
     ]
+
+
+async def test_a_handed_over_critical_event_carries_its_ordering_key(store: Store) -> None:
+    lease = Lease(consumer="reserved", token="h1", batch_id="hb", expires_at=START + 30)
+    rows = [ordered("g", "payment_failed", n=1), ordered("g", "payment_failed", n=2)]
+    commit = await store.put(rows, now=START, dedup_ttl_s=300.0, lease=lease)
+
+    (batch,) = commit.claimed  # the group's first only: the second waits for it
+    assert batch.ids == [commit.outcome[0][1]]
+    assert [e.ordering_key for e in batch.events] == ["g"]
+    assert await status_of(store, commit.outcome[1][1]) == "held"
 
 
 async def test_order_beats_priority_inside_a_group(store: Store) -> None:
