@@ -91,6 +91,9 @@ class Event:
     received_at: float
     # The W3C trace context stored by a traced put ("traceparent[ tracestate]"), else None.
     trace_context: str | None = None
+    # How many newer versions of this event (same batch key and coalesce key) replaced its
+    # payload while it waited: the payload is the latest one (coalescing; 0 without it).
+    superseded: int = 0
 
     @property
     def name(self) -> str:
