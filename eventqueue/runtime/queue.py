@@ -558,6 +558,7 @@ class EventQueue:
             counts=found.counts,
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
             duplicates_suppressed=found.counters.get("duplicates_suppressed", 0),
+            superseded=found.counters.get("superseded", 0),
             ready_batches=found.ready_batches,
             spill=self.overflow.stats(),
             metrics={"intake_queued": self._admission.queued, **self.metrics.as_dict()},
