@@ -206,3 +206,58 @@ def pairs(rows: Sequence[NewEvent]) -> list[tuple[str, str]]:
 def within(ttl_s: float, at: float, stored_at: float) -> bool:
     """A row received `at` is a repeat of content whose window runs from `stored_at`."""
     return abs(at - stored_at) <= ttl_s
+
+
+# --- routing before the insert (SQLite) ----------------------------------------------------------
+# A row that will fold into an event already stored is never inserted at all: one UPDATE of
+# its target instead of an INSERT and a DELETE (each touching every index), which keeps a
+# coalescing put near the cost of a plain one.
+
+Ref = tuple[str, int]  # ("id", event id) or ("row", index of the put's row stored as new)
+
+
+@dataclass(slots=True)
+class Routing:
+    """Where each row of a coalescing put goes."""
+
+    inserts: list[int] = field(default_factory=list)  # rows stored as new events
+    duplicates: dict[int, Ref] = field(default_factory=dict)  # row -> what it repeats
+    folds: dict[Ref, list[int]] = field(default_factory=dict)  # target -> rows folded into it
+
+
+def route(
+    rows: Sequence[NewEvent],
+    *,
+    live: Mapping[str, int],
+    retired: Mapping[str, int],
+    targets: Mapping[tuple[str, str], Candidate],
+) -> Routing:
+    """Route `rows`: `live` maps content hashes held by an event inside its window to its id,
+    `retired` those of replaced versions inside theirs to the event that replaced them, and
+    `targets` each (batch key, coalesce key) to its newest pending, never delivered event.
+    Identical content is a duplicate first; then a row with a key folds into its target, or
+    becomes the target of the put's later rows of that key."""
+    result = Routing()
+    first: dict[str, Ref] = {}  # hash -> the ref of its first row in this put
+    made: dict[tuple[str, str], Ref] = {}
+    for index, row in enumerate(rows):
+        if row.content_hash in live:
+            result.duplicates[index] = ("id", live[row.content_hash])
+        elif row.content_hash in retired and row.coalesce_key is not None:
+            result.duplicates[index] = ("id", retired[row.content_hash])
+        elif row.content_hash in first:
+            result.duplicates[index] = first[row.content_hash]
+        elif row.coalesce_key is None:
+            result.inserts.append(index)
+            first[row.content_hash] = ("row", index)
+        else:
+            pair = (row.batch_key, row.coalesce_key)
+            found = targets.get(pair)
+            target = ("id", found.id) if found is not None else made.get(pair)
+            if target is None:
+                result.inserts.append(index)
+                made[pair] = first[row.content_hash] = ("row", index)
+            else:
+                result.folds.setdefault(target, []).append(index)
+                first[row.content_hash] = target
+    return result

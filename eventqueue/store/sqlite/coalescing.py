@@ -1,17 +1,22 @@
-"""The SQLite store's coalescing put: dedup against replaced versions, the plain insert, then
-the plan of core/coalesce.py applied (fold, delete, retire keys). Runs inside the put's one
-transaction, which holds SQLite's write lock: nothing can claim a candidate between its read
-and its update."""
+"""The SQLite store's coalescing put: the rows are routed before anything is inserted
+(core/coalesce.py `route`): duplicates first, then each row with a coalesce key folds into its
+key's newest pending, never delivered event (one UPDATE), or is inserted like any row and
+becomes the target of the put's later rows of its key. Runs inside the put's one transaction,
+which holds SQLite's write lock: nothing can claim a target between its read and its update.
+
+A coalescing put is never cut short (`split`): it stores all its rows, as the Store contract
+allows."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from eventqueue.core import coalesce
-from eventqueue.core.coalesce import Candidate, Debounce
+from eventqueue.core.coalesce import Candidate, Debounce, Ref, Routing
 from eventqueue.core.models import PutStatus
-from eventqueue.core.records import NewEvent
+from eventqueue.core.records import NewEvent, first_receipts
 from eventqueue.store.sqlite import queries as sql
 from eventqueue.store.sqlite.bodies import Q, insert_rows
 from eventqueue.store.sqlite.connection import Prepared, Tx
@@ -24,8 +29,10 @@ class C:
     slide = Prepared.of(sql.slide_superseded_key())
     add_duplicates = Prepared.of(sql.add_duplicates())
     candidates = Prepared.of(sql.select_coalesce_candidates())
-    absorb = Prepared.of(sql.delete_absorbed())
-    merge = Prepared.of(sql.apply_merge())
+    holders = Prepared.of(sql.select_dedup_holders())
+    merge = Prepared.of(sql.apply_merge(full=False))
+    merge_full = Prepared.of(sql.apply_merge(full=True))
+    available = Prepared.of(sql.set_available())
     retire = Prepared.of(sql.retire_key())
     prune = Prepared.of(sql.prune_superseded_keys())
 
@@ -42,98 +49,173 @@ def put_coalescing(
     *,
     sliding: bool,
     debounce: Debounce | None,
-    stop: Callable[[], bool] | None = None,
-    cuts: Sequence[int] = (),
 ) -> list[tuple[PutStatus, int]]:
     """Store `rows`, folding the coalescing ones into their key's pending event; (status, id)
-    per row as `insert_rows` gives, a folded row's id being the event that holds it now."""
-    retired = _retired_repeats(db, rows, dedup_ttl_s, sliding) if dedup_ttl_s is not None else {}
-    rest = [row for i, row in enumerate(rows) if i not in retired]
-    stored = insert_rows(db, rest, dedup_ttl_s, stop, cuts, sliding=sliding)
-    rest = rest[: len(stored)]  # a split put ends early: the caller puts the others
-    fresh = {
-        row_id: row
-        for row, (status, row_id) in zip(rest, stored, strict=True)
-        if status is PutStatus.ACCEPTED and row.coalesce_key is not None
-    }
-    redirect = _fold(db, fresh, dedup_ttl_s is not None, debounce) if fresh else {}
+    per row, a folded row's id being the event that holds it now."""
+    live: dict[str, int] = {}
+    retired: dict[str, int] = {}
+    if dedup_ttl_s is not None:
+        live = _live_originals(db, rows, dedup_ttl_s)
+        retired = _retired_versions(db, rows, dedup_ttl_s, sliding)
+    targets = _targets(db, rows)
+    routing = coalesce.route(rows, live=live, retired=retired, targets=targets)
+    stored = insert_rows(db, [rows[i] for i in routing.inserts], dedup_ttl_s, sliding=sliding)
+    ids = {index: row_id for index, (_, row_id) in zip(routing.inserts, stored, strict=True)}
+
+    def resolve(ref: Ref) -> int:
+        return ref[1] if ref[0] == "id" else ids[ref[1]]
+
+    _count_duplicates(db, rows, routing, resolve, live if sliding else {})
+    _fold(db, rows, routing, resolve, targets, dedup_ttl_s is not None, debounce)
+    if debounce is not None:  # new events of a key: wait for quiet like a folded one
+        unfolded = [i for i in routing.inserts if ("row", i) not in routing.folds]
+        _debounce_new(db, rows, unfolded, ids, debounce)
+    status = dict(zip(routing.inserts, (s for s, _ in stored), strict=True))
     outcome: list[tuple[PutStatus, int]] = []
-    found = iter(stored)
+    folded = {i: target for target, members in routing.folds.items() for i in members}
     for index in range(len(rows)):
-        if index in retired:
-            outcome.append((PutStatus.DUPLICATE, retired[index]))
-            continue
-        status, row_id = next(found, (None, -1))
-        if status is None:
-            break  # ended early
-        outcome.append((status, redirect.get(row_id, row_id)))
+        if index in routing.duplicates:
+            outcome.append((PutStatus.DUPLICATE, resolve(routing.duplicates[index])))
+        elif index in folded:
+            outcome.append((PutStatus.ACCEPTED, resolve(folded[index])))
+        else:
+            outcome.append((status[index], ids[index]))
     return outcome
 
 
-def _retired_repeats(
+def _live_originals(db: Tx, rows: Sequence[NewEvent], ttl_s: float) -> dict[str, int]:
+    """Content hashes held by an event inside its window (closed windows released first)."""
+    arrived = first_receipts(rows)
+    release = Q.release_dedup.bind(
+        b_hashes=json.dumps(list(arrived)),
+        b_received=json.dumps(list(arrived.values())),
+        b_ttl=ttl_s,
+    )
+    db.run(Q.release_dedup.sql, release)
+    found = db.rows(C.holders.sql, C.holders.bind(b_hashes=json.dumps(list(arrived))))
+    return {str(key): int(event_id) for event_id, key in found}
+
+
+def _retired_versions(
     db: Tx, rows: Sequence[NewEvent], ttl_s: float, sliding: bool
-) -> dict[int, int]:
-    """Rows repeating a version a coalesce replaced inside its window: {row index: the id of
-    the event that replaced it}. Counted as duplicates on that event."""
-    hashes = sorted({r.content_hash for r in rows if r.coalesce_key is not None})
-    if not hashes:
+) -> dict[str, int]:
+    """Hashes of versions a coalesce replaced, inside their window at the put's first row of
+    that content: {hash: the event that replaced it}."""
+    arrived = first_receipts(r for r in rows if r.coalesce_key is not None)
+    if not arrived:
         return {}
-    params = C.superseded.bind(b_hashes=json.dumps(hashes))
-    known = {key: (event_id, at) for key, event_id, at in db.rows(C.superseded.sql, params)}
-    hits: dict[int, int] = {}
-    for index, row in enumerate(rows):
-        entry = known.get(row.content_hash)
-        if entry is None or not coalesce.within(ttl_s, row.received_at, entry[1]):
-            continue
-        hits[index] = entry[0]
-        if sliding:
-            db.run(C.slide.sql, C.slide.bind(b_key=row.content_hash, b_at=row.received_at))
-            known[row.content_hash] = (entry[0], max(entry[1], row.received_at))
-    if hits:
-        for event_id in set(hits.values()):
-            n = sum(1 for v in hits.values() if v == event_id)
-            db.run(C.add_duplicates.sql, C.add_duplicates.bind(b_id=event_id, b_n=n, b_at=None))
-        db.run(Q.counter.sql, Q.counter.bind(b_name="duplicates_suppressed", b_n=len(hits)))
-    return hits
+    params = C.superseded.bind(b_hashes=json.dumps(sorted(arrived)))
+    found: dict[str, int] = {}
+    for key, event_id, at in db.rows(C.superseded.sql, params):
+        if coalesce.within(ttl_s, arrived[key], float(at)):
+            found[str(key)] = int(event_id)
+            if sliding:
+                db.run(C.slide.sql, C.slide.bind(b_key=key, b_at=arrived[key]))
+    return found
+
+
+def _targets(db: Tx, rows: Sequence[NewEvent]) -> dict[tuple[str, str], Candidate]:
+    """Per (batch key, coalesce key) of the put: its newest pending, never delivered event."""
+    pairs = set(coalesce.pairs(rows))
+    keys = sorted({ck for _, ck in pairs})
+    found: dict[tuple[str, str], Candidate] = {}
+    for i, bk, ck, p, r, dk, at in db.rows(
+        C.candidates.sql, C.candidates.bind(b_keys=json.dumps(keys))
+    ):
+        if (bk, ck) in pairs:  # rows come in id order: the last one is the newest
+            found[(bk, ck)] = Candidate(int(i), bk, ck, int(p), float(r), dk, float(at))
+    return found
+
+
+def _count_duplicates(
+    db: Tx,
+    rows: Sequence[NewEvent],
+    routing: Routing,
+    resolve: Any,
+    slide: dict[str, int],
+) -> None:
+    """Repeats found before the insert count on the event they repeat; with a sliding window
+    a repeat of a live original restarts its window (`slide`: those originals)."""
+    if not routing.duplicates:
+        return
+    params = []
+    for index, ref in routing.duplicates.items():
+        row = rows[index]
+        at = row.received_at if row.content_hash in slide else None
+        params.append(C.add_duplicates.bind(b_id=resolve(ref), b_n=1, b_at=at))
+    db.many(C.add_duplicates.sql, params)
+    n = len(routing.duplicates)
+    db.run(Q.counter.sql, Q.counter.bind(b_name="duplicates_suppressed", b_n=n))
 
 
 def _fold(
-    db: Tx, fresh: dict[int, NewEvent], dedup: bool, debounce: Debounce | None
-) -> dict[int, int]:
-    """Apply the coalescing plan to the rows this put inserted; {absorbed id: target id}."""
-    keys = sorted({row.coalesce_key for row in fresh.values() if row.coalesce_key is not None})
-    wanted = {(row.batch_key, row.coalesce_key) for row in fresh.values()}
-    params = C.candidates.bind(b_keys=json.dumps(keys))
-    candidates = [
-        Candidate(int(i), bk, ck, int(p), float(r), dk, float(at))
-        for i, bk, ck, p, r, dk, at in db.rows(C.candidates.sql, params)
-        if (bk, ck) in wanted
+    db: Tx,
+    rows: Sequence[NewEvent],
+    routing: Routing,
+    resolve: Any,
+    targets: dict[tuple[str, str], Candidate],
+    dedup: bool,
+    debounce: Debounce | None,
+) -> None:
+    """Each target takes its latest version; the versions replaced keep their dedup keys."""
+    by_id = {c.id: c for c in targets.values()}
+    plain: list[tuple[Any, ...]] = []
+    full: list[tuple[Any, ...]] = []
+    retire: list[tuple[Any, ...]] = []
+    superseded = 0
+    for ref, members in routing.folds.items():
+        target_id = resolve(ref)
+        if ref[0] == "id":
+            c = by_id[target_id]
+            first_at, priority, previous = c.received_at, c.priority, (c.dedup_key, c.dedup_at)
+        else:
+            t = rows[ref[1]]
+            first_at, priority = t.received_at, t.priority
+            previous = (t.content_hash if dedup else None, t.received_at)
+        latest = rows[members[-1]]
+        top = max([priority, *(rows[i].priority for i in members)])
+        ready = None if debounce is None else debounce.ready_at(first_at, latest.received_at)
+        values = {
+            "b_id": target_id,
+            "b_payload": latest.payload_json,
+            "b_hash": latest.content_hash,
+            "b_dedup_key": latest.content_hash if dedup else None,
+            "b_dedup_at": latest.received_at,
+            "b_trace": latest.trace_context,
+            "b_n": len(members),
+        }
+        if top > priority or ready is not None:
+            full.append(C.merge_full.bind(**values, b_priority=top, b_available=ready))
+        else:
+            plain.append(C.merge.bind(**values))
+        superseded += len(members)
+        if dedup:
+            replaced = [
+                previous,
+                *((rows[i].content_hash, rows[i].received_at) for i in members[:-1]),
+            ]
+            retire += [
+                C.retire.bind(b_key=key, b_id=target_id, b_at=at)
+                for key, at in replaced
+                if key is not None
+            ]
+    for statement, params in ((C.merge, plain), (C.merge_full, full), (C.retire, retire)):
+        if params:
+            db.many(statement.sql, params)
+    if superseded:
+        db.run(Q.counter.sql, Q.counter.bind(b_name="superseded", b_n=superseded))
+
+
+def _debounce_new(
+    db: Tx, rows: Sequence[NewEvent], indexes: list[int], ids: dict[int, int], debounce: Debounce
+) -> None:
+    params = [
+        C.available.bind(b_id=ids[i], b_available=debounce.ready_at(r.received_at, r.received_at))
+        for i in indexes
+        if (r := rows[i]).coalesce_key is not None
     ]
-    plan = coalesce.plan(candidates, fresh, dedup=dedup, debounce=debounce)
-    if plan.absorbed:
-        db.run(C.absorb.sql, C.absorb.bind(b_ids=json.dumps(plan.absorbed)))
-    merges = [
-        C.merge.bind(
-            b_id=m.target,
-            b_payload=m.row.payload_json,
-            b_hash=m.row.content_hash,
-            b_priority=m.priority,
-            b_dedup_key=m.dedup_key,
-            b_dedup_at=m.dedup_at,
-            b_trace=m.row.trace_context,
-            b_n=m.superseded,
-            b_available=m.available_at,
-        )
-        for m in plan.merges
-    ]
-    if merges:
-        db.many(C.merge.sql, merges)
-    if plan.retired:
-        retire = [C.retire.bind(b_key=k, b_id=i, b_at=at) for k, i, at in plan.retired]
-        db.many(C.retire.sql, retire)
-    if plan.superseded:
-        db.run(Q.counter.sql, Q.counter.bind(b_name="superseded", b_n=plan.superseded))
-    return plan.redirect
+    if params:
+        db.many(C.available.sql, params)
 
 
 def prune(db: Tx, since: float) -> None:

@@ -879,27 +879,38 @@ def select_coalesce_candidates() -> Select[Any]:
     )
 
 
-def delete_absorbed() -> Delete:
-    """The rows of this put folded into an older event (they never left the transaction)."""
-    return delete(events).where(_ids_in("b_ids"))
+def select_dedup_holders() -> Select[Any]:
+    """(id, key) of the events holding one of `b_hashes` (JSON) as their dedup key: after the
+    release of closed windows, these are the originals a row of that content repeats."""
+    return select(events.c.id, events.c.dedup_key).where(
+        events.c.dedup_key.in_(select(_json_rows("b_hashes").c.value))
+    )
 
 
-def apply_merge() -> Update:
-    """The surviving event takes the latest version; a claimed event, or one delivered before
-    (attempts > 0), is never changed (the put then keeps its own rows)."""
+def apply_merge(*, full: bool) -> Update:
+    """The surviving event takes the latest version. `full`: also its priority (never lower)
+    and its debounce (available_at); without, the claim index is left untouched (SQLite
+    rewrites an index entry whenever its column is SET)."""
+    values: dict[str, Any] = {
+        "payload": bindparam("b_payload"),
+        "content_hash": bindparam("b_hash"),
+        "dedup_key": bindparam("b_dedup_key"),
+        "dedup_at": bindparam("b_dedup_at"),
+        "trace_context": bindparam("b_trace"),
+        "superseded": events.c.superseded + bindparam("b_n"),
+    }
+    if full:
+        values["priority"] = func.max(events.c.priority, bindparam("b_priority"))
+        values["available_at"] = func.coalesce(bindparam("b_available"), events.c.available_at)
+    return update(events).where(events.c.id == bindparam("b_id")).values(**values)
+
+
+def set_available() -> Update:
+    """A new coalescing event's debounce: claimable from `b_available`."""
     return (
         update(events)
-        .where(events.c.id == bindparam("b_id"), _status_is("pending"), events.c.attempts == 0)
-        .values(
-            payload=bindparam("b_payload"),
-            content_hash=bindparam("b_hash"),
-            priority=func.max(events.c.priority, bindparam("b_priority")),
-            dedup_key=bindparam("b_dedup_key"),
-            dedup_at=bindparam("b_dedup_at"),
-            trace_context=bindparam("b_trace"),
-            superseded=events.c.superseded + bindparam("b_n"),
-            available_at=func.coalesce(bindparam("b_available"), events.c.available_at),
-        )
+        .where(events.c.id == bindparam("b_id"))
+        .values(available_at=bindparam("b_available"))
     )
 
 

@@ -153,9 +153,8 @@ class SQLiteStore:
 
         def body(db: Tx) -> PutCommit:
             if coalescing(rows):
-                outcome = put_coalescing(
-                    db, rows, dedup_ttl_s, sliding=sliding, debounce=debounce, stop=stop, cuts=cuts
-                )
+                # Never cut short: it stores every row (the contract allows it).
+                outcome = put_coalescing(db, rows, dedup_ttl_s, sliding=sliding, debounce=debounce)
             else:
                 outcome = insert_rows(db, rows, dedup_ttl_s, stop, cuts, sliding) if rows else []
             positions = source_positions
