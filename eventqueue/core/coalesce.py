@@ -236,7 +236,13 @@ def route(
     `retired` those of replaced versions inside theirs to the event that replaced them, and
     `targets` each (batch key, coalesce key) to its newest pending, never delivered event.
     Identical content is a duplicate first; then a row with a key folds into its target, or
-    becomes the target of the put's later rows of that key."""
+    becomes the target of the put's later rows of that key.
+
+    Ordering (issue 22): with ordering keys on, only the last pending event of an ordering
+    group may be a target, never one with an event of its group behind it. `targets` is
+    "the newest pending event of the key", which is that rule when a key's events share a
+    group; where a group holds several keys, the caller must pass only events that are the
+    last of their group (the hook: filter `targets` here)."""
     result = Routing()
     first: dict[str, Ref] = {}  # hash -> the ref of its first row in this put
     made: dict[tuple[str, str], Ref] = {}
