@@ -74,10 +74,25 @@ def downgrade() -> None:
         op.execute(f"DROP VIEW IF EXISTS {name}")
     op.execute("DROP INDEX IF EXISTS ix_events_coalesce")
     op.execute("DROP TABLE IF EXISTS superseded_keys")
-    if sqlite3.sqlite_version_info < (3, 35, 0):
-        raise RuntimeError("downgrading 0005 needs SQLite 3.35 or later (ALTER TABLE DROP COLUMN)")
-    found = _columns()
-    for column in _COLUMNS:
-        if column in found:
+    found = [column for column in _COLUMNS if column in _columns()]
+    if sqlite3.sqlite_version_info >= (3, 35, 0):
+        # Dropped in place: no table rebuild.
+        for column in found:
             op.execute(f"ALTER TABLE events DROP COLUMN {column}")
+    elif found:
+        # Older SQLite: batch mode rebuilds the table; its copy of an index loses a DESC
+        # column, so the indexes are set aside and made again exactly as they were (as in 0003).
+        saved = list(
+            op.get_bind().exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+                " AND sql IS NOT NULL"
+            )
+        )
+        for name, _ in saved:
+            op.execute(f"DROP INDEX {name}")
+        with op.batch_alter_table("events", recreate="always") as batch:
+            for column in found:
+                batch.drop_column(column)
+        for _, sql in saved:
+            op.execute(sql)
     _set_views(OLD_VIEWS)

@@ -149,7 +149,7 @@ def test_a_queue_refuses_a_0002_database_until_migrated_then_names_its_leases(
 def test_downgrade_on_a_sqlite_without_drop_column_rebuilds_and_keeps_the_views(
     at_0002: str, query: Query, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    migrations.upgrade(at_0002)
+    migrations.upgrade(at_0002, "0003")
     views = query("SELECT name, sql FROM sqlite_master WHERE type = 'view' ORDER BY name")
     indexes = query(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name != 'owners' "
