@@ -15,7 +15,7 @@ A put whose rows carry a coalesce key is stored in three steps, in one transacti
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,72 +129,7 @@ class Merge:
     dedup_at: float
     superseded: int  # versions replaced by this put
     available_at: float | None  # the debounce's ready time (None: unchanged)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A put's coalescing: rows to delete, merges to apply, replaced versions' dedup keys."""
-
-    absorbed: list[int] = field(default_factory=list)
-    merges: list[Merge] = field(default_factory=list)
-    retired: list[tuple[str, int, float]] = field(default_factory=list)  # (key, target, at)
-    redirect: dict[int, int] = field(default_factory=dict)  # absorbed id -> target id
-
-    @property
-    def superseded(self) -> int:
-        return sum(m.superseded for m in self.merges)
-
-
-def plan(
-    candidates: Iterable[Candidate],
-    fresh: Mapping[int, NewEvent],
-    *,
-    dedup: bool,
-    debounce: Debounce | None,
-) -> Plan:
-    """The merges of one put: `fresh` are the ids this put inserted (with their rows);
-    `candidates` every pending, never delivered event of the keys they carry, these included.
-
-    Per key, the target is the newest event stored before this put (with ordering on, the last
-    pending event of its group: issue 22's rule lands here), else the put's first row; the
-    put's later rows are folded into it in id order (ids ascend in put order), the last wins.
-    """
-    groups: dict[tuple[str, str], list[Candidate]] = {}
-    for c in candidates:
-        groups.setdefault((c.batch_key, c.coalesce_key), []).append(c)
-    result = Plan()
-    for members in groups.values():
-        members.sort(key=lambda c: c.id)
-        new = [c for c in members if c.id in fresh]
-        if not new:
-            continue
-        old = [c for c in members if c.id not in fresh]
-        target = old[-1] if old else new[0]
-        folded = [c for c in new if c is not target]
-        if not folded and debounce is None:
-            continue  # a lone new row: nothing replaced, nothing to wait for
-        latest = fresh[folded[-1].id] if folded else fresh[target.id]
-        first = target.received_at
-        ready = None if debounce is None else debounce.ready_at(first, latest.received_at)
-        result.merges.append(
-            Merge(
-                target=target.id,
-                row=latest,
-                priority=max(c.priority for c in [target, *folded]),
-                dedup_key=latest.content_hash if dedup else None,
-                dedup_at=latest.received_at,
-                superseded=len(folded),
-                available_at=ready,
-            )
-        )
-        result.absorbed.extend(c.id for c in folded)
-        result.redirect.update((c.id, target.id) for c in folded)
-        if dedup:
-            replaced = [target, *folded[:-1]] if folded else []
-            result.retired.extend(
-                (c.dedup_key, target.id, c.dedup_at) for c in replaced if c.dedup_key is not None
-            )
-    return result
+    raised: bool = False  # its priority goes up (a newer version is more urgent)
 
 
 def pairs(rows: Sequence[NewEvent]) -> list[tuple[str, str]]:
@@ -267,3 +202,75 @@ def route(
                 result.folds.setdefault(target, []).append(index)
                 first[row.content_hash] = target
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class Folding:
+    """What the put writes for its folds: one Merge per target, and the replaced versions'
+    dedup keys to keep (key, target id, window start)."""
+
+    merges: list[Merge]
+    retired: list[tuple[str, int, float]]
+
+    @property
+    def superseded(self) -> int:
+        return sum(m.superseded for m in self.merges)
+
+
+def folding(
+    rows: Sequence[NewEvent],
+    routing: Routing,
+    ids: Mapping[int, int],
+    targets: Mapping[tuple[str, str], Candidate],
+    *,
+    dedup: bool,
+    debounce: Debounce | None,
+) -> Folding:
+    """The merges of `routing.folds`, given `ids` (row index -> id of the rows inserted)."""
+    by_id = {c.id: c for c in targets.values()}
+    merges: list[Merge] = []
+    retired: list[tuple[str, int, float]] = []
+    for ref, members in routing.folds.items():
+        if ref[0] == "id":
+            c = by_id[ref[1]]
+            target, first_at, priority = c.id, c.received_at, c.priority
+            previous = (c.dedup_key, c.dedup_at)
+        else:
+            t = rows[ref[1]]
+            target, first_at, priority = ids[ref[1]], t.received_at, t.priority
+            previous = (t.content_hash if dedup else None, t.received_at)
+        latest = rows[members[-1]]
+        top = max([priority, *(rows[i].priority for i in members)])
+        merges.append(
+            Merge(
+                target=target,
+                row=latest,
+                priority=top,
+                dedup_key=latest.content_hash if dedup else None,
+                dedup_at=latest.received_at,
+                superseded=len(members),
+                available_at=None
+                if debounce is None
+                else debounce.ready_at(first_at, latest.received_at),
+                raised=top > priority,
+            )
+        )
+        if dedup:
+            replaced = [
+                previous,
+                *((rows[i].content_hash, rows[i].received_at) for i in members[:-1]),
+            ]
+            retired += [(key, target, at) for key, at in replaced if key is not None]
+    return Folding(merges, retired)
+
+
+def first_ready(
+    rows: Sequence[NewEvent], routing: Routing, ids: Mapping[int, int], debounce: Debounce
+) -> list[tuple[int, float]]:
+    """(id, ready time) of the new events with a key that nothing was folded into: a lone
+    first version waits for quiet too."""
+    return [
+        (ids[i], debounce.ready_at(rows[i].received_at, rows[i].received_at))
+        for i in routing.inserts
+        if rows[i].coalesce_key is not None and ("row", i) not in routing.folds
+    ]

@@ -9,8 +9,8 @@ from eventqueue.core.coalesce import (
     Debounce,
     by_aggregate_id,
     coalesce_function,
+    folding,
     key_for,
-    plan,
     route,
 )
 from eventqueue.core.errors import ConfigError, InvalidEventError
@@ -63,11 +63,14 @@ def test_route_duplicates_first_then_folds_into_the_stored_target() -> None:
     assert found.folds == {("id", 5): [0, 2], ("row", 4): [5]}
 
 
-def test_plan_folds_new_rows_into_the_newest_stored_event() -> None:
-    old = [Candidate(i, "u-handler", "o1", 2, float(i), f"h{i}", float(i)) for i in (1, 2)]
-    fresh = {7: row("n7", at=7.0), 8: row("n8", at=8.0)}
-    new = [Candidate(i, "u-handler", "o1", 2, float(i), f"n{i}", float(i)) for i in fresh]
+def test_folding_takes_the_latest_version_and_retires_the_replaced_keys() -> None:
+    target = Candidate(5, "u-handler", "o1", 2, 0.0, "h0", 0.0)
+    rows = [row("h1", at=1.0), row("h2", at=2.0, priority=3)]
+    routing = route(rows, live={}, retired={}, targets={("u-handler", "o1"): target})
 
-    (merge,) = plan([*old, *new], fresh, dedup=True, debounce=None).merges
+    found = folding(rows, routing, {}, {("u-handler", "o1"): target}, dedup=True, debounce=None)
 
-    assert (merge.target, merge.row.content_hash, merge.superseded) == (2, "n8", 2)
+    (merge,) = found.merges
+    assert (merge.target, merge.row.content_hash, merge.superseded) == (5, "h2", 2)
+    assert (merge.priority, merge.raised, merge.dedup_at) == (3, True, 2.0)
+    assert found.retired == [("h0", 5, 0.0), ("h1", 5, 1.0)]

@@ -629,11 +629,26 @@ LOCK_COALESCE_KEYS = Query.of(
     FROM unnest(:locks::bigint[]) WITH ORDINALITY AS u(k, n)
     """,
 )
-SELECT_SUPERSEDED_KEYS = Query.of(
-    "select_superseded_keys",
+# What a coalescing put must know before it writes, in one round trip: the live holders of
+# its content hashes (with when their window runs from: the caller releases closed ones), the
+# replaced versions of those hashes, and the pending, never delivered events of its coalesce
+# keys (through ix_events_coalesce; filtered by batch key by the caller).
+SELECT_COALESCE_STATE = Query.of(
+    "select_coalesce_state",
     """
-    SELECT dedup_key, event_id, dedup_at FROM superseded_keys
-    WHERE dedup_key = ANY(:hashes::text[])
+    SELECT 'live', id, batch_key, coalesce_key, priority, received_at, dedup_key,
+           coalesce(dedup_at, received_at)
+    FROM events WHERE dedup_key = ANY(:hashes::text[])
+    UNION ALL
+    SELECT 'retired', event_id, NULL, NULL, NULL, NULL, dedup_key, dedup_at
+    FROM superseded_keys WHERE dedup_key = ANY(:hashes::text[])
+    UNION ALL
+    SELECT 'target', id, batch_key, coalesce_key, priority, received_at, dedup_key,
+           coalesce(dedup_at, received_at)
+    FROM events
+    WHERE status = 'pending' AND coalesce_key IS NOT NULL
+      AND coalesce_key = ANY(:keys::text[]) AND attempts = 0
+    ORDER BY 1, 2
     """,
 )
 SLIDE_SUPERSEDED_KEYS = Query.of(
@@ -643,29 +658,20 @@ SLIDE_SUPERSEDED_KEYS = Query.of(
     FROM unnest(:keys::text[], :ats::float8[]) AS u(k, at) WHERE s.dedup_key = u.k
     """,
 )
+# Repeats found before the insert, one row per event (`ats`: a sliding window's restart, or
+# NULL).
 ADD_DUPLICATES = Query.of(
     "add_duplicates",
     """
-    UPDATE events e SET duplicates = e.duplicates + u.n
-    FROM unnest(:ids::bigint[], :ns::int[]) AS u(id, n) WHERE e.id = u.id
+    UPDATE events e SET duplicates = e.duplicates + u.n,
+        dedup_at = CASE WHEN u.at IS NULL THEN e.dedup_at
+                        ELSE greatest(coalesce(e.dedup_at, e.received_at), u.at) END
+    FROM unnest(:ids::bigint[], :ns::int[], :ats::float8[]) AS u(id, n, at) WHERE e.id = u.id
     """,
 )
-# Pending, never delivered events of the put's keys (filtered by batch key by the caller),
-# through ix_events_coalesce.
-SELECT_COALESCE_CANDIDATES = Query.of(
-    "select_coalesce_candidates",
-    """
-    SELECT id, batch_key, coalesce_key, priority, received_at, dedup_key,
-           coalesce(dedup_at, received_at)
-    FROM events
-    WHERE status = 'pending' AND coalesce_key IS NOT NULL
-      AND coalesce_key = ANY(:keys::text[]) AND attempts = 0
-    ORDER BY id
-    """,
-)
-DELETE_ABSORBED = Query.of("delete_absorbed", "DELETE FROM events WHERE id = ANY(:ids::bigint[])")
 # The surviving event takes the latest version. A claimed event, or one delivered before
-# (attempts > 0), is never changed: RETURNING says which targets took it.
+# (attempts > 0), is never changed: RETURNING says which targets took it (another host may
+# have claimed one since the read).
 APPLY_MERGES = Query.of(
     "apply_merges",
     """
@@ -681,11 +687,11 @@ APPLY_MERGES = Query.of(
     RETURNING e.id
     """,
 )
-SET_DEDUP_KEYS = Query.of(
-    "set_dedup_keys",
+SET_AVAILABLE = Query.of(
+    "set_available",
     """
-    UPDATE events e SET dedup_key = u.k
-    FROM unnest(:ids::bigint[], :keys::text[]) AS u(id, k) WHERE e.id = u.id
+    UPDATE events e SET available_at = u.at
+    FROM unnest(:ids::bigint[], :ats::float8[]) AS u(id, at) WHERE e.id = u.id
     """,
 )
 RETIRE_KEYS = Query.of(

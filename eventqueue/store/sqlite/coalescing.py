@@ -66,10 +66,12 @@ def put_coalescing(
         return ref[1] if ref[0] == "id" else ids[ref[1]]
 
     _count_duplicates(db, rows, routing, resolve, live if sliding else {})
-    _fold(db, rows, routing, resolve, targets, dedup_ttl_s is not None, debounce)
+    dedup = dedup_ttl_s is not None
+    _fold(db, coalesce.folding(rows, routing, ids, targets, dedup=dedup, debounce=debounce))
     if debounce is not None:  # new events of a key: wait for quiet like a folded one
-        unfolded = [i for i in routing.inserts if ("row", i) not in routing.folds]
-        _debounce_new(db, rows, unfolded, ids, debounce)
+        ready = coalesce.first_ready(rows, routing, ids, debounce)
+        if ready:
+            db.many(C.available.sql, [C.available.bind(b_id=i, b_available=at) for i, at in ready])
     status = dict(zip(routing.inserts, (s for s, _ in stored), strict=True))
     outcome: list[tuple[PutStatus, int]] = []
     folded = {i: target for target, members in routing.folds.items() for i in members}
@@ -148,74 +150,32 @@ def _count_duplicates(
     db.run(Q.counter.sql, Q.counter.bind(b_name="duplicates_suppressed", b_n=n))
 
 
-def _fold(
-    db: Tx,
-    rows: Sequence[NewEvent],
-    routing: Routing,
-    resolve: Any,
-    targets: dict[tuple[str, str], Candidate],
-    dedup: bool,
-    debounce: Debounce | None,
-) -> None:
+def _fold(db: Tx, plan: coalesce.Folding) -> None:
     """Each target takes its latest version; the versions replaced keep their dedup keys."""
-    by_id = {c.id: c for c in targets.values()}
     plain: list[tuple[Any, ...]] = []
     full: list[tuple[Any, ...]] = []
-    retire: list[tuple[Any, ...]] = []
-    superseded = 0
-    for ref, members in routing.folds.items():
-        target_id = resolve(ref)
-        if ref[0] == "id":
-            c = by_id[target_id]
-            first_at, priority, previous = c.received_at, c.priority, (c.dedup_key, c.dedup_at)
-        else:
-            t = rows[ref[1]]
-            first_at, priority = t.received_at, t.priority
-            previous = (t.content_hash if dedup else None, t.received_at)
-        latest = rows[members[-1]]
-        top = max([priority, *(rows[i].priority for i in members)])
-        ready = None if debounce is None else debounce.ready_at(first_at, latest.received_at)
+    for m in plan.merges:
         values = {
-            "b_id": target_id,
-            "b_payload": latest.payload_json,
-            "b_hash": latest.content_hash,
-            "b_dedup_key": latest.content_hash if dedup else None,
-            "b_dedup_at": latest.received_at,
-            "b_trace": latest.trace_context,
-            "b_n": len(members),
+            "b_id": m.target,
+            "b_payload": m.row.payload_json,
+            "b_hash": m.row.content_hash,
+            "b_dedup_key": m.dedup_key,
+            "b_dedup_at": m.dedup_at,
+            "b_trace": m.row.trace_context,
+            "b_n": m.superseded,
         }
-        if top > priority or ready is not None:
-            full.append(C.merge_full.bind(**values, b_priority=top, b_available=ready))
+        if m.raised or m.available_at is not None:
+            full.append(
+                C.merge_full.bind(**values, b_priority=m.priority, b_available=m.available_at)
+            )
         else:
             plain.append(C.merge.bind(**values))
-        superseded += len(members)
-        if dedup:
-            replaced = [
-                previous,
-                *((rows[i].content_hash, rows[i].received_at) for i in members[:-1]),
-            ]
-            retire += [
-                C.retire.bind(b_key=key, b_id=target_id, b_at=at)
-                for key, at in replaced
-                if key is not None
-            ]
+    retire = [C.retire.bind(b_key=k, b_id=i, b_at=at) for k, i, at in plan.retired]
     for statement, params in ((C.merge, plain), (C.merge_full, full), (C.retire, retire)):
         if params:
             db.many(statement.sql, params)
-    if superseded:
-        db.run(Q.counter.sql, Q.counter.bind(b_name="superseded", b_n=superseded))
-
-
-def _debounce_new(
-    db: Tx, rows: Sequence[NewEvent], indexes: list[int], ids: dict[int, int], debounce: Debounce
-) -> None:
-    params = [
-        C.available.bind(b_id=ids[i], b_available=debounce.ready_at(r.received_at, r.received_at))
-        for i in indexes
-        if (r := rows[i]).coalesce_key is not None
-    ]
-    if params:
-        db.many(C.available.sql, params)
+    if plan.superseded:
+        db.run(Q.counter.sql, Q.counter.bind(b_name="superseded", b_n=plan.superseded))
 
 
 def prune(db: Tx, since: float) -> None:
