@@ -170,20 +170,11 @@ async def _fold(c: Conn, plan: Folding) -> set[int]:
         traces=[m.row.trace_context for m in merges],
         ns=[m.superseded for m in merges],
         availables=[m.available_at for m in merges],
+        retired_keys=[k for k, _, _ in plan.retired],
+        retired_ids=[i for _, i, _ in plan.retired],
+        retired_ats=[at for _, _, at in plan.retired],
     )
     took = {int(r[0]) for r in await c.fetch(sql.APPLY_MERGES.sql, *args)}
-    retired = [r for r in plan.retired if r[1] in took]
-    if retired:
-        args = sql.RETIRE_KEYS.args(
-            keys=[k for k, _, _ in retired],
-            ids=[i for _, i, _ in retired],
-            ats=[at for _, _, at in retired],
-        )
-        await c.execute(sql.RETIRE_KEYS.sql, *args)
-    superseded = sum(m.superseded for m in merges if m.target in took)
-    if superseded:
-        args = sql.ADD_TO_COUNTER.args(name="superseded", n=superseded)
-        await c.execute(sql.ADD_TO_COUNTER.sql, *args)
     return {m.target for m in merges} - took
 
 

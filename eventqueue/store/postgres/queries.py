@@ -669,22 +669,41 @@ ADD_DUPLICATES = Query.of(
     FROM unnest(:ids::bigint[], :ns::int[], :ats::float8[]) AS u(id, n, at) WHERE e.id = u.id
     """,
 )
-# The surviving event takes the latest version. A claimed event, or one delivered before
-# (attempts > 0), is never changed: RETURNING says which targets took it (another host may
-# have claimed one since the read).
+# The surviving event takes the latest version, in one round trip with what goes with it: the
+# replaced versions' dedup keys (`retired_*`) and the `superseded` counter. A claimed event, or
+# one delivered before (attempts > 0), is never changed: RETURNING says which targets took it
+# (another host may have claimed one since the read); only their keys are retired and counted.
 APPLY_MERGES = Query.of(
     "apply_merges",
     """
-    UPDATE events e SET payload = u.payload, content_hash = u.hash,
-        priority = greatest(e.priority, u.priority), dedup_key = u.dedup_key,
-        dedup_at = u.dedup_at, trace_context = u.trace, superseded = e.superseded + u.n,
-        available_at = coalesce(u.available, e.available_at)
-    FROM unnest(:ids::bigint[], :payloads::text[], :hashes::text[], :priorities::int[],
-                :dedup_keys::text[], :dedup_ats::float8[], :traces::text[], :ns::int[],
-                :availables::float8[])
-        AS u(id, payload, hash, priority, dedup_key, dedup_at, trace, n, available)
-    WHERE e.id = u.id AND e.status = 'pending' AND e.attempts = 0
-    RETURNING e.id
+    WITH merged AS (
+        UPDATE events e SET payload = u.payload, content_hash = u.hash,
+            priority = greatest(e.priority, u.priority), dedup_key = u.dedup_key,
+            dedup_at = u.dedup_at, trace_context = u.trace, superseded = e.superseded + u.n,
+            available_at = coalesce(u.available, e.available_at)
+        FROM unnest(:ids::bigint[], :payloads::text[], :hashes::text[], :priorities::int[],
+                    :dedup_keys::text[], :dedup_ats::float8[], :traces::text[], :ns::int[],
+                    :availables::float8[])
+            AS u(id, payload, hash, priority, dedup_key, dedup_at, trace, n, available)
+        WHERE e.id = u.id AND e.status = 'pending' AND e.attempts = 0
+        RETURNING e.id, u.n
+    ),
+    retired AS (
+        INSERT INTO superseded_keys (dedup_key, event_id, dedup_at)
+        SELECT DISTINCT ON (k) k, id, at
+        FROM unnest(:retired_keys::text[], :retired_ids::bigint[], :retired_ats::float8[])
+            AS r(k, id, at)
+        WHERE id IN (SELECT id FROM merged)
+        ORDER BY k, at DESC
+        ON CONFLICT (dedup_key) DO UPDATE
+            SET event_id = EXCLUDED.event_id, dedup_at = EXCLUDED.dedup_at
+    ),
+    counted AS (
+        INSERT INTO counters AS c (name, value)
+        SELECT 'superseded', sum(n) FROM merged HAVING sum(n) > 0
+        ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
+    )
+    SELECT id FROM merged
     """,
 )
 SET_AVAILABLE = Query.of(
@@ -692,17 +711,6 @@ SET_AVAILABLE = Query.of(
     """
     UPDATE events e SET available_at = u.at
     FROM unnest(:ids::bigint[], :ats::float8[]) AS u(id, at) WHERE e.id = u.id
-    """,
-)
-RETIRE_KEYS = Query.of(
-    "retire_keys",
-    """
-    INSERT INTO superseded_keys (dedup_key, event_id, dedup_at)
-    SELECT DISTINCT ON (k) k, id, at
-    FROM unnest(:keys::text[], :ids::bigint[], :ats::float8[]) AS u(k, id, at)
-    ORDER BY k, at DESC
-    ON CONFLICT (dedup_key) DO UPDATE
-        SET event_id = EXCLUDED.event_id, dedup_at = EXCLUDED.dedup_at
     """,
 )
 PRUNE_SUPERSEDED_KEYS = Query.of(
