@@ -291,3 +291,15 @@ async def test_two_writers_putting_one_key_leave_one_pending_event(
     (batch,) = await claim(store, now=START + 20, rules=dataclasses.replace(READY, max_batch=50))
     (event,) = batch.events
     assert event.superseded == 29
+
+
+async def test_show_names_the_coalesce_key_and_the_versions_replaced(store: Store) -> None:
+    outcome = await put(
+        store, [version(1, key="o\x00NUL"), version(2, key="o\x00NUL", at=START + 1)]
+    )
+
+    info = await store.show(outcome[0][1])
+
+    assert info is not None
+    assert (info["coalesce_key"], info["superseded"]) == ("o\x00NUL", 1)
+    assert info["dedup_at"] is not None  # the window runs from the latest version

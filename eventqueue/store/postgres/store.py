@@ -45,7 +45,7 @@ from eventqueue.store.postgres.listener import Listener
 from eventqueue.store.postgres.schema_state import ensure_schema, read_status
 from eventqueue.store.postgres.text import from_db, plain_prefix, readable, to_db
 
-_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
+_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at", "dedup_at")
 _CAPABILITIES = Capabilities(single_connection=False, cross_process_notify=True)
 
 
@@ -407,6 +407,8 @@ class PostgresStore:
         info = dict(row.items())
         info.update({k: iso(info[k]) for k in _TIME_COLUMNS})
         info["batch_key"] = from_db(info["batch_key"])
+        if info.get("coalesce_key") is not None:
+            info["coalesce_key"] = from_db(info["coalesce_key"])
         priority, payload = priority_name(info["priority"]), decode_text(info["payload"])
         return {**info, "priority": priority, "payload": payload}
 

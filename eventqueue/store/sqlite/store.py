@@ -54,7 +54,7 @@ from eventqueue.store.sqlite.coalescing import coalescing, prune, put_coalescing
 from eventqueue.store.sqlite.connection import Connection, Tx
 from eventqueue.store.sqlite.migrations import ensure_schema, schema_status
 
-_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
+_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at", "dedup_at")
 _CAPABILITIES = Capabilities(single_connection=True, cross_process_notify=False)
 
 
