@@ -86,6 +86,23 @@ async def test_a_sliding_window_keeps_a_done_event_from_the_purge(store: Store) 
     assert await status_of(store, original) == "done"
 
 
+async def test_a_sliding_window_holds_for_a_coalesced_event_and_a_replaced_version(
+    store: Store,
+) -> None:
+    outcome = await put(store, [version(1), version(2, at=START + 1)], now=START + 1, sliding=True)
+    (event_id,) = {i for _, i in outcome}
+    for at in (START + 250, START + 500):  # each repeat inside the window of the last one
+        repeats = [version(1, at=at), version(2, at=at)]
+        assert (
+            await put(store, repeats, now=at, sliding=True) == [(PutStatus.DUPLICATE, event_id)] * 2
+        )
+
+    at = START + 500 + TTL + 1  # past the last repeat's window: version 1 is new again
+    ((status, again),) = await put(store, [version(1, at=at)], now=at, sliding=True)
+
+    assert (status, again) == (PutStatus.ACCEPTED, event_id)  # and folds in: latest wins
+
+
 # --- latest wins --------------------------------------------------------------------------------
 
 

@@ -59,7 +59,8 @@ def put_coalescing(
         retired = _retired_versions(db, rows, dedup_ttl_s, sliding)
     targets = _targets(db, rows)
     routing = coalesce.route(rows, live=live, retired=retired, targets=targets)
-    stored = insert_rows(db, [rows[i] for i in routing.inserts], dedup_ttl_s, sliding=sliding)
+    fresh = [rows[i] for i in routing.inserts]
+    stored = insert_rows(db, fresh, dedup_ttl_s, sliding=sliding) if fresh else []
     ids = {index: row_id for index, (_, row_id) in zip(routing.inserts, stored, strict=True)}
 
     def resolve(ref: Ref) -> int:
