@@ -1,7 +1,7 @@
 """coalesce: 100 aggregates updated 100 times each (50 x 50 with --quick), with and without
-coalescing (latest wins):
-handler calls and events/s with consumers running, and the cost of a coalescing put against a
-plain one (put only, the same events, the same concurrency; target >= 0.8x)."""
+coalescing (latest wins): handler calls and events/s with consumers running, and the cost of a
+coalescing put against a plain one (put only, the same events and concurrency; target >= 0.8x).
+"""
 
 from __future__ import annotations
 
