@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from eventqueue.core.coalesce import debounce_of, sliding
 from eventqueue.core.config import Config
 from eventqueue.core.errors import StoreBusyError
+from eventqueue.core.faults import crash_point
 from eventqueue.core.models import Batch, Priority
 from eventqueue.core.records import NewEvent, PutCommit, SplitPoint, accepted
 from eventqueue.core.rules import dedup_ttl_s
-from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow import SPILLED, Outcome, Overflow

@@ -15,6 +15,7 @@ from eventqueue.core.arguments import dead_flag, error_text, extend_s, retry_in_
 from eventqueue.core.coalesce import CoalesceBy, coalesce_function, key_for
 from eventqueue.core.config import Config
 from eventqueue.core.errors import NotInBatchError, QueueClosedError
+from eventqueue.core.faults import crash_point
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
 from eventqueue.core.prepare import prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
@@ -28,7 +29,6 @@ from eventqueue.core.rules import (
     view_settings,
 )
 from eventqueue.runtime.admission import Admission
-from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.handoff import Handoff
 from eventqueue.runtime.maintenance import Maintenance
 from eventqueue.runtime.metrics import Metrics

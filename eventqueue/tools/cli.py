@@ -353,19 +353,20 @@ def bench(
     With --db postgresql://..., the same scenarios run on that server, each in scratch schemas
     (eqbench_*), against raw asyncpg.
     """
-    import asyncio
-
     from eventqueue.tools import bench as benchmark
+    from eventqueue.tools.loop import loop_name
+    from eventqueue.tools.loop import run as run_loop
 
     sizes = benchmark.sizes(quick=quick, tiny=tiny)
     only = tuple(name for names in only for name in names.split(",") if name)
-    rows = asyncio.run(benchmark.run(sizes, only=only, db=db_url))
+    rows = run_loop(benchmark.run(sizes, only=only, db=db_url))
+    click.echo(f"event loop: {loop_name()}")
     if not telemetry:
         benchmark.report(rows, json_path)
         return
     from eventqueue.tools.bench import telemetry as bench_telemetry
 
-    traced = asyncio.run(benchmark.run(sizes, only=only, db=db_url, telemetry=telemetry))
+    traced = run_loop(benchmark.run(sizes, only=only, db=db_url, telemetry=telemetry))
     benchmark.report(rows + traced, json_path)
     for line in bench_telemetry.overhead(rows, traced):
         click.echo(line)
@@ -407,12 +408,11 @@ def demo(events: int, rate: float, seconds: float, db_path: str | None, as_json:
 
     Exits 1 if an event was lost or a count in the report differs from the database.
     """
-    import asyncio
-
     from eventqueue.tools.demo import DemoOptions, run_demo
+    from eventqueue.tools.loop import run as run_loop
 
     options = DemoOptions(events, rate, seconds, db_path, as_json)
-    raise SystemExit(asyncio.run(run_demo(options)))
+    raise SystemExit(run_loop(run_demo(options)))
 
 
 @main.command()
@@ -517,10 +517,9 @@ def listen(
     Runs until the source ends (files) or SIGINT/SIGTERM (streams; a second signal forces),
     shuts down gracefully, and prints a summary. A restart resumes after the stored position.
     """
-    import asyncio
-
     from eventqueue.tools.listen import ListenOptions
     from eventqueue.tools.listen import listen as run_listen
+    from eventqueue.tools.loop import run as run_loop
 
     options = ListenOptions(
         source,
@@ -535,7 +534,7 @@ def listen(
         tracing=tracing,
         event_types=event_types,
     )
-    asyncio.run(run_listen(options))
+    run_loop(run_listen(options))
 
 
 @main.command()

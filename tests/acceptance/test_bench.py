@@ -19,6 +19,7 @@ REQUIRED = {
     "claim_loop",
     "critical_latency",
     "critical_latency_busy",
+    "critical_latency_saturated",
     "spill_put",
     "promote",
     "memory",
@@ -69,7 +70,7 @@ def test_quick_bench_completes_with_sane_figures(tmp_path: Path) -> None:
         assert any("journal_mode=WAL" in p for p in settings["pragmas"])
         assert settings["journal_mode"] == "wal"
         assert settings["synchronous"] in {"FULL", "NORMAL"}
-        if row["scenario"] not in {"critical_latency", "critical_latency_busy", "memory"}:
+        if not row["scenario"].startswith("critical_latency") and row["scenario"] != "memory":
             positive(row, "events_per_s")
         if row["scenario"] in WITH_BASELINE:
             rate, base = positive(row, "events_per_s"), positive(row, "baseline_events_per_s")
@@ -79,12 +80,19 @@ def test_quick_bench_completes_with_sane_figures(tmp_path: Path) -> None:
             if "fused_events_per_s" in row:
                 positive(row, "fused_events_per_s")
 
-    for name in ("critical_latency", "critical_latency_busy"):
+    for name in ("critical_latency", "critical_latency_busy", "critical_latency_saturated"):
         latency = by_name[name]
         p50, p99 = positive(latency, "p50_ms"), positive(latency, "p99_ms")
         assert p50 <= p99 < SANE_LIMIT_S * 1000
         assert 0 < latency["criticals_handled"] <= latency["criticals"]
         assert 0 < positive(latency, "fsync_p50_ms") <= positive(latency, "fsync_p99_ms")
+
+    saturated = by_name["critical_latency_saturated"]
+    offered = positive(saturated, "offered_per_s")
+    # 1.5 x the end_to_end rate of the same run: the source offers more than the store takes.
+    assert math.isclose(offered, 1.5 * by_name["end_to_end"]["events_per_s"], rel_tol=0.01)
+    assert isinstance(saturated["stream_blocked"], bool)
+    assert saturated["unaccounted"] == 0, saturated
 
     memory = by_name["memory"]
     for field in ("rss_mb_20k", "rss_mb_100k", "peak_rss_mb"):

@@ -565,3 +565,55 @@ async def test_a_stop_before_the_run_starts_ends_it_at_once(
     await run(dispatcher, from_list([make_event("a")]))
 
     assert query("SELECT count(*) FROM events") == [(0,)]
+
+
+async def test_one_claim_serves_every_consumer_that_finished_at_the_same_moment(
+    q: EventQueue, make_event: MakeEvent
+) -> None:
+    # Fast handlers finish within a few loop passes of each other: the claim pool lets them
+    # all come back before it claims, so one transaction leases a batch for each of them
+    # (and carries all their acks) instead of one claim per consumer.
+    await q.put_many([make_event(f"kind{i}", aggregate_id=i) for i in range(40)])
+    asked: list[int] = []
+    claim_batches = q.claim_batches
+
+    async def spy(consumer: str = "consumer", max_batches: int = 1, **kw: Any) -> list[Any]:
+        found = await claim_batches(consumer, max_batches, **kw)
+        if found:
+            asked.append(max_batches)
+        return found
+
+    q.claim_batches = spy  # type: ignore[method-assign]
+    dispatcher = Dispatcher(q, concurrency=4)
+    handled = 0
+
+    async def handler(events: list[Event]) -> None:
+        nonlocal handled
+        handled += len(events)
+        if handled == 40:
+            dispatcher.stop()
+        for _ in range(handled % 4):  # a few loop passes apart, not all in the same one
+            await asyncio.sleep(0)
+
+    dispatcher.add_handler("*", handler)
+    await run(dispatcher)
+
+    assert handled == 40
+    assert asked[1:-1] and all(n == 4 for n in asked[1:-1]), asked  # the first and last: fewer
+
+
+async def test_a_handler_that_finishes_within_a_third_of_its_lease_costs_no_renewal_task(
+    q: EventQueue, make_event: MakeEvent
+) -> None:
+    # The renewal is a timer until its first extend is due: no task per batch on the hot path.
+    running: list[set[str]] = []
+    dispatcher = Dispatcher(q, concurrency=1)
+
+    async def handler(events: list[Event]) -> None:
+        running.append({t.get_coro().__qualname__ for t in asyncio.all_tasks()})  # type: ignore[union-attr]
+        dispatcher.stop()
+
+    dispatcher.add_handler("*", handler)
+    await run(dispatcher, from_list([make_event("a")]))
+
+    assert running and "HandlerRunner._renew" not in running[0], sorted(running[0])

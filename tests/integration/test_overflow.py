@@ -186,15 +186,15 @@ async def test_put_spills_at_once_while_a_claim_of_the_same_process_waits_for_th
     )
     lock = sqlite3.connect(db_path, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")
-    turn_lock = q.store._conn._lock
+    engine = q.store._conn.engine
     holds_the_store = asyncio.Event()
-    acquire = turn_lock.acquire
+    run_round = engine._round
 
-    async def acquire_and_tell(*, urgent: bool = False) -> None:
-        await acquire(urgent=urgent)
-        holds_the_store.set()  # handshake: the claim has the connection (and waits for BEGIN)
+    async def round_and_tell(requests: Any) -> Any:
+        holds_the_store.set()  # handshake: the claim's round has the connection (waits for BEGIN)
+        return await run_round(requests)
 
-    turn_lock.acquire = acquire_and_tell
+    engine._round = round_and_tell
     claim = asyncio.create_task(q.claim("consumer"))  # a consumer, as a Dispatcher runs one
     try:
         await asyncio.wait_for(holds_the_store.wait(), 5.0)

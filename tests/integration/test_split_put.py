@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from typing import Any
 
 import pytest
@@ -13,17 +14,18 @@ from conftest import START, OpenQueue, event
 
 from eventqueue.core.models import Priority, PutStatus
 from eventqueue.store.sqlite.bodies import stop_cuts
+from eventqueue.store.sqlite.rounds import Rank
 
 
 def waiting_always(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Make the store's connection report a CRITICAL put waiting at every check; the checks."""
     asked: list[int] = []
 
-    def urgent_waiting() -> bool:
+    def critical_waiting() -> bool:
         asked.append(1)
         return True
 
-    monkeypatch.setattr(store._conn, "urgent_waiting", urgent_waiting)
+    monkeypatch.setattr(store._conn, "critical_waiting", critical_waiting)
     return asked
 
 
@@ -102,30 +104,29 @@ async def test_a_critical_put_commits_between_the_parts_of_a_large_group(
 ) -> None:
     q = await open_queue(commit_max_events=1000)
     connection = q.store._conn
-    real = connection.urgent_waiting
+    real = connection.critical_waiting
     at_first_check, go_on = threading.Event(), threading.Event()
 
-    def urgent_waiting() -> bool:  # on the connection thread, between two parts
+    def critical_waiting() -> bool:  # on the connection thread, between two parts
         if not at_first_check.is_set():
             at_first_check.set()
             go_on.wait(10)  # handshake: the test queues a real CRITICAL put meanwhile
         return real()
 
     queued = asyncio.Event()
-    real_acquire = connection._lock.acquire
 
-    async def acquire(*, urgent: bool = False) -> None:
-        if urgent:
-            queued.set()  # it joins the urgent waiters before its first await
-        await real_acquire(urgent=urgent)
+    class Announcing(deque[Any]):
+        def append(self, request: Any) -> None:
+            super().append(request)
+            queued.set()  # the CRITICAL put joined the round engine's queue
 
-    monkeypatch.setattr(connection, "urgent_waiting", urgent_waiting)
-    monkeypatch.setattr(connection._lock, "acquire", acquire)
+    monkeypatch.setattr(connection, "critical_waiting", critical_waiting)
+    connection.engine._queues[Rank.CRITICAL] = Announcing()  # the queue is new and empty
     group = asyncio.gather(*(q.put(event(aggregate_id=f"a{i}")) for i in range(300)))
     assert await asyncio.to_thread(at_first_check.wait, 10)
     critical = asyncio.ensure_future(q.put(event("payment_failed"), priority=Priority.CRITICAL))
     await asyncio.wait_for(queued.wait(), 10)
-    assert real()  # the CRITICAL put now waits for the connection
+    assert real()  # the CRITICAL put now waits for the round in progress
     go_on.set()
 
     results, urgent = await group, await critical

@@ -44,6 +44,8 @@ RUNTIME_POINTS = (
     "after_spill",
     "mid_promotion",
     "mid_handoff",
+    "mid_round",
+    "after_round_commit",
 )
 
 # Settings every crash run uses unless a test overrides them. A short lease: a batch claimed by

@@ -99,8 +99,8 @@ async def test_random_cancellations_then_shutdown(open_queue, clock, query) -> N
     # Let shielded work that outlived its caller finish; then no transaction is open.
     async with asyncio.timeout(10):
         await q._admission.close()  # commits puts still queued (their callers gave up)
-        async with q.store._conn._lock:
-            assert not q.store._conn._db.in_transaction
+        await q.store._conn.engine.idle.wait()  # every queued round has run
+        assert not q.store._conn._db.in_transaction
 
     rows = dict(query("SELECT id, status FROM events"))
     assert model.put_ids <= set(rows), "an acknowledged put is missing"

@@ -32,6 +32,8 @@ MAX_PASS = {
     "after_spill": 2,
     "mid_promotion": 3,
     "mid_handoff": 2,
+    "mid_round": 40,  # every write passes these: a claim, an ack, a put is a round
+    "after_round_commit": 40,
 }
 # Soak cycles put about 4,000 events each: kills land deeper into each cycle's work.
 SOAK_MAX_PASS = {
@@ -40,6 +42,8 @@ SOAK_MAX_PASS = {
     "mid_spill": 20,
     "after_spill": 8,
     "mid_promotion": 6,
+    "mid_round": 300,
+    "after_round_commit": 300,
 }
 
 

@@ -88,7 +88,7 @@ def test_a_hung_process_fails_the_run_instead_of_hanging_it() -> None:
 
 
 def test_the_crash_variable_reaches_eventqueue_in_the_child() -> None:
-    code = "from eventqueue.runtime.faults import crash_point; crash_point('after_claim'); print('passed')"
+    code = "from eventqueue.core.faults import crash_point; crash_point('after_claim'); print('passed')"
     outcome = run_killable(["-c", code], crash_at="after_claim", timeout_s=60)
     assert outcome.crashed_at == "after_claim"
     unset = run_killable(["-c", code], timeout_s=60)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +140,7 @@ class HandlerRunner:
     async def handle(self, batch: Batch) -> Batch | None:
         """Run the handlers and settle the batch; returns it when it is to be acked whole."""
         self._record_start(batch)
-        renewer = asyncio.create_task(self._renew(batch))
+        renewal = _Renewal(lambda: self._renew(batch), self.queue.config.lease_s / 3)
         tracing = self.queue.tracing
         permanent: set[int] = set()  # failed ids a handler called permanent: dead at once
 
@@ -153,10 +153,10 @@ class HandlerRunner:
             else:  # a consumer span around the handlers, linked to the events' puts
                 failed = await tracing.process(batch, outcome)
         except asyncio.CancelledError:
-            await _cancel(renewer)
+            await renewal.stop()
             await self.settler.release(batch)
             raise
-        await _cancel(renewer)
+        await renewal.stop()
         return await self.settler.settle(batch, failed, permanent)
 
     def _record_start(self, batch: Batch) -> None:
@@ -208,10 +208,10 @@ class HandlerRunner:
         return failed
 
     async def _renew(self, batch: Batch) -> None:
-        # Long handlers keep their lease: renewed at a third of it, well before it expires.
+        # Long handlers keep their lease: renewed at a third of it, well before it expires
+        # (started by _Renewal a third of the lease after the handlers began).
         interval = self.queue.config.lease_s / 3
         while True:
-            await asyncio.sleep(interval)
             try:
                 await self.queue.extend(batch)
             except LeaseLostError:
@@ -219,6 +219,26 @@ class HandlerRunner:
                 return
             except EventQueueError as exc:
                 log.warning("batch %s: lease renewal failed (retrying): %s", batch.id, exc)
+            await asyncio.sleep(interval)
+
+
+class _Renewal:
+    """A batch's lease renewal while its handlers run: a timer until the first renewal is due
+    (most batches finish long before), a task only from then on. No task per batch."""
+
+    def __init__(self, renew: Callable[[], Coroutine[Any, Any, None]], interval_s: float) -> None:
+        self._renew = renew
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(interval_s, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._renew())
+
+    async def stop(self) -> None:
+        """Cancel the timer, or the renewal task once it started."""
+        self._timer.cancel()
+        if self._task is not None:
+            await _cancel(self._task)
 
 
 async def _invoke(

@@ -22,10 +22,10 @@ from typing import Any
 from eventqueue.core.coalesce import debounce_of, sliding
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SpillError, StorageError, StoreBusyError
+from eventqueue.core.faults import crash_point
 from eventqueue.core.models import Priority, PutStatus
 from eventqueue.core.records import NewEvent, PutCommit, SplitPoint, accepted
 from eventqueue.core.rules import dedup_ttl_s
-from eventqueue.runtime.faults import crash_point
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.overflow.folders import (
     SpillFolder,

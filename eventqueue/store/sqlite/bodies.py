@@ -29,6 +29,8 @@ class Q:
     """Every statement, prepared once per process."""
 
     release_dedup = Prepared.of(sql.release_expired_dedup_keys())
+    last_id = Prepared.of(sql.last_event_id())
+    dedup_holders = Prepared.of(sql.dedup_holders())
     positions = Prepared.of(sql.save_source_positions())
     counter = Prepared.of(sql.add_to_counter())
     expire = Prepared.of(sql.expire_all_leases())
@@ -54,6 +56,7 @@ class Q:
     spill_read = Prepared.of(sql.select_spill_positions())
     peek = Prepared.of(sql.peek_ready())
     lease_ids = Prepared.of(sql.lease_ids())
+    leased = Prepared.of(sql.select_leased())
     peek_keys = Prepared.of(sql.select_ready_keys())
     event = Prepared.of(sql.select_event())
     dead = Prepared.of(sql.select_dead())
@@ -89,7 +92,9 @@ def insert_rows(
                 b_ttl=dedup_ttl_s,
             ),
         )
-    returned: list[Any] = []
+    # One writer, AUTOINCREMENT: the rows these INSERTs add get the ids after `before`, in the
+    # order of their rows. (No RETURNING: one step per statement, not one per row.)
+    before = int(db.scalar(Q.last_id.sql, Q.last_id.bind()))
     offset = 0
     for cut in [*cuts, len(rows)]:
         if offset and stop is not None and stop():
@@ -99,11 +104,12 @@ def insert_rows(
             chunk = rows[offset : offset + size]
             offset += size
             params = [value for row in chunk for value in _values(row, dedup)]
-            returned += db.rows(put_statement(size, dedup, sliding and dedup).sql, params)
+            db.run(put_statement(size, dedup, sliding and dedup).sql, params)
     if not dedup:
-        # One writer, AUTOINCREMENT: the ids of these INSERTs ascend in the order of their rows.
-        return [(PutStatus.ACCEPTED, row_id) for row_id in sorted(r[0] for r in returned)]
-    outcome = _dedup_outcome(rows, returned)
+        return [(PutStatus.ACCEPTED, before + 1 + i) for i in range(len(rows))]
+    hashes = json.dumps(list(dict.fromkeys(row.content_hash for row in rows)))
+    holders = db.scalar(Q.dedup_holders.sql, Q.dedup_holders.bind(b_hashes=hashes))
+    outcome = _dedup_outcome(rows, json.loads(holders), before)
     duplicates = sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE)
     if duplicates:
         db.run(Q.counter.sql, Q.counter.bind(b_name="duplicates_suppressed", b_n=duplicates))
@@ -166,15 +172,17 @@ def _values(row: NewEvent, dedup: bool) -> tuple[Any, ...]:
     )
 
 
-def _dedup_outcome(rows: Sequence[NewEvent], returned: list[Any]) -> list[tuple[PutStatus, int]]:
-    # Every row of the INSERT returns (id, hash, duplicates): inserted rows with duplicates 0,
-    # rows absorbed by a live original with that original's id. Per hash, the first row of the
-    # group is the accepted one if any row of that hash was inserted.
+def _dedup_outcome(
+    rows: Sequence[NewEvent], holders: list[Any], before: int
+) -> list[tuple[PutStatus, int]]:
+    # Per hash, the row now holding its dedup key: one this put inserted (id after `before`),
+    # or a live original that absorbed every row of the hash. Per hash, the first row of the
+    # group is the accepted one if a row of that hash was inserted.
     ids: dict[str, int] = {}
     inserted: set[str] = set()
-    for row_id, content_hash, dups in returned:
+    for content_hash, row_id in holders:
         ids[content_hash] = row_id
-        if dups == 0:
+        if row_id > before:
             inserted.add(content_hash)
     outcome: list[tuple[PutStatus, int]] = []
     for row in rows:
@@ -227,9 +235,9 @@ def claim_batches(
         # transaction just before it: RETURNING cannot carry the CTE's rank.
         keys_params = Q.peek_keys.bind(**ready_params(now, rules, min_priority), b_batches=batches)
         order = [row[0] for row in db.rows(Q.peek_keys.sql, keys_params)]
-    rows = db.rows(Q.claim.sql, params)
+    db.run(Q.claim.sql, params)
     return assemble_batches(
-        map(to_event, rows),
+        leased_events(db, token, now + rules.lease_s),
         batch_id=batch_id,
         token=token,
         consumer=consumer,
@@ -238,11 +246,32 @@ def claim_batches(
     )
 
 
+def leased_events(db: Tx, token: str, expires_at: float) -> list[Event]:
+    """The events a claim or hand-off under `token` just leased: one row, one step."""
+    params = Q.leased.bind(b_token=token, b_expires=expires_at)
+    items = json.loads(db.scalar(Q.leased.sql, params))
+    return [
+        Event(
+            id=row_id,
+            payload=decode_payload(payload),
+            priority=Priority(priority),
+            content_hash=content_hash,
+            batch_key=batch_key,
+            attempts=attempts,
+            received_at=float(received_at),  # quote()'s exact text (queries.select_leased)
+            trace_context=trace,
+            superseded=n,
+        )
+        for row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, n in (
+            items
+        )
+    ]
+
+
 def ack_pairs(db: Tx, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
     pairs = [[event_id, token] for token, ids in acks for event_id in sorted(set(ids))]
     params = Q.ack_pairs.bind(b_pairs=json.dumps(pairs), b_now=now)
-    changed = db.rows(Q.ack_pairs.sql, params)
-    check_fence(len(list(changed)), len(pairs))
+    check_fence(db.run(Q.ack_pairs.sql, params), len(pairs))
 
 
 def to_event(row: Any) -> Event:
@@ -263,8 +292,7 @@ def to_event(row: Any) -> Event:
 def fenced(db: Tx, statement: Prepared, token: str, ids: Sequence[int], **values: Any) -> None:
     wanted = sorted(set(ids))
     params = statement.bind(b_ids=json.dumps(wanted), b_token=token, **values)
-    changed = db.rows(statement.sql, params)
-    check_fence(len(list(changed)), len(wanted))
+    check_fence(db.run(statement.sql, params), len(wanted))
 
 
 def check_fence(changed: int, wanted: int) -> None:
@@ -295,8 +323,9 @@ def lease_critical(
         b_expires=lease.expires_at,
         b_batch_id=lease.batch_id,
     )
+    db.run(Q.lease_ids.sql, params)
     return assemble_batches(
-        map(to_event, db.rows(Q.lease_ids.sql, params)),
+        leased_events(db, lease.token, lease.expires_at),
         batch_id=lease.batch_id,
         token=lease.token,
         consumer=lease.consumer,

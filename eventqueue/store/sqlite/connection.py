@@ -1,5 +1,6 @@
-"""One SQLite connection and its transactions: BEGIN IMMEDIATE writes, short reads, one at a
-time, shielded from cancellation, with the file watched for deletion and the disk for space.
+"""One SQLite connection and its transactions: writes in rounds of the round engine (rounds.py,
+the only write path), short reads between rounds, shielded from cancellation, with the file
+watched for deletion and the disk for space.
 
 Statements are SQLAlchemy Core constructs (queries.py), compiled once (`Prepared`). A whole
 transaction (BEGIN, its statements, COMMIT) runs as one function on aiosqlite's connection
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,17 +28,21 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql import ClauseElement
 
 from eventqueue.core.errors import QueueClosedError, StorageError, StoreBusyError
+from eventqueue.store.sqlite.checkpoints import Checkpointer
 from eventqueue.store.sqlite.errors import is_busy, storage_error
 from eventqueue.store.sqlite.pragmas import pragmas
+from eventqueue.store.sqlite.rounds import Rank, RoundEngine, Steps
 
 T = TypeVar("T")
 _DIALECT = sqlite_dialect.dialect()
 # RETURNING (3.35) and UPDATE ... FROM (3.33) are used on the hot paths.
 MIN_SQLITE = (3, 35, 0)
-# With less free space than this, the WAL is checkpointed and truncated after every write.
-# Otherwise it grows to SQLite's auto-checkpoint size (1000 pages, ~4 MiB) before any
-# checkpoint, and on a nearly full disk it takes the space that returns before one can run (F14).
+# With less free space than this, the WAL is checkpointed and truncated after every round, on
+# the writer itself. Otherwise it grows to the checkpointer's threshold (checkpoints.py, ~4 MiB)
+# before a checkpoint, and on a nearly full disk it takes the space that returns before one can
+# run (F14).
 LOW_DISK_BYTES = 8 * 1024 * 1024
+NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint=0"
 
 Body = Callable[["Tx"], T]  # runs on the connection's thread, inside the transaction
 
@@ -45,100 +50,42 @@ Body = Callable[["Tx"], T]  # runs on the connection's thread, inside the transa
 class Tx:
     """The statements of one transaction, on the connection's own thread."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, steps: Steps | None = None) -> None:
         self._connection = connection
+        self._steps = steps if steps is not None else Steps()  # sqlite3 steps, for the profile
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute one statement to its end; the number of rows it changed."""
         cursor = self._connection.execute(sql, params)
-        cursor.fetchall()  # a statement still stepping would keep COMMIT from ending it
+        fetched = cursor.fetchall()  # a statement still stepping would keep COMMIT from ending it
+        self._steps.count += 1 + len(fetched)
         return cursor.rowcount
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Execute one statement; all its rows."""
-        return self._connection.execute(sql, params).fetchall()
+        fetched = self._connection.execute(sql, params).fetchall()
+        self._steps.count += 1 + len(fetched)
+        return fetched
 
     def dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Execute one statement; its rows as {column: value}."""
         cursor = self._connection.execute(sql, params)
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        fetched = cursor.fetchall()
+        self._steps.count += 1 + len(fetched)
+        return [dict(zip(names, row, strict=True)) for row in fetched]
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Execute one statement; the first column of its first row (None without rows)."""
         rows = self._connection.execute(sql, params).fetchall()
+        self._steps.count += 1 + len(rows)
         return rows[0][0] if rows else None
 
     def many(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         """Execute one statement once per parameter set."""
-        self._connection.executemany(sql, params)
-
-
-class TurnLock:
-    """One transaction at a time on the connection; urgent ones (CRITICAL puts) are served
-    before the others that wait, so a CRITICAL event waits for at most the transaction in
-    progress, never for a queue of claims and group commits."""
-
-    def __init__(self) -> None:
-        self._held = False
-        self._urgent: deque[asyncio.Future[None]] = deque()
-        self._others: deque[asyncio.Future[None]] = deque()
-
-    def locked(self) -> bool:
-        """Whether a transaction holds the connection."""
-        return self._held
-
-    def urgent_waiting(self) -> bool:
-        """Whether an urgent transaction waits for its turn. Also read on the connection's
-        thread, between statements: a deque's length is one atomic read under the GIL (no
-        iteration, which the loop could disturb). A waiter that gave up counts until the next
-        release pops it: at worst one early commit."""
-        return bool(self._urgent)
-
-    async def acquire(self, *, urgent: bool = False) -> None:
-        """Wait for the connection's turn (urgent ones first)."""
-        if not self._held:
-            self._held = True
-            return
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        (self._urgent if urgent else self._others).append(turn)
-        try:
-            await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self.release()  # handed the turn as it was cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        """End this turn: the next waiter (urgent first) gets the connection."""
-        for waiting in (self._urgent, self._others):
-            while waiting:
-                turn = waiting.popleft()
-                if not turn.done():
-                    turn.set_result(None)  # the lock stays held, by that waiter now
-                    return
-        self._held = False
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
-
-    def turn(self, *, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:
-        """`async with lock.turn(urgent=...)`: hold the connection for one transaction."""
-        return _Turn(self, urgent)
-
-
-class _Turn:
-    def __init__(self, lock: TurnLock, urgent: bool) -> None:
-        self._lock, self._urgent = lock, urgent
-
-    async def __aenter__(self) -> None:
-        await self._lock.acquire(urgent=self._urgent)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
+        listed = list(params)
+        self._connection.executemany(sql, listed)
+        self._steps.count += len(listed)
 
 
 class _BeginBusy(Exception):
@@ -170,17 +117,33 @@ class Prepared:
 
 
 class Connection:
-    """One aiosqlite connection on one file: one transaction at a time, in this process."""
+    """One aiosqlite connection on one file: writes in rounds (rounds.py), reads between them."""
 
-    def __init__(self, path: str, db: aiosqlite.Connection, *, busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        db: aiosqlite.Connection,
+        *,
+        busy_timeout_ms: int,
+        checkpointer: Checkpointer | None = None,
+    ) -> None:
         self.path = path
+        self._checkpointer = checkpointer
         self._db = db
         self._busy_timeout_s = busy_timeout_ms / 1000.0
-        self._lock = TurnLock()
         self._closed = False
         self._identity = _file_identity(path)
         self._wal_identity = _file_identity(path + "-wal")
         self._directory = os.path.dirname(os.path.abspath(path))
+        self._engine = RoundEngine(
+            path,
+            functools.partial(on_connection_thread, db),
+            Tx,
+            self._check_file,
+            self._after_round,
+            self._busy_timeout_s,
+            self._between_rounds,
+        )
 
     @classmethod
     async def open(
@@ -206,117 +169,133 @@ class Connection:
         except sqlite3.Error as exc:
             raise storage_error(path, exc) from exc
         reading = [f"PRAGMA busy_timeout={int(busy_timeout_ms)}", "PRAGMA query_only=ON"]
+        # The writer never checkpoints inside a COMMIT: the checkpointer does, on its thread.
+        writing = [*pragmas(durability, min(busy_timeout_ms, lock_wait_ms)), NO_AUTOCHECKPOINT]
         try:
-            for statement in (
-                reading if readonly else pragmas(durability, min(busy_timeout_ms, lock_wait_ms))
-            ):
+            for statement in reading if readonly else writing:
                 await db.execute(statement)
         except sqlite3.Error as exc:
             await db.close()
             raise storage_error(path, exc) from exc
-        return cls(path, db, busy_timeout_ms=busy_timeout_ms)
+        checkpointer = None if readonly else Checkpointer(path)
+        return cls(path, db, busy_timeout_ms=busy_timeout_ms, checkpointer=checkpointer)
 
-    def urgent_waiting(self) -> bool:
-        """Whether an urgent transaction (a CRITICAL put) waits for the one in progress."""
-        return self._lock.urgent_waiting()
+    @property
+    def engine(self) -> RoundEngine:
+        """The round engine: every write of this connection goes through it."""
+        return self._engine
+
+    def critical_waiting(self) -> bool:
+        """Whether a CRITICAL put waits for the round in progress."""
+        return self._engine.critical_waiting()
 
     async def close(self) -> None:
-        """Checkpoint the WAL and close the connection (idempotent)."""
+        """Finish the queued writes, checkpoint the WAL and close the connection (idempotent)."""
         if self._closed:
             return
-        async with self._lock:
-            self._closed = True
-            try:
-                await self._outside_transaction("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass  # an optimisation: a reader in another process may hold the WAL
-            finally:
-                await self._db.close()
+        self._closed = True
+        await self._engine.close()
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
+        try:
+            await self._outside_transaction("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # an optimisation: a reader in another process may hold the WAL
+        finally:
+            await self._db.close()
 
     async def checkpoint(self) -> None:
-        """Copy the WAL into the database file so it stays small (F7); skipped when busy."""
-        async with self._lock:
-            if not self._closed:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._outside_transaction("PRAGMA wal_checkpoint(PASSIVE)")
+        """Copy the WAL into the database file so it stays small (F7); skipped when busy.
+        The checkpointer's connection does it, on its own thread (a TRUNCATE when idle)."""
+        if self._checkpointer is not None:
+            self._checkpointer.maintain()
+            return
+        if not self._closed:
+            with contextlib.suppress(sqlite3.Error):
+                await self._outside_transaction("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def _outside_transaction(self, sql: str) -> None:
         # Stepped to its end on the thread: a half-read PRAGMA would stay "in progress".
+        # One function on the thread: it never lands inside a round's transaction.
         await on_connection_thread(self._db, _statement, sql)
 
-    async def write(self, body: Body[T], *, fail_fast: bool = False, urgent: bool = False) -> T:
-        """Run `body` in one BEGIN IMMEDIATE transaction (F3), shielded from cancellation.
+    async def write(
+        self, body: Body[T], *, fail_fast: bool = False, rank: Rank = Rank.OTHER, rows: int = 0
+    ) -> T:
+        """Run `body` in the next round (one BEGIN IMMEDIATE transaction with the other requests
+        queued, F3), in its own savepoint; its result after the round's COMMIT. Shielded from
+        cancellation: a cancelled caller leaves its request to its round.
 
-        While another connection holds the write lock, keep trying for up to busy_timeout_ms;
-        `fail_fast`: raise StoreBusyError after the connection's short wait instead. `urgent`:
-        take the connection before the other transactions of this process that wait for it.
+        While another connection holds the write lock, the round retries until busy_timeout_ms
+        has passed; `fail_fast`: raise StoreBusyError after the connection's short wait instead.
+        `rank`: where the request goes in its round (CRITICAL puts first); `rows`: the rows it
+        puts (a round's cap).
         """
-        return await self._shielded(body, "BEGIN IMMEDIATE", not fail_fast, urgent)
+        if self._closed:
+            raise QueueClosedError("the queue is closed")
+        result: T = await self._engine.submit(body, rank=rank, rows=rows, fail_fast=fail_fast)
+        return result
 
     async def read(self, body: Body[T]) -> T:
-        """Run `body` in one short read transaction."""
-        return await self._shielded(body, "BEGIN DEFERRED", True)
-
-    async def _shielded(self, body: Body[T], begin: str, wait: bool, urgent: bool = False) -> T:
-        # Cancelling an awaited aiosqlite call does not stop its SQL (F2). A cancelled caller
-        # therefore leaves the transaction to finish on its own (commit or roll back): the
-        # connection is never left inside a transaction.
-        task = asyncio.ensure_future(self._run(body, begin, wait, urgent))
+        """Run `body` in one short read transaction (between rounds: one function on the
+        thread, so never inside a round's transaction)."""
+        task = asyncio.ensure_future(self._read(body))
         task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
 
-    async def _run(self, body: Body[T], begin: str, wait: bool, urgent: bool) -> T:
-        # The connection's own busy timeout is short (EVENT_SPILL_AFTER_MS) so that a put can
-        # spill instead of waiting. Other transactions retry BEGIN until busy_timeout_ms has
-        # passed, sleeping *outside* this process's lock so that its puts go on (and spill)
-        # meanwhile instead of queueing behind a claim that waits for another process.
+    async def _read(self, body: Body[T]) -> T:
         deadline = time.monotonic() + self._busy_timeout_s
         pause = 0.005
         while True:
-            async with self._lock.turn(urgent=urgent):
-                began, result = await self._attempt(body, begin, wait, deadline)
-                if began:
-                    return result  # type: ignore[return-value]
+            if self._closed:
+                raise QueueClosedError("the queue is closed")
+            retry = time.monotonic() < deadline
+            try:
+                began, result = await on_connection_thread(
+                    self._db, _transaction, body, "BEGIN DEFERRED", retry
+                )
+            except _BeginBusy as busy:
+                raise StoreBusyError(
+                    f"database {self.path} is locked by another connection "
+                    f"({busy}); retry, or raise EVENT_BUSY_TIMEOUT_MS"
+                ) from busy.cause
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, exc) from exc
+            if began:
+                return result  # type: ignore[return-value]
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
 
-    async def _attempt(
-        self, body: Body[T], begin: str, wait: bool, deadline: float
-    ) -> tuple[bool, T | None]:
-        """One try at the transaction: (False, None) when the write lock is held elsewhere."""
-        if self._closed:
-            raise QueueClosedError("the queue is closed")
-        writing = begin == "BEGIN IMMEDIATE"
-        if writing:
-            self._check_file()
-        retry = wait and time.monotonic() < deadline
-        try:
-            began, result = await on_connection_thread(self._db, _transaction, body, begin, retry)
-        except _BeginBusy as busy:
-            raise StoreBusyError(
-                f"database {self.path} is locked by another connection "
-                f"({busy}); retry, or raise EVENT_BUSY_TIMEOUT_MS"
-            ) from busy.cause
-        except sqlite3.Error as exc:
-            raise storage_error(self.path, exc) from exc
-        if not began:
-            return False, None
-        if writing:
-            # Deleted while this transaction ran: it committed into an unlinked file (F13),
-            # so its work must not be reported as stored.
-            self._check_file()
-            await self._relieve_disk()
-        return True, result
+    async def _after_round(self) -> None:
+        # Deleted while this round ran: it committed into an unlinked file (F13), so its work
+        # must not be reported as stored.
+        self._check_file()
+        if not await self._relieve_disk() and self._checkpointer is not None:
+            self._checkpointer.after_round()
 
-    async def _relieve_disk(self) -> None:
-        # Outside any transaction, under the lock: an optimisation, so failures are ignored.
+    async def _between_rounds(self) -> None:
+        # After a round's answers, before the next round: the frames the checkpointer could not
+        # copy while rounds appended them (a few rounds' worth). Once copied, the next round's
+        # BEGIN restarts the WAL (checkpoints.py). Not while a CRITICAL put waits: it goes
+        # first, the catch-up after a later round.
+        if self._checkpointer is None or self._engine.critical_waiting():
+            return
+        if self._checkpointer.catch_up_due():
+            with contextlib.suppress(sqlite3.Error):
+                await self._outside_transaction("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def _relieve_disk(self) -> bool:
+        """On a nearly full disk, TRUNCATE the WAL on the writer itself, between rounds
+        (whether it did). An optimisation, so failures are ignored."""
         try:
             st = os.statvfs(self._directory)
         except OSError:
-            return
-        if st.f_bavail * st.f_frsize < LOW_DISK_BYTES:
-            with contextlib.suppress(sqlite3.Error):
-                await self._outside_transaction("PRAGMA wal_checkpoint(TRUNCATE)")
+            return False
+        if st.f_bavail * st.f_frsize >= LOW_DISK_BYTES:
+            return False
+        with contextlib.suppress(sqlite3.Error):
+            await self._outside_transaction("PRAGMA wal_checkpoint(TRUNCATE)")
+        return True
 
     def _check_file(self) -> None:
         # A database file deleted or replaced under an open WAL connection keeps accepting

@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy import Integer as SAInteger
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.dml import ReturningDelete
+from sqlalchemy.sql.expression import literal_column as text_column
+from sqlalchemy.sql.expression import table as text_table
 
 from eventqueue.store.sqlite.schema import (
     STATUSES,
@@ -444,8 +446,7 @@ def put_values(rows: int, *, dedup: bool, sliding: bool = False) -> Insert:
     depends on `rows`, so the store compiles one per size it uses (powers of two).
 
     With dedup, a row whose content hash is held by a live original is not inserted: the
-    original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key). RETURNING gives
-    (id, content_hash, duplicates); duplicates is 0 exactly for the rows inserted. `sliding`:
+    original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key). `sliding`:
     the suppressed repeat restarts the original's window from its own arrival (dedup_at).
     """
     values: list[dict[str, Any]] = [
@@ -460,7 +461,27 @@ def put_values(rows: int, *, dedup: bool, sliding: bool = False) -> Insert:
         if sliding:
             changes["dedup_at"] = func.max(_dedup_from(), stmt.excluded.received_at)
         stmt = stmt.on_conflict_do_update(index_elements=[events.c.dedup_key], set_=changes)
-    return stmt.returning(events.c.id, events.c.content_hash, events.c.duplicates)
+    # No RETURNING: each returned row is one more sqlite3 step (the GIL released and taken
+    # again). The ids come from the sequence (`last_event_id`) and `dedup_holders` instead.
+    return stmt
+
+
+def last_event_id() -> Select[Any]:
+    """The last id AUTOINCREMENT handed out (0 before the first event): with one writer, the
+    rows a put inserts get the ids after it, in order."""
+    return (
+        select(text_column("coalesce(max(seq), 0)"))
+        .select_from(text_table("sqlite_sequence"))
+        .where(text_column("name") == literal("events"))
+    )
+
+
+def dedup_holders() -> Select[Any]:
+    """For the content hashes `b_hashes` (JSON), the id of the row holding each one's dedup
+    key, as one JSON text [[hash, id], ...]: one row, one step, however many hashes."""
+    hashes = _json_rows("b_hashes")
+    pair = func.json_array(events.c.dedup_key, events.c.id)
+    return select(func.json_group_array(pair)).where(events.c.dedup_key.in_(select(hashes.c.value)))
 
 
 def release_expired_dedup_keys() -> Update:
@@ -591,13 +612,37 @@ def _claim_selection() -> Select[Any]:
 
 
 def claim_ready() -> Update:
-    """Lease the events of `_claim_selection` in one statement, returning them (fenced per
-    batch, see `_leased`)."""
-    return (
-        update(events)
-        .where(events.c.id.in_(_claim_selection()))
-        .values(**_leased())
-        .returning(*EVENT_COLUMNS)
+    """Lease the events of `_claim_selection` in one statement (fenced per batch, see
+    `_leased`); `select_leased` reads them back. No RETURNING: each returned row would be one
+    more sqlite3 step, with the GIL released and taken again around it."""
+    return update(events).where(events.c.id.in_(_claim_selection())).values(**_leased())
+
+
+def select_leased() -> Select[Any]:
+    """The events one claim (or hand-off) just leased, as ONE row: a JSON array of
+    [id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context,
+    superseded].
+
+    Found by the claim's own expiry `b_expires` (ix_events_claimed, a partial index on
+    lease_expires_at of claimed rows) and its token prefix `b_token:` (tokens are unique per
+    claim). received_at goes as quote()'s text: JSON renders a REAL with 15 digits, which
+    loses the microseconds of a unix time; quote() round-trips it exactly."""
+    prefix: ColumnElement[str] = bindparam("b_token") + literal(":")
+    item = func.json_array(
+        events.c.id,
+        events.c.payload,
+        events.c.priority,
+        events.c.content_hash,
+        events.c.batch_key,
+        events.c.attempts,
+        func.quote(events.c.received_at),
+        events.c.trace_context,
+        events.c.superseded,
+    )
+    return select(func.json_group_array(item)).where(
+        _status_is("claimed"),
+        events.c.lease_expires_at == bindparam("b_expires"),
+        func.substr(events.c.lease_token, 1, func.length(prefix)) == prefix,
     )
 
 
@@ -620,12 +665,7 @@ def lease_ids() -> Update:
 
     As `claim_ready` leases, fenced per key by `b_token:key`, in the put's own transaction.
     """
-    return (
-        update(events)
-        .where(_ids_in("b_ids"), _status_is("pending"))
-        .values(**_leased())
-        .returning(*EVENT_COLUMNS)
-    )
+    return update(events).where(_ids_in("b_ids"), _status_is("pending")).values(**_leased())
 
 
 def peek_ready() -> Select[Any]:
@@ -654,20 +694,19 @@ def ack_pairs() -> Update:
             batch_id=None,
             **_LEASE_CLEARED,
         )
-        .returning(events.c.id)
     )
 
 
 def _fenced(values: dict[str, Any]) -> Update:
-    # The fence: only rows still claimed under this claim's token change. RETURNING tells the
-    # store how many did; fewer than asked means the lease was lost, and it rolls back.
+    # The fence: only rows still claimed under this claim's token change. The count of rows
+    # changed tells the store how many did (not RETURNING: one sqlite3 step per row); fewer
+    # than asked means the lease was lost, and it rolls back.
     return (
         update(events)
         .where(
             _ids_in("b_ids"), _status_is("claimed"), events.c.lease_token == bindparam("b_token")
         )
         .values(**values)
-        .returning(events.c.id)
     )
 
 
@@ -744,7 +783,6 @@ def nack_items() -> Update:
             batch_id=None,
             **_LEASE_CLEARED,
         )
-        .returning(events.c.id)
     )
 
 

@@ -14,7 +14,8 @@ Scenarios (the JSON `scenario` names, in the order printed):
   `q.claim(ack=previous)`. Baseline: UPDATE … RETURNING (commit), then ack (commit).
 - end_to_end: source → Dispatcher → no-op handlers, default settings.
 - critical_latency: CRITICAL put-to-handler-start p50/p99 with NORMAL events arriving at
-  5,000/s on top of a backlog.
+  5,000/s on top of a backlog (critical_latency_busy: with every other consumer in a slow
+  handler; critical_latency_saturated: with the source offering 1.5x end_to_end's rate).
 - spill_put / promote: puts past a small EVENT_QUEUE_SIZE (spilled to disk), then promotion
   back into the table; "not available" for a queue without spill.
 - memory: RSS at two checkpoints of the end_to_end run (events processed), and peak RSS.

@@ -23,7 +23,10 @@ from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
 from eventqueue.tools.bench.scenarios.coalesce import coalesce_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
-from eventqueue.tools.bench.scenarios.latency import critical_latency_scenario
+from eventqueue.tools.bench.scenarios.latency import (
+    critical_latency_saturated_scenario,
+    critical_latency_scenario,
+)
 from eventqueue.tools.bench.scenarios.loop import claim_loop_scenario
 from eventqueue.tools.bench.scenarios.put import put_scenario
 from eventqueue.tools.bench.scenarios.spill import spill_scenarios
@@ -42,6 +45,7 @@ ROW_ORDER = (
     "end_to_end",
     "critical_latency",
     "critical_latency_busy",
+    "critical_latency_saturated",
     "spill_put",
     "promote",
     "coalesce",
@@ -106,6 +110,13 @@ async def _scenarios(
         rows.append(await step("critical_latency", partial(critical_latency_scenario, sz, base)))
         busy = partial(critical_latency_scenario, sz, base, busy=True)
         rows.append(await step("critical_latency_busy", busy))
+        sustained = next(
+            (r.get("events_per_s") for r in rows if r["scenario"] == "end_to_end"), None
+        )
+        saturated = partial(
+            critical_latency_saturated_scenario, sz, base, end_to_end_per_s=sustained
+        )
+        rows.append(await step("critical_latency_saturated", saturated))
     if "claim_loop" in wanted:
         rows.append(await step("claim_loop", partial(claim_loop_scenario, sz, base)))
     if "spill" in wanted:

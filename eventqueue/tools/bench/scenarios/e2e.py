@@ -65,6 +65,7 @@ async def end_to_end_scenarios(sz: Sizes, base: Config, places: Places) -> list[
         progress.at_the_stop()
     specific = {**settings, **_how(sz)}
     e2e = _e2e_row(config, specific, progress, seconds, finished=finished)
+    e2e.update(round_figures(q, progress.processed))
     memory = _memory_row(config, specific, progress, start_rss, finished=finished)
     if not finished:
         memory["note"] = e2e["note"] = (
@@ -84,6 +85,21 @@ async def _measure(q: EventQueue, progress: _Progress, sz: Sizes) -> tuple[bool,
     seconds = time.perf_counter() - progress.start
     progress.checkpoint()
     return finished, seconds
+
+
+def round_figures(q: EventQueue, processed: int) -> dict[str, Any]:
+    """The SQLite round engine's profile over the run: commits per 1,000 events processed and
+    p50/p99 per round of requests, sqlite3 steps and COMMIT time ({} on PostgreSQL)."""
+    profile = getattr(q.store, "round_profile", None)
+    if profile is None:
+        return {}
+    figures: dict[str, float] = profile()
+    per_1000 = 1000.0 * figures["rounds"] / processed if processed else None
+    return {
+        "commits_per_1000_events": None if per_1000 is None else round(per_1000, 1),
+        "rounds": int(figures["rounds"]),
+        **{f"round_{k}": round(v, 3) for k, v in figures.items() if k != "rounds"},
+    }
 
 
 def _how(sz: Sizes) -> dict[str, Any]:
