@@ -91,6 +91,9 @@ class Event:
     received_at: float
     # The W3C trace context stored by a traced put ("traceparent[ tracestate]"), else None.
     trace_context: str | None = None
+    # How many newer versions of this event (same batch key and coalesce key) replaced its
+    # payload while it waited: the payload is the latest one (coalescing; 0 without it).
+    superseded: int = 0
 
     @property
     def name(self) -> str:
@@ -140,6 +143,8 @@ class QueueStats:
     metrics: dict[str, Any] = field(default_factory=dict)
     # The live lease owners (open queues): owner, host, pid, started_at, heartbeat_age_s, leases.
     owners: list[dict[str, Any]] = field(default_factory=list)
+    # Versions a coalesce folded into a pending event (latest wins), kept in the database.
+    superseded: int = 0
 
     def count(self, status: Status | str, priority: Priority | None = None) -> int:
         """Events with this status (at this priority, or at all priorities)."""
@@ -154,6 +159,7 @@ class QueueStats:
             "counts": self.counts,
             "oldest_pending_age_s": self.oldest_pending_age_s,
             "duplicates_suppressed": self.duplicates_suppressed,
+            "superseded": self.superseded,
             "ready_batches": self.ready_batches,
             "spill": self.spill,
             "metrics": self.metrics,

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from eventqueue.core.coalesce import debounce_of, sliding
 from eventqueue.core.config import Config
 from eventqueue.core.errors import StoreBusyError
 from eventqueue.core.faults import crash_point
@@ -56,6 +57,8 @@ class Admission:
         self._config = config
         self._clock = clock
         self._ttl_s = dedup_ttl_s(config)
+        self._sliding = sliding(config)
+        self._debounce = debounce_of(config)
         # A stream position commits only when every earlier put is durable: a put still being
         # spilled must not be passed by a later one's position (a crash would skip it). The
         # position then simply commits with a later group.
@@ -160,6 +163,8 @@ class Admission:
                     rest,
                     now=now,
                     dedup_ttl_s=self._ttl_s,
+                    sliding=self._sliding,
+                    debounce=self._debounce,
                     source_positions=positions,
                     fail_fast=True,
                     lease=self._handoff.lease(now) if critical else None,
@@ -188,6 +193,8 @@ class Admission:
                 rows,
                 now=now,
                 dedup_ttl_s=self._ttl_s,
+                sliding=self._sliding,
+                debounce=self._debounce,
                 fail_fast=True,
                 lease=self._handoff.lease(now),
                 count_waiting=False,  # CRITICAL needs no room; nothing extra before its commit

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from eventqueue.core.arguments import dead_flag, error_text, extend_s, retry_in_s
+from eventqueue.core.coalesce import CoalesceBy, coalesce_function, key_for
 from eventqueue.core.config import Config
 from eventqueue.core.errors import NotInBatchError, QueueClosedError
 from eventqueue.core.faults import crash_point
@@ -62,6 +63,7 @@ class EventQueue:
         classifier: Classifier = classify,
         batch_key_fn: BatchKeyFn = batch_key,
         clock: Clock = time.time,
+        coalesce_by: CoalesceBy | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -73,6 +75,8 @@ class EventQueue:
         self._handoff = handoff
         self._classify = classifier
         self._batch_key = batch_key_fn
+        # A callable given to open() wins over the setting (EVENT_COALESCE_BY).
+        self._coalesce_by = coalesce_by or coalesce_function(config.coalesce_by)
         self._clock = clock
         self._rules = rules_from_config(config)
         self._expiry_every_s = min(1.0, config.lease_s / 4)
@@ -99,12 +103,17 @@ class EventQueue:
 
         Settings come from `config`, else keyword arguments over the environment. `migrate`:
         "auto" creates the schema in a new file and refuses an old one; True upgrades; False never.
+        `coalesce_by`: None, "aggregate_id" or a callable (event) -> str | None (latest wins).
         """
+        fn = settings.get("coalesce_by")
+        if callable(fn):  # a function is no setting: it travels beside the config
+            settings["coalesce_by"] = None
         if config is None:
             config = Config.load(db_path=path, **settings)
         elif path is not None or settings:
             config = config.replace(**({"db_path": path} if path else {}), **settings)
-        return _Opener(cls._open(config, classifier, batch_key, clock, migrate))
+        fn = fn if callable(fn) else None
+        return _Opener(cls._open(config, classifier, batch_key, clock, migrate, fn))
 
     @classmethod
     async def _open(
@@ -114,6 +123,7 @@ class EventQueue:
         key_fn: BatchKeyFn,
         clock: Clock,
         migrate: bool | str,
+        coalesce_by: CoalesceBy | None = None,
     ) -> EventQueue:
         store = await open_store(config, migrate=migrate)
         metrics = Metrics()
@@ -147,6 +157,7 @@ class EventQueue:
             classifier=classifier,
             batch_key_fn=key_fn,
             clock=clock,
+            coalesce_by=coalesce_by,
         )
         admission.start()
         overflow.start()
@@ -186,9 +197,15 @@ class EventQueue:
         *,
         source: str | None = None,
         position: str | None = None,
+        coalesce_key: str | None = None,
     ) -> PutResult:
-        """Store one event durably; returns once it is committed (accepted or duplicate)."""
-        results = await self._put_rows([self.prepare(event, priority)], source, position)
+        """Store one event durably; returns once it is committed (accepted or duplicate).
+
+        `coalesce_key`: fold it into the pending event of its batch key with this key (latest
+        wins); wins over `coalesce_by`. Never for CRITICAL events.
+        """
+        row = self.prepare(event, priority, coalesce_key=coalesce_key)
+        results = await self._put_rows([row], source, position)
         return results[0]
 
     async def put_many(
@@ -222,9 +239,10 @@ class EventQueue:
         priority: Priority | int | str | None = None,
         *,
         index: int | None = None,
+        coalesce_key: str | None = None,
     ) -> NewEvent:
         """Validate, hash and classify one event (raises InvalidEventError; stores nothing)."""
-        return prepare_event(
+        row = prepare_event(
             event,
             priority,
             config=self.config,
@@ -233,6 +251,9 @@ class EventQueue:
             now=self._clock(),
             index=index,
         )
+        if coalesce_key is None and self._coalesce_by is None:
+            return row
+        return key_for(row, event, self._coalesce_by, coalesce_key)
 
     async def _put_rows(
         self, rows: list[NewEvent], source: str | None, position: str | None
@@ -537,6 +558,7 @@ class EventQueue:
             counts=found.counts,
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
             duplicates_suppressed=found.counters.get("duplicates_suppressed", 0),
+            superseded=found.counters.get("superseded", 0),
             ready_batches=found.ready_batches,
             spill=self.overflow.stats(),
             metrics={"intake_queued": self._admission.queued, **self.metrics.as_dict()},

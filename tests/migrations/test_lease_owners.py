@@ -73,7 +73,7 @@ def test_upgrade_from_0002_adds_owners_and_a_null_holder_and_keeps_every_row(
 ) -> None:
     before = v2_rows(query)
 
-    migrations.upgrade(at_0002)
+    migrations.upgrade(at_0002, "0003")
 
     assert "lease_holder" in columns(query)
     assert "owners" in tables(query)
@@ -109,7 +109,7 @@ def test_upgrade_rerun_after_a_kill_between_the_steps_and_the_stamp(
     query("CREATE TABLE owners (owner TEXT NOT NULL, CONSTRAINT pk_owners PRIMARY KEY (owner))")
     query("ALTER TABLE events ADD COLUMN lease_holder TEXT")
 
-    migrations.upgrade(at_0002)
+    migrations.upgrade(at_0002, "0003")
 
     assert columns(query).count("lease_holder") == 1
     assert version(query) == [("0003",)]
@@ -149,7 +149,7 @@ def test_a_queue_refuses_a_0002_database_until_migrated_then_names_its_leases(
 def test_downgrade_on_a_sqlite_without_drop_column_rebuilds_and_keeps_the_views(
     at_0002: str, query: Query, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    migrations.upgrade(at_0002)
+    migrations.upgrade(at_0002, "0003")
     views = query("SELECT name, sql FROM sqlite_master WHERE type = 'view' ORDER BY name")
     indexes = query(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name != 'owners' "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from eventqueue.store.sqlite.bodies import MAX_ROWS_PER_INSERT, put_statement, statement_sizes
+from eventqueue.store.sqlite.queries import PUT_COLUMNS
 
 
 def test_every_put_size_is_covered_exactly_by_few_statement_sizes() -> None:
@@ -24,4 +25,4 @@ def test_each_statement_binds_its_rows_by_position() -> None:
     for size in (1, 2, 64):
         for dedup in (True, False):
             statement = put_statement(size, dedup)  # raises if not row after row
-            assert statement.sql.count("?") == size * 8
+            assert statement.sql.count("?") == size * len(PUT_COLUMNS)

@@ -73,16 +73,18 @@ _LEASE_CLEARED = (
     " lease_holder = NULL"
 )
 _EVENT_COLUMNS = (
-    "id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context"
+    "id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context,"
+    " superseded"
 )
 
 # --- put --------------------------------------------------------------------------------------
 
 _ROWS = """
     unnest(:payloads::text[], :priorities::int[], :keys::text[], :hashes::text[],
-           :received::float8[], :copies::int[], :traces::text[])
+           :received::float8[], :copies::int[], :traces::text[], :coalesce_keys::text[])
         WITH ORDINALITY
-        AS r(payload, priority, batch_key, content_hash, received_at, copies, trace_context, n)
+        AS r(payload, priority, batch_key, content_hash, received_at, copies, trace_context,
+             coalesce_key, n)
 """
 
 # Distinct hashes only (the caller folds repeats into `copies`): ON CONFLICT DO UPDATE may not
@@ -90,31 +92,38 @@ _ROWS = """
 # overlapping sets wait on each other's unique-index entries in one order (never a deadlock);
 # ids are drawn beforehand in arrival order, so id still breaks received_at ties FIFO.
 # RETURNING (xmax = 0) is true exactly for the rows inserted (not updated on conflict).
-PUT_DEDUP = Query.of(
-    "put_dedup",
-    f"""
+_PUT_DEDUP = """
     WITH ids AS MATERIALIZED (
         SELECT nextval(pg_get_serial_sequence('events', 'id')) AS id, g AS n
         FROM generate_series(1, cardinality(:hashes::text[])) AS g
     )
     INSERT INTO events AS e (id, payload, priority, batch_key, content_hash, dedup_key, status,
-                             received_at, available_at, duplicates, trace_context)
+                             received_at, available_at, duplicates, trace_context, coalesce_key)
     SELECT ids.id, r.payload, r.priority, r.batch_key, r.content_hash, r.content_hash,
-           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context
-    FROM {_ROWS} JOIN ids USING (n)
+           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context, r.coalesce_key
+    FROM {rows} JOIN ids USING (n)
     ORDER BY r.content_hash
     ON CONFLICT (dedup_key) DO UPDATE SET duplicates = e.duplicates + EXCLUDED.duplicates + 1
+        {slide}
     RETURNING e.id, e.content_hash, (e.xmax = 0) AS inserted
-    """,
+"""
+PUT_DEDUP = Query.of("put_dedup", _PUT_DEDUP.format(rows=_ROWS, slide=""))
+# A sliding window: the suppressed repeat restarts its original's window from its own arrival.
+PUT_DEDUP_SLIDING = Query.of(
+    "put_dedup_sliding",
+    _PUT_DEDUP.format(
+        rows=_ROWS,
+        slide=", dedup_at = greatest(coalesce(e.dedup_at, e.received_at), EXCLUDED.received_at)",
+    ),
 )
 
 PUT_PLAIN = Query.of(
     "put_plain",
     f"""
     INSERT INTO events (payload, priority, batch_key, content_hash, status, received_at,
-                        available_at, duplicates, trace_context)
+                        available_at, duplicates, trace_context, coalesce_key)
     SELECT r.payload, r.priority, r.batch_key, r.content_hash, 'pending', r.received_at,
-           r.received_at, r.copies - 1, r.trace_context
+           r.received_at, r.copies - 1, r.trace_context, r.coalesce_key
     FROM {_ROWS}
     ORDER BY r.n
     RETURNING id
@@ -134,7 +143,7 @@ RELEASE_DEDUP = Query.of(
     UPDATE events SET dedup_key = NULL
     FROM unnest(:hashes::text[], :received::float8[]) AS r(content_hash, received_at)
     WHERE events.dedup_key = r.content_hash
-      AND abs(events.received_at - r.received_at) > :ttl::float8
+      AND abs(coalesce(events.dedup_at, events.received_at) - r.received_at) > :ttl::float8
     """,
 )
 
@@ -319,7 +328,7 @@ CLAIM = Query.of(
         attempts = attempts + 1
     FROM picked WHERE events.id = picked.id
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context, picked.rank
+        trace_context, superseded, picked.rank
     """,
 )
 
@@ -335,7 +344,7 @@ LEASE_IDS = Query.of(
         attempts = attempts + 1
     WHERE id = ANY(:ids::bigint[]) AND status = 'pending'
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context
+        trace_context, superseded
     """,
 )
 
@@ -494,7 +503,8 @@ REQUEUE_ALL = Query.of("requeue_all", _REQUEUE)
 # kept: deleting it would make a re-put of its content new again. Received "in the future"
 # means the wall clock stepped back: its window has ended (as for RELEASE_DEDUP).
 _DEDUP_WINDOW_OPEN = """
-    (dedup_key IS NOT NULL AND received_at >= :since::float8 AND received_at <= :now::float8)
+    (dedup_key IS NOT NULL AND coalesce(dedup_at, received_at) >= :since::float8
+     AND coalesce(dedup_at, received_at) <= :now::float8)
 """
 # SKIP LOCKED: purges on several hosts at once take different chunks instead of queueing.
 PURGE_DONE = Query.of(
@@ -605,3 +615,104 @@ LOCK_TIMEOUT = Query.of("lock_timeout", "SELECT set_config('lock_timeout', :time
 def all_queries() -> Mapping[str, Query]:
     """Every named statement (tests prepare them all against a real server)."""
     return {q.name: q for q in globals().values() if isinstance(q, Query)}
+
+
+# --- coalescing (core/coalesce.py plans; store/postgres/coalescing.py runs these) ------------
+
+# Per (batch key, coalesce key) lock, taken in sorted order before the put inserts: two puts of
+# one key (on any host) run one after the other, so the second sees the first's event and
+# folds into it instead of leaving two pending events of one key.
+LOCK_COALESCE_KEYS = Query.of(
+    "lock_coalesce_keys",
+    """
+    SELECT count(pg_advisory_xact_lock(k))
+    FROM unnest(:locks::bigint[]) WITH ORDINALITY AS u(k, n)
+    """,
+)
+# What a coalescing put must know before it writes, in one round trip: the live holders of
+# its content hashes (with when their window runs from: the caller releases closed ones), the
+# replaced versions of those hashes, and the pending, never delivered events of its coalesce
+# keys (through ix_events_coalesce; filtered by batch key by the caller).
+SELECT_COALESCE_STATE = Query.of(
+    "select_coalesce_state",
+    """
+    SELECT 'live', id, batch_key, coalesce_key, priority, received_at, dedup_key,
+           coalesce(dedup_at, received_at)
+    FROM events WHERE dedup_key = ANY(:hashes::text[])
+    UNION ALL
+    SELECT 'retired', event_id, NULL, NULL, NULL, NULL, dedup_key, dedup_at
+    FROM superseded_keys WHERE dedup_key = ANY(:hashes::text[])
+    UNION ALL
+    SELECT 'target', id, batch_key, coalesce_key, priority, received_at, dedup_key,
+           coalesce(dedup_at, received_at)
+    FROM events
+    WHERE status = 'pending' AND coalesce_key IS NOT NULL
+      AND coalesce_key = ANY(:keys::text[]) AND attempts = 0
+    ORDER BY 1, 2
+    """,
+)
+SLIDE_SUPERSEDED_KEYS = Query.of(
+    "slide_superseded_keys",
+    """
+    UPDATE superseded_keys s SET dedup_at = greatest(s.dedup_at, u.at)
+    FROM unnest(:keys::text[], :ats::float8[]) AS u(k, at) WHERE s.dedup_key = u.k
+    """,
+)
+# Repeats found before the insert, one row per event (`ats`: a sliding window's restart, or
+# NULL).
+ADD_DUPLICATES = Query.of(
+    "add_duplicates",
+    """
+    UPDATE events e SET duplicates = e.duplicates + u.n,
+        dedup_at = CASE WHEN u.at IS NULL THEN e.dedup_at
+                        ELSE greatest(coalesce(e.dedup_at, e.received_at), u.at) END
+    FROM unnest(:ids::bigint[], :ns::int[], :ats::float8[]) AS u(id, n, at) WHERE e.id = u.id
+    """,
+)
+# The surviving event takes the latest version, in one round trip with what goes with it: the
+# replaced versions' dedup keys (`retired_*`) and the `superseded` counter. A claimed event, or
+# one delivered before (attempts > 0), is never changed: RETURNING says which targets took it
+# (another host may have claimed one since the read); only their keys are retired and counted.
+APPLY_MERGES = Query.of(
+    "apply_merges",
+    """
+    WITH merged AS (
+        UPDATE events e SET payload = u.payload, content_hash = u.hash,
+            priority = greatest(e.priority, u.priority), dedup_key = u.dedup_key,
+            dedup_at = u.dedup_at, trace_context = u.trace, superseded = e.superseded + u.n,
+            available_at = coalesce(u.available, e.available_at)
+        FROM unnest(:ids::bigint[], :payloads::text[], :hashes::text[], :priorities::int[],
+                    :dedup_keys::text[], :dedup_ats::float8[], :traces::text[], :ns::int[],
+                    :availables::float8[])
+            AS u(id, payload, hash, priority, dedup_key, dedup_at, trace, n, available)
+        WHERE e.id = u.id AND e.status = 'pending' AND e.attempts = 0
+        RETURNING e.id, u.n
+    ),
+    retired AS (
+        INSERT INTO superseded_keys (dedup_key, event_id, dedup_at)
+        SELECT DISTINCT ON (k) k, id, at
+        FROM unnest(:retired_keys::text[], :retired_ids::bigint[], :retired_ats::float8[])
+            AS r(k, id, at)
+        WHERE id IN (SELECT id FROM merged)
+        ORDER BY k, at DESC
+        ON CONFLICT (dedup_key) DO UPDATE
+            SET event_id = EXCLUDED.event_id, dedup_at = EXCLUDED.dedup_at
+    ),
+    counted AS (
+        INSERT INTO counters AS c (name, value)
+        SELECT 'superseded', sum(n) FROM merged HAVING sum(n) > 0
+        ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
+    )
+    SELECT id FROM merged
+    """,
+)
+SET_AVAILABLE = Query.of(
+    "set_available",
+    """
+    UPDATE events e SET available_at = u.at
+    FROM unnest(:ids::bigint[], :ats::float8[]) AS u(id, at) WHERE e.id = u.id
+    """,
+)
+PRUNE_SUPERSEDED_KEYS = Query.of(
+    "prune_superseded_keys", "DELETE FROM superseded_keys WHERE dedup_at < :since::float8"
+)

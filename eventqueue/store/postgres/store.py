@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from eventqueue.core.coalesce import Debounce
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.config import Config
 from eventqueue.core.errors import LeaseLostError, SchemaError
@@ -38,12 +39,13 @@ from eventqueue.core.records import (
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.base import Capabilities, SpillPositions
 from eventqueue.store.postgres import queries as sql
+from eventqueue.store.postgres.coalescing import coalescing, prune, put_coalescing
 from eventqueue.store.postgres.connection import Conn, Pool
 from eventqueue.store.postgres.listener import Listener
 from eventqueue.store.postgres.schema_state import ensure_schema, read_status
 from eventqueue.store.postgres.text import from_db, plain_prefix, readable, to_db
 
-_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
+_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at", "dedup_at")
 _CAPABILITIES = Capabilities(single_connection=False, cross_process_notify=True)
 
 
@@ -132,6 +134,8 @@ class PostgresStore:
         count_waiting: bool = True,
         # One pool of connections: a CRITICAL put never waits for this one, so never split.
         split: Sequence[SplitPoint] | None = None,
+        sliding: bool = False,
+        debounce: Debounce | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
@@ -141,7 +145,12 @@ class PostgresStore:
         """
 
         async def body(c: Conn) -> PutCommit:
-            outcome = await _insert(c, rows, dedup_ttl_s) if rows else []
+            if coalescing(rows):
+                outcome = await put_coalescing(
+                    c, rows, dedup_ttl_s, sliding=sliding, debounce=debounce, insert=_insert
+                )
+            else:
+                outcome = await _insert(c, rows, dedup_ttl_s, sliding) if rows else []
             if source_positions:
                 names = [to_db(s) for s in source_positions]
                 positions = [None if p is None else to_db(p) for p in source_positions.values()]
@@ -398,6 +407,8 @@ class PostgresStore:
         info = dict(row.items())
         info.update({k: iso(info[k]) for k in _TIME_COLUMNS})
         info["batch_key"] = from_db(info["batch_key"])
+        if info.get("coalesce_key") is not None:
+            info["coalesce_key"] = from_db(info["coalesce_key"])
         priority, payload = priority_name(info["priority"]), decode_text(info["payload"])
         return {**info, "priority": priority, "payload": payload}
 
@@ -440,8 +451,12 @@ class PostgresStore:
         """Delete up to `limit` done events finished before `cutoff`, except those inside their
         dedup window; how many."""
         args = sql.PURGE_DONE.args(cutoff=cutoff, since=dedup_since, now=now, chunk=limit)
-        status = await self._pool.write(lambda c: c.execute(sql.PURGE_DONE.sql, *args))
-        return _row_count(status)
+
+        async def body(c: Conn) -> str:
+            await prune(c, dedup_since)  # replaced versions' keys whose window closed
+            return str(await c.execute(sql.PURGE_DONE.sql, *args))
+
+        return _row_count(await self._pool.write(body))
 
     async def count_kept_for_dedup(self, *, cutoff: float, dedup_since: float, now: float) -> int:
         """How many done events finished before `cutoff` `purge_done` keeps for their window."""
@@ -515,7 +530,7 @@ async def _lease_critical(
 
 
 async def _insert(
-    c: Conn, rows: Sequence[NewEvent], dedup_ttl_s: float | None
+    c: Conn, rows: Sequence[NewEvent], dedup_ttl_s: float | None, sliding: bool = False
 ) -> list[tuple[PutStatus, int]]:
     if dedup_ttl_s is None:
         query = sql.PUT_PLAIN
@@ -535,7 +550,8 @@ async def _insert(
     release = sql.RELEASE_DEDUP.args(hashes=hashes, received=received, ttl=dedup_ttl_s)
     await c.execute(sql.RELEASE_DEDUP.sql, *release)
     counts = [copies[r.content_hash] for r in distinct]
-    returned = await c.fetch(sql.PUT_DEDUP.sql, *sql.PUT_DEDUP.args(**_columns(distinct, counts)))
+    query = sql.PUT_DEDUP_SLIDING if sliding else sql.PUT_DEDUP
+    returned = await c.fetch(query.sql, *query.args(**_columns(distinct, counts)))
     ids = {str(h): int(i) for i, h, _ in returned}
     inserted = {str(h) for _, h, new in returned if new}
     outcome = [
@@ -563,6 +579,7 @@ def _columns(rows: Sequence[NewEvent], copies: list[int]) -> dict[str, list[Any]
         "received": [r.received_at for r in rows],
         "copies": copies,
         "traces": [r.trace_context for r in rows],
+        "coalesce_keys": [None if r.coalesce_key is None else to_db(r.coalesce_key) for r in rows],
     }
 
 
@@ -600,8 +617,8 @@ def _check_fence(changed: int, wanted: int) -> None:
 
 
 def _event(row: Any) -> Event:
-    # The first eight columns (a claim's rows also carry their key's rank).
-    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row[:8]
+    # The first nine columns (a claim's rows also carry their key's rank).
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, n = row[:9]
     return Event(
         id=int(row_id),
         payload=decode_payload(payload),
@@ -611,6 +628,7 @@ def _event(row: Any) -> Event:
         attempts=attempts,
         received_at=received_at,
         trace_context=trace,
+        superseded=int(n),
     )
 
 

@@ -90,4 +90,8 @@ def _figures(row: Row) -> str:
         parts.append(f"avg batch {row['avg_batch_size']}")
     if "events_claimed" in row:
         parts.append(f"{row['events_claimed']} events in {row['seconds']} s")
+    if "put_cost_ratio" in row:  # coalesce: handler calls with and without, put cost
+        plain, merged = row["plain"], row["coalescing"]
+        parts.append(f"handler calls {merged['handler_calls']:,} vs {plain['handler_calls']:,}")
+        parts.append(f"put {row['put_cost_ratio']:.2f}x a plain put")
     return "; ".join(parts)

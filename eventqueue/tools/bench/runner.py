@@ -21,6 +21,7 @@ from eventqueue.tools.bench.measure import peak_rss_mb
 from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
+from eventqueue.tools.bench.scenarios.coalesce import coalesce_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
 from eventqueue.tools.bench.scenarios.latency import (
     critical_latency_saturated_scenario,
@@ -33,7 +34,7 @@ from eventqueue.tools.bench.sizes import Sizes
 
 T = TypeVar("T")
 
-STEPS = ("end_to_end", "put", "claim_ack", "claim_loop", "critical_latency", "spill")
+STEPS = ("end_to_end", "put", "claim_ack", "claim_loop", "critical_latency", "spill", "coalesce")
 ROW_ORDER = (
     "put",
     "put_many",
@@ -47,6 +48,7 @@ ROW_ORDER = (
     "critical_latency_saturated",
     "spill_put",
     "promote",
+    "coalesce",
     "memory",
 )
 
@@ -119,6 +121,8 @@ async def _scenarios(
         rows.append(await step("claim_loop", partial(claim_loop_scenario, sz, base)))
     if "spill" in wanted:
         rows += await step("spill", partial(spill_scenarios, sz, base))
+    if "coalesce" in wanted:
+        rows.append(await step("coalesce", partial(coalesce_scenario, sz, base)))
     return rows
 
 

@@ -35,7 +35,7 @@ async def test_down_to_0003_and_up_again_keeps_every_row(pg_db: str) -> None:
     await add_events(pg_db)
     before = await execute(pg_db, ROWS)
 
-    await migrator.upgrade(pg_db)
+    await migrator.upgrade(pg_db, "0004")
     assert await has_retry_index(pg_db)
     assert await execute(pg_db, ROWS) == before
     assert await execute(pg_db, VERSION) == [("0004",)]
