@@ -138,47 +138,54 @@ RELEASE_DEDUP = Query.of(
     """,
 )
 
-ADD_TO_COUNTER = Query.of(
-    "add_to_counter",
-    """
-    INSERT INTO counters AS c (name, value) VALUES (:name::text, :n::bigint)
-    ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
-    """,
-)
-
-SAVE_SOURCE_POSITIONS = Query.of(
-    "save_source_positions",
-    """
-    INSERT INTO source_positions (source, position, updated_at)
-    SELECT s, p, :now::float8 FROM unnest(:sources::text[], :positions::text[]) AS u(s, p)
-    ON CONFLICT (source) DO UPDATE
-        SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
-    """,
-)
-
-SAVE_SPILL_POSITIONS = Query.of(
-    "save_spill_positions",
-    """
-    INSERT INTO spill_positions (log, priority, segment, "offset")
-    SELECT :log::text, p, s, o
-    FROM unnest(:priorities::int[], :segments::bigint[], :offsets::bigint[]) AS u(p, s, o)
-    ON CONFLICT (log, priority) DO UPDATE
-        SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset"
-    """,
-)
-
 # The events that wait (pending, back-off included), the set EVENT_QUEUE_SIZE bounds: what a
 # consumer holds has left the queue, so held claims never make new events spill.
-COUNT_WAITING = Query.of(
-    "count_waiting",
-    "SELECT count(*) FROM events WHERE status = 'pending'",
-)
+# Bounded: counting stops at :cap (EVENT_QUEUE_SIZE + 1, "full"), so a count reads at most
+# that many entries of ix_events_pending however large the backlog grew (spill promotion and
+# other hosts can leave more waiting than the bound).
+_WAITING = """
+    SELECT count(*) FROM (SELECT 1 FROM events WHERE status = 'pending' LIMIT :cap::bigint) AS w
+"""
+COUNT_WAITING = Query.of("count_waiting", _WAITING)
 
 COUNT_UNFINISHED = Query.of(
     "count_unfinished",
     """
     SELECT (SELECT count(*) FROM events WHERE status = 'pending')
          + (SELECT count(*) FROM events WHERE status = 'claimed')
+    """,
+)
+
+# The end of a put in one statement (one round trip instead of up to five): its stream and
+# spill positions, the duplicates counter, the NOTIFY, and the bounded waiting count. Empty
+# arrays write nothing. The counter row is shared by every writer on every host: touched last,
+# its lock is held only until the COMMIT that follows.
+PUT_FINISH = Query.of(
+    "put_finish",
+    f"""
+    WITH sources AS (
+        INSERT INTO source_positions (source, position, updated_at)
+        SELECT s, p, :now::float8 FROM unnest(:sources::text[], :positions::text[]) AS u(s, p)
+        ON CONFLICT (source) DO UPDATE
+            SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
+    ),
+    spills AS (
+        INSERT INTO spill_positions (log, priority, segment, "offset")
+        SELECT :log::text, p, s, o
+        FROM unnest(:priorities::int[], :segments::bigint[], :offsets::bigint[]) AS u(p, s, o)
+        ON CONFLICT (log, priority) DO UPDATE
+            SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset"
+    ),
+    counted AS (
+        INSERT INTO counters AS c (name, value)
+        SELECT 'duplicates_suppressed', :duplicates::bigint WHERE :duplicates::bigint > 0
+        ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
+    ),
+    notified AS (
+        SELECT pg_notify(:channel::text, :payload::text) WHERE :notify::boolean
+    )
+    SELECT (SELECT count(*) FROM notified) AS notified,
+           CASE WHEN :count::boolean THEN ({_WAITING}) END AS waiting
     """,
 )
 
@@ -399,10 +406,23 @@ ACK_PAIRS = Query.of(
 
 
 def _fenced(assignments: str) -> str:
+    # All or nothing in one statement (an ack runs without BEGIN and COMMIT round trips): the
+    # rows still held under the token are locked first (in id order: two settles never
+    # deadlock), and changed only when every one asked for is among them. Returns how many
+    # were held and how many changed (0, or all).
     return f"""
-    UPDATE events SET {assignments}
-    WHERE id = ANY(:ids::bigint[]) AND status = 'claimed' AND lease_token = :token::text
-    RETURNING id
+    WITH held AS MATERIALIZED (
+        SELECT id FROM events
+        WHERE id = ANY(:ids::bigint[]) AND status = 'claimed' AND lease_token = :token::text
+        ORDER BY id FOR UPDATE
+    ),
+    changed AS (
+        UPDATE events SET {assignments}
+        WHERE id IN (SELECT id FROM held)
+          AND (SELECT count(*) FROM held) = cardinality(:ids::bigint[])
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM changed) AS changed
     """
 
 
