@@ -29,10 +29,11 @@ T = TypeVar("T")
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 Body = Callable[[Conn], Awaitable[T]]
 
-# A few connections per process are plenty: the runtime has one writer, a shared claim and the
-# consumers' acks. Every process on every host holds its own, within max_connections.
+# A few connections per process are plenty: the runtime's writer and urgent writer, two claims
+# in flight (claim_pool.py), the consumers' own acks and the promoter. Every process on every
+# host holds its own, within max_connections.
 POOL_MIN = 1
-POOL_MAX = 4
+POOL_MAX = 6
 # How often a transaction rolled back by a deadlock or serialization failure is run again.
 RETRIES = 3
 

@@ -314,19 +314,58 @@ def _fenced_text(column: str) -> str:
 
 # Each batch's lease token and batch id are `token:key` and `batch_id:key`: every batch is
 # fenced on its own (records.assemble_batches builds the same in Python).
-CLAIM = Query.of(
-    "claim",
-    f"""
-    WITH {_READY}, picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")})
-    UPDATE events SET status = 'claimed', lease_owner = :owner::text,
+_LEASE_SET = f"""status = 'claimed', lease_owner = :owner::text,
         lease_holder = :holder::text,
         lease_token = {_fenced_text("token")},
         lease_expires_at = :expires::float8,
         batch_id = {_fenced_text("batch_id")},
-        attempts = attempts + 1
+        attempts = attempts + 1"""
+
+CLAIM = Query.of(
+    "claim",
+    f"""
+    WITH {_READY}, picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")})
+    UPDATE events SET {_LEASE_SET}
     FROM picked WHERE events.id = picked.id
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
         trace_context, picked.rank
+    """,
+)
+
+# Finished batches acked and the next ones leased in one statement (a dispatcher's claim: one
+# round trip, no BEGIN or COMMIT of its own). All or nothing: the acked rows still held under
+# their tokens are locked first (in id order); unless every one asked for is among them,
+# nothing is acked and nothing leased (`acks_held` false: the caller raises LeaseLostError).
+# Always one row at least: a claim that leased nothing returns one row of NULLs with the flag.
+CLAIM_ACKING = Query.of(
+    "claim_acking",
+    f"""
+    WITH {_READY},
+    acking AS MATERIALIZED (
+        SELECT e.id FROM events e
+        JOIN unnest(:ack_ids::bigint[], :ack_tokens::text[]) AS p(id, token)
+            ON e.id = p.id AND e.lease_token = p.token
+        WHERE e.status = 'claimed'
+        ORDER BY e.id FOR UPDATE OF e
+    ),
+    held AS MATERIALIZED (
+        SELECT count(*) AS n, count(*) = cardinality(:ack_ids::bigint[]) AS ok FROM acking
+    ),
+    acked AS (
+        UPDATE events SET status = 'done', finished_at = :now::float8, last_error = NULL,
+            {_LEASE_CLEARED}
+        WHERE id IN (SELECT id FROM acking) AND (SELECT ok FROM held)
+        RETURNING 1
+    ),
+    picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")}),
+    claimed AS (
+        UPDATE events SET {_LEASE_SET}
+        FROM picked WHERE events.id = picked.id AND (SELECT ok FROM held)
+        RETURNING events.id, payload, priority, content_hash, batch_key, attempts,
+            received_at, trace_context, picked.rank
+    )
+    SELECT c.*, (SELECT ok FROM held) AS acks_held, (SELECT n FROM held) AS acks_held_n
+    FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
     """,
 )
 
@@ -334,12 +373,7 @@ CLAIM = Query.of(
 LEASE_IDS = Query.of(
     "lease_ids",
     f"""
-    UPDATE events SET status = 'claimed', lease_owner = :owner::text,
-        lease_holder = :holder::text,
-        lease_token = {_fenced_text("token")},
-        lease_expires_at = :expires::float8,
-        batch_id = {_fenced_text("batch_id")},
-        attempts = attempts + 1
+    UPDATE events SET {_LEASE_SET}
     WHERE id = ANY(:ids::bigint[]) AND status = 'pending'
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
         trace_context

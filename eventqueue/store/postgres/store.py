@@ -206,7 +206,7 @@ class PostgresStore:
         lost its lease); `expire` first returns expired leases to pending. `min_priority`:
         only events of at least this priority.
         """
-        args = sql.CLAIM.args(
+        args = dict(
             **ready_args(now, rules, min_priority),
             batches=batches,
             limit=rules.batch_limit,
@@ -218,7 +218,10 @@ class PostgresStore:
         )
 
         async def lease(c: Conn) -> list[Batch]:
-            rows = await c.fetch(sql.CLAIM.sql, *args)
+            if acks and not expire:
+                rows = await _claim_acking(c, sql.CLAIM_ACKING.args(**_ack_columns(acks), **args))
+            else:
+                rows = await c.fetch(sql.CLAIM.sql, *sql.CLAIM.args(**args))
             # The claim's own key order: each row carries its key's rank (keys SKIP LOCKED left
             # out simply do not appear).
             order = None
@@ -246,7 +249,7 @@ class PostgresStore:
                     await self._notify(c)
             return await lease(c)
 
-        if acks or expire:
+        if expire:
             return await self._pool.write(body)
         return await self._pool.statement(lease)  # one statement: no BEGIN/COMMIT round trips
 
@@ -590,11 +593,26 @@ def _spill_columns(spill: tuple[str, SpillPositions] | None) -> dict[str, Any]:
     }
 
 
-async def _ack_pairs(c: Conn, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
+def _ack_columns(acks: Sequence[tuple[str, Sequence[int]]]) -> dict[str, list[Any]]:
     pairs = [(event_id, to_db(token)) for token, ids in acks for event_id in sorted(set(ids))]
-    args = sql.ACK_PAIRS.args(ids=[i for i, _ in pairs], tokens=[t for _, t in pairs], now=now)
+    return {"ack_ids": [i for i, _ in pairs], "ack_tokens": [t for _, t in pairs]}
+
+
+async def _ack_pairs(c: Conn, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
+    columns = _ack_columns(acks)
+    args = sql.ACK_PAIRS.args(ids=columns["ack_ids"], tokens=columns["ack_tokens"], now=now)
     changed = await c.fetch(sql.ACK_PAIRS.sql, *args)
-    _check_fence(len(changed), len(pairs))
+    _check_fence(len(changed), len(columns["ack_ids"]))
+
+
+async def _claim_acking(c: Conn, args: list[Any]) -> list[Any]:
+    """Ack and lease in one statement (queries.CLAIM_ACKING); the leased rows."""
+    rows = await c.fetch(sql.CLAIM_ACKING.sql, *args)
+    if not rows[0]["acks_held"]:  # nothing acked, nothing leased
+        _check_fence(
+            0, len(args[sql.CLAIM_ACKING.params.index("ack_ids")]), held=rows[0]["acks_held_n"]
+        )
+    return [row for row in rows if row["id"] is not None]
 
 
 async def _fenced(c: Conn, query: sql.Query, token: str, ids: Sequence[int], **values: Any) -> None:
