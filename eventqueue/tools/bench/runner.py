@@ -22,6 +22,7 @@ from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
+from eventqueue.tools.bench.scenarios.hosts import hosts_scenarios
 from eventqueue.tools.bench.scenarios.latency import critical_latency_scenario
 from eventqueue.tools.bench.scenarios.loop import claim_loop_scenario
 from eventqueue.tools.bench.scenarios.put import put_scenario
@@ -30,7 +31,7 @@ from eventqueue.tools.bench.sizes import Sizes
 
 T = TypeVar("T")
 
-STEPS = ("end_to_end", "put", "claim_ack", "claim_loop", "critical_latency", "spill")
+STEPS = ("end_to_end", "put", "claim_ack", "claim_loop", "critical_latency", "spill", "hosts")
 ROW_ORDER = (
     "put",
     "put_many",
@@ -41,6 +42,7 @@ ROW_ORDER = (
     "end_to_end",
     "critical_latency",
     "critical_latency_busy",
+    "hosts",
     "spill_put",
     "promote",
     "memory",
@@ -108,6 +110,8 @@ async def _scenarios(
         rows.append(await step("claim_loop", partial(claim_loop_scenario, sz, base)))
     if "spill" in wanted:
         rows += await step("spill", partial(spill_scenarios, sz, base))
+    if "hosts" in wanted and where.server is not None:  # several hosts: PostgreSQL only
+        rows += await step("hosts", partial(hosts_scenarios, sz, base))
     return rows
 
 
