@@ -30,6 +30,8 @@ from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
 from eventqueue.store.base import Store
 
 _CRITICAL = int(Priority.CRITICAL)
+# Group commits in flight at once on a store with a pool of connections.
+_POOLED_WRITERS = 2
 log = logging.getLogger("eventqueue.queue")
 
 
@@ -64,12 +66,16 @@ class Admission:
         # position then simply commits with a later group.
         self._tickets = 0
         self._spilling: set[int] = set()
+        # A pool of connections (PostgreSQL) takes several group commits at once; each admits
+        # under the room lock, reserves its room, and commits outside the lock.
+        self._parallel = not store.capabilities.single_connection
         self.writer = GroupCommitWriter(
             self._commit,
             max_events=config.commit_max_events,
             intake_size=config.intake_size,
             on_commit=changes.notify,
             may_record=lambda e: not any(t < e.ticket for t in self._spilling),
+            parallel=_POOLED_WRITERS if self._parallel else 1,
         )
         # CRITICAL puts without a stream position take a lane of their own: they never wait
         # for a group of other puts to gather or commit, only for the connection (where the
@@ -135,7 +141,16 @@ class Admission:
                 await self._overflow.append([rows[i] for i in spilled])
             # The points counted in admitted rows: a put's spilled rows are already durable.
             chosen_points = [(bisect.bisect_left(admitted, end), at) for end, at in points]
-            results = await self._commit_admitted([rows[i] for i in admitted], chosen_points)
+            chosen = [rows[i] for i in admitted]
+            if not self._parallel:
+                results = await self._commit_admitted(chosen, chosen_points)
+            else:
+                self._room.reserved += len(chosen)
+        if self._parallel:
+            try:
+                results = await self._commit_admitted(chosen, chosen_points)
+            finally:
+                self._room.reserved -= len(chosen)
         outcome: list[Outcome] = [SPILLED] * len(rows)
         for index, result in zip(admitted, results, strict=True):
             outcome[index] = result
@@ -148,7 +163,7 @@ class Admission:
         the end of a put, to let a CRITICAL put have the connection. Each stores the stream
         positions of the puts it completes, so none passes an event not yet stored, and a
         crash in between resumes the stream right after the last whole put stored. Called
-        under the room lock."""
+        under the room lock (or with its room reserved)."""
         results: list[Outcome] = []
         positions = points[-1][1] if points else {}
         while True:

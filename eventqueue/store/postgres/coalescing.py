@@ -130,7 +130,8 @@ async def _duplicates(
     c: Conn, rows: Sequence[NewEvent], routing: Routing, resolve: Any, state: _State, sliding: bool
 ) -> None:
     """Repeats found before the insert count on the event they repeat; a sliding window
-    restarts at each (a live original's dedup_at, a replaced version's key)."""
+    restarts at each (a live original's dedup_at, a replaced version's key). The store-wide
+    counter is added by the put's closing statement (PUT_FINISH), from the outcome."""
     if not routing.duplicates:
         return
     counts: dict[int, list[Any]] = {}
@@ -151,8 +152,6 @@ async def _duplicates(
     if slides:
         args = sql.SLIDE_SUPERSEDED_KEYS.args(keys=list(slides), ats=list(slides.values()))
         await c.execute(sql.SLIDE_SUPERSEDED_KEYS.sql, *args)
-    args = sql.ADD_TO_COUNTER.args(name="duplicates_suppressed", n=len(routing.duplicates))
-    await c.execute(sql.ADD_TO_COUNTER.sql, *args)
 
 
 async def _fold(c: Conn, plan: Folding) -> set[int]:

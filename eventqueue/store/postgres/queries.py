@@ -147,47 +147,54 @@ RELEASE_DEDUP = Query.of(
     """,
 )
 
-ADD_TO_COUNTER = Query.of(
-    "add_to_counter",
-    """
-    INSERT INTO counters AS c (name, value) VALUES (:name::text, :n::bigint)
-    ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
-    """,
-)
-
-SAVE_SOURCE_POSITIONS = Query.of(
-    "save_source_positions",
-    """
-    INSERT INTO source_positions (source, position, updated_at)
-    SELECT s, p, :now::float8 FROM unnest(:sources::text[], :positions::text[]) AS u(s, p)
-    ON CONFLICT (source) DO UPDATE
-        SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
-    """,
-)
-
-SAVE_SPILL_POSITIONS = Query.of(
-    "save_spill_positions",
-    """
-    INSERT INTO spill_positions (log, priority, segment, "offset")
-    SELECT :log::text, p, s, o
-    FROM unnest(:priorities::int[], :segments::bigint[], :offsets::bigint[]) AS u(p, s, o)
-    ON CONFLICT (log, priority) DO UPDATE
-        SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset"
-    """,
-)
-
 # The events that wait (pending, back-off included), the set EVENT_QUEUE_SIZE bounds: what a
 # consumer holds has left the queue, so held claims never make new events spill.
-COUNT_WAITING = Query.of(
-    "count_waiting",
-    "SELECT count(*) FROM events WHERE status = 'pending'",
-)
+# Bounded: counting stops at :cap (EVENT_QUEUE_SIZE + 1, "full"), so a count reads at most
+# that many entries of ix_events_pending however large the backlog grew (spill promotion and
+# other hosts can leave more waiting than the bound).
+_WAITING = """
+    SELECT count(*) FROM (SELECT 1 FROM events WHERE status = 'pending' LIMIT :cap::bigint) AS w
+"""
+COUNT_WAITING = Query.of("count_waiting", _WAITING)
 
 COUNT_UNFINISHED = Query.of(
     "count_unfinished",
     """
     SELECT (SELECT count(*) FROM events WHERE status = 'pending')
          + (SELECT count(*) FROM events WHERE status = 'claimed')
+    """,
+)
+
+# The end of a put in one statement (one round trip instead of up to five): its stream and
+# spill positions, the duplicates counter, the NOTIFY, and the bounded waiting count. Empty
+# arrays write nothing. The counter row is shared by every writer on every host: touched last,
+# its lock is held only until the COMMIT that follows.
+PUT_FINISH = Query.of(
+    "put_finish",
+    f"""
+    WITH sources AS (
+        INSERT INTO source_positions (source, position, updated_at)
+        SELECT s, p, :now::float8 FROM unnest(:sources::text[], :positions::text[]) AS u(s, p)
+        ON CONFLICT (source) DO UPDATE
+            SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
+    ),
+    spills AS (
+        INSERT INTO spill_positions (log, priority, segment, "offset")
+        SELECT :log::text, p, s, o
+        FROM unnest(:priorities::int[], :segments::bigint[], :offsets::bigint[]) AS u(p, s, o)
+        ON CONFLICT (log, priority) DO UPDATE
+            SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset"
+    ),
+    counted AS (
+        INSERT INTO counters AS c (name, value)
+        SELECT 'duplicates_suppressed', :duplicates::bigint WHERE :duplicates::bigint > 0
+        ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
+    ),
+    notified AS (
+        SELECT pg_notify(:channel::text, :payload::text) WHERE :notify::boolean
+    )
+    SELECT (SELECT count(*) FROM notified) AS notified,
+           CASE WHEN :count::boolean THEN ({_WAITING}) END AS waiting
     """,
 )
 
@@ -316,19 +323,58 @@ def _fenced_text(column: str) -> str:
 
 # Each batch's lease token and batch id are `token:key` and `batch_id:key`: every batch is
 # fenced on its own (records.assemble_batches builds the same in Python).
-CLAIM = Query.of(
-    "claim",
-    f"""
-    WITH {_READY}, picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")})
-    UPDATE events SET status = 'claimed', lease_owner = :owner::text,
+_LEASE_SET = f"""status = 'claimed', lease_owner = :owner::text,
         lease_holder = :holder::text,
         lease_token = {_fenced_text("token")},
         lease_expires_at = :expires::float8,
         batch_id = {_fenced_text("batch_id")},
-        attempts = attempts + 1
+        attempts = attempts + 1"""
+
+CLAIM = Query.of(
+    "claim",
+    f"""
+    WITH {_READY}, picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")})
+    UPDATE events SET {_LEASE_SET}
     FROM picked WHERE events.id = picked.id
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
         trace_context, superseded, picked.rank
+    """,
+)
+
+# Finished batches acked and the next ones leased in one statement (a dispatcher's claim: one
+# round trip, no BEGIN or COMMIT of its own). All or nothing: the acked rows still held under
+# their tokens are locked first (in id order); unless every one asked for is among them,
+# nothing is acked and nothing leased (`acks_held` false: the caller raises LeaseLostError).
+# Always one row at least: a claim that leased nothing returns one row of NULLs with the flag.
+CLAIM_ACKING = Query.of(
+    "claim_acking",
+    f"""
+    WITH {_READY},
+    acking AS MATERIALIZED (
+        SELECT e.id FROM events e
+        JOIN unnest(:ack_ids::bigint[], :ack_tokens::text[]) AS p(id, token)
+            ON e.id = p.id AND e.lease_token = p.token
+        WHERE e.status = 'claimed'
+        ORDER BY e.id FOR UPDATE OF e
+    ),
+    held AS MATERIALIZED (
+        SELECT count(*) AS n, count(*) = cardinality(:ack_ids::bigint[]) AS ok FROM acking
+    ),
+    acked AS (
+        UPDATE events SET status = 'done', finished_at = :now::float8, last_error = NULL,
+            {_LEASE_CLEARED}
+        WHERE id IN (SELECT id FROM acking) AND (SELECT ok FROM held)
+        RETURNING 1
+    ),
+    picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")}),
+    claimed AS (
+        UPDATE events SET {_LEASE_SET}
+        FROM picked WHERE events.id = picked.id AND (SELECT ok FROM held)
+        RETURNING events.id, payload, priority, content_hash, batch_key, attempts,
+            received_at, trace_context, picked.rank
+    )
+    SELECT c.*, (SELECT ok FROM held) AS acks_held, (SELECT n FROM held) AS acks_held_n
+    FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
     """,
 )
 
@@ -336,12 +382,7 @@ CLAIM = Query.of(
 LEASE_IDS = Query.of(
     "lease_ids",
     f"""
-    UPDATE events SET status = 'claimed', lease_owner = :owner::text,
-        lease_holder = :holder::text,
-        lease_token = {_fenced_text("token")},
-        lease_expires_at = :expires::float8,
-        batch_id = {_fenced_text("batch_id")},
-        attempts = attempts + 1
+    UPDATE events SET {_LEASE_SET}
     WHERE id = ANY(:ids::bigint[]) AND status = 'pending'
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
         trace_context, superseded
@@ -408,10 +449,23 @@ ACK_PAIRS = Query.of(
 
 
 def _fenced(assignments: str) -> str:
+    # All or nothing in one statement (an ack runs without BEGIN and COMMIT round trips): the
+    # rows still held under the token are locked first (in id order: two settles never
+    # deadlock), and changed only when every one asked for is among them. Returns how many
+    # were held and how many changed (0, or all).
     return f"""
-    UPDATE events SET {assignments}
-    WHERE id = ANY(:ids::bigint[]) AND status = 'claimed' AND lease_token = :token::text
-    RETURNING id
+    WITH held AS MATERIALIZED (
+        SELECT id FROM events
+        WHERE id = ANY(:ids::bigint[]) AND status = 'claimed' AND lease_token = :token::text
+        ORDER BY id FOR UPDATE
+    ),
+    changed AS (
+        UPDATE events SET {assignments}
+        WHERE id IN (SELECT id FROM held)
+          AND (SELECT count(*) FROM held) = cardinality(:ids::bigint[])
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM changed) AS changed
     """
 
 

@@ -52,9 +52,11 @@ _CAPABILITIES = Capabilities(single_connection=False, cross_process_notify=True)
 class PostgresStore:
     """The durable store in one PostgreSQL schema: a small pool, row locks, LISTEN/NOTIFY."""
 
-    def __init__(self, pool: Pool, channel: str) -> None:
+    def __init__(self, pool: Pool, channel: str, *, queue_size: int) -> None:
         self._pool = pool
         self._channel = channel
+        # Waiting counts stop here: beyond EVENT_QUEUE_SIZE the exact number changes nothing.
+        self._waiting_cap = queue_size + 1
         # Sent with every notification, so this store's own commits do not wake it again.
         self._instance = secrets.token_hex(8)
         self._listener: Listener | None = None
@@ -86,7 +88,7 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, channel_for(str(schema)))
+        return cls(pool, channel_for(str(schema)), queue_size=config.queue_size)
 
     @property
     def name(self) -> str:
@@ -151,26 +153,30 @@ class PostgresStore:
                 )
             else:
                 outcome = await _insert(c, rows, dedup_ttl_s, sliding) if rows else []
-            if source_positions:
-                names = [to_db(s) for s in source_positions]
-                positions = [None if p is None else to_db(p) for p in source_positions.values()]
-                query = sql.SAVE_SOURCE_POSITIONS
-                await c.execute(query.sql, *query.args(sources=names, positions=positions, now=now))
-            if spill_positions:
-                await _save_spill_positions(c, *spill_positions)
-            if any(status is PutStatus.ACCEPTED for status, _ in outcome):
-                await self._notify(c)
             claimed = await _lease_critical(c, rows, outcome, lease, self._holder) if lease else []
-            if not count_waiting:
-                return PutCommit(outcome, None, claimed)
-            waiting = await c.fetchval(sql.COUNT_WAITING.sql)
-            return PutCommit(outcome, int(waiting), claimed)
+            query = sql.PUT_FINISH
+            args = query.args(
+                now=now,
+                **_source_columns(source_positions or {}),
+                **_spill_columns(spill_positions),
+                duplicates=sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE),
+                channel=self._channel,
+                payload=self._instance,
+                notify=any(status is PutStatus.ACCEPTED for status, _ in outcome),
+                count=count_waiting,
+                cap=self._waiting_cap,
+            )
+            finished = await c.fetchrow(query.sql, *args)
+            assert finished is not None
+            waiting = None if finished["waiting"] is None else int(finished["waiting"])
+            return PutCommit(outcome, waiting, claimed)
 
         return await self._pool.write(body, fail_fast=fail_fast)
 
     async def waiting_count(self) -> int:
         """Waiting events: pending, back-off included (what EVENT_QUEUE_SIZE bounds)."""
-        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_WAITING.sql)))
+        args = sql.COUNT_WAITING.args(cap=self._waiting_cap)
+        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_WAITING.sql, *args)))
 
     async def unfinished_count(self) -> int:
         """Events not done or dead yet: pending and claimed."""
@@ -209,7 +215,7 @@ class PostgresStore:
         lost its lease); `expire` first returns expired leases to pending. `min_priority`:
         only events of at least this priority.
         """
-        args = sql.CLAIM.args(
+        args = dict(
             **ready_args(now, rules, min_priority),
             batches=batches,
             limit=rules.batch_limit,
@@ -220,17 +226,11 @@ class PostgresStore:
             batch_id=plain_prefix(batch_id, "a batch id"),
         )
 
-        async def body(c: Conn) -> list[Batch]:
-            if acks:
-                await _ack_pairs(c, acks, now)
-            if expire:
-                expired = sql.EXPIRE_LEASES.args(
-                    now=now, max_attempts=rules.max_attempts, lease_horizon=rules.lease_horizon_s
-                )
-                statuses = await c.fetch(sql.EXPIRE_LEASES.sql, *expired)
-                if any(status == "pending" for (status,) in statuses):
-                    await self._notify(c)
-            rows = await c.fetch(sql.CLAIM.sql, *args)
+        async def lease(c: Conn) -> list[Batch]:
+            if acks and not expire:
+                rows = await _claim_acking(c, sql.CLAIM_ACKING.args(**_ack_columns(acks), **args))
+            else:
+                rows = await c.fetch(sql.CLAIM.sql, *sql.CLAIM.args(**args))
             # The claim's own key order: each row carries its key's rank (keys SKIP LOCKED left
             # out simply do not appear).
             order = None
@@ -246,11 +246,25 @@ class PostgresStore:
                 order=order,
             )
 
-        return await self._pool.write(body)
+        async def body(c: Conn) -> list[Batch]:
+            if acks:
+                await _ack_pairs(c, acks, now)
+            if expire:
+                expired = sql.EXPIRE_LEASES.args(
+                    now=now, max_attempts=rules.max_attempts, lease_horizon=rules.lease_horizon_s
+                )
+                statuses = await c.fetch(sql.EXPIRE_LEASES.sql, *expired)
+                if any(status == "pending" for (status,) in statuses):
+                    await self._notify(c)
+            return await lease(c)
+
+        if expire:
+            return await self._pool.write(body)
+        return await self._pool.statement(lease)  # one statement: no BEGIN/COMMIT round trips
 
     async def ack(self, token: str, ids: Sequence[int], *, now: float) -> None:
         """Leased events done; LeaseLostError (and no change) if the token is stale."""
-        await self._pool.write(lambda c: _fenced(c, sql.ACK, token, ids, now=now))
+        await self._pool.statement(lambda c: _fenced(c, sql.ACK, token, ids, now=now))
 
     async def nack(
         self,
@@ -280,7 +294,7 @@ class PostgresStore:
 
     async def extend(self, token: str, ids: Sequence[int], *, expires_at: float) -> None:
         """Push the lease expiry out; LeaseLostError if the token is stale."""
-        await self._pool.write(lambda c: _fenced(c, sql.EXTEND, token, ids, expires=expires_at))
+        await self._pool.statement(lambda c: _fenced(c, sql.EXTEND, token, ids, expires=expires_at))
 
     async def release(
         self, token: str, ids: Sequence[int], *, now: float, max_attempts: int
@@ -563,10 +577,6 @@ async def _insert(
         )
         for index, r in enumerate(rows)
     ]
-    duplicates = sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE)
-    if duplicates:
-        args = sql.ADD_TO_COUNTER.args(name="duplicates_suppressed", n=duplicates)
-        await c.execute(sql.ADD_TO_COUNTER.sql, *args)
     return outcome
 
 
@@ -583,35 +593,59 @@ def _columns(rows: Sequence[NewEvent], copies: list[int]) -> dict[str, list[Any]
     }
 
 
-async def _save_spill_positions(c: Conn, spill_log: str, reached: SpillPositions) -> None:
-    query = sql.SAVE_SPILL_POSITIONS
-    args = query.args(
-        log=to_db(spill_log),
-        priorities=list(reached),
-        segments=[seg for seg, _ in reached.values()],
-        offsets=[off for _, off in reached.values()],
-    )
-    await c.execute(query.sql, *args)
+def _source_columns(positions: Mapping[str, str | None]) -> dict[str, list[Any]]:
+    return {
+        "sources": [to_db(s) for s in positions],
+        "positions": [None if p is None else to_db(p) for p in positions.values()],
+    }
+
+
+def _spill_columns(spill: tuple[str, SpillPositions] | None) -> dict[str, Any]:
+    log, reached = spill if spill else ("", {})
+    return {
+        "log": to_db(log),
+        "priorities": list(reached),
+        "segments": [seg for seg, _ in reached.values()],
+        "offsets": [off for _, off in reached.values()],
+    }
+
+
+def _ack_columns(acks: Sequence[tuple[str, Sequence[int]]]) -> dict[str, list[Any]]:
+    pairs = [(event_id, to_db(token)) for token, ids in acks for event_id in sorted(set(ids))]
+    return {"ack_ids": [i for i, _ in pairs], "ack_tokens": [t for _, t in pairs]}
 
 
 async def _ack_pairs(c: Conn, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
-    pairs = [(event_id, to_db(token)) for token, ids in acks for event_id in sorted(set(ids))]
-    args = sql.ACK_PAIRS.args(ids=[i for i, _ in pairs], tokens=[t for _, t in pairs], now=now)
+    columns = _ack_columns(acks)
+    args = sql.ACK_PAIRS.args(ids=columns["ack_ids"], tokens=columns["ack_tokens"], now=now)
     changed = await c.fetch(sql.ACK_PAIRS.sql, *args)
-    _check_fence(len(changed), len(pairs))
+    _check_fence(len(changed), len(columns["ack_ids"]))
+
+
+async def _claim_acking(c: Conn, args: list[Any]) -> list[Any]:
+    """Ack and lease in one statement (queries.CLAIM_ACKING); the leased rows."""
+    rows = await c.fetch(sql.CLAIM_ACKING.sql, *args)
+    if not rows[0]["acks_held"]:  # nothing acked, nothing leased
+        _check_fence(
+            0, len(args[sql.CLAIM_ACKING.params.index("ack_ids")]), held=rows[0]["acks_held_n"]
+        )
+    return [row for row in rows if row["id"] is not None]
 
 
 async def _fenced(c: Conn, query: sql.Query, token: str, ids: Sequence[int], **values: Any) -> None:
     wanted = sorted(set(ids))
-    changed = await c.fetch(query.sql, *query.args(ids=wanted, token=to_db(token), **values))
-    _check_fence(len(changed), len(wanted))
+    found = await c.fetchrow(query.sql, *query.args(ids=wanted, token=to_db(token), **values))
+    assert found is not None
+    # The statement changes every row or none (see queries._fenced).
+    _check_fence(int(found["changed"]), len(wanted), held=int(found["held"]))
 
 
-def _check_fence(changed: int, wanted: int) -> None:
+def _check_fence(changed: int, wanted: int, *, held: int | None = None) -> None:
     if changed != wanted:
         # Raising rolls the whole transaction back: all of the batch changes, or none.
+        lost = wanted - (changed if held is None else held)
         raise LeaseLostError(
-            f"lease lost: {wanted - changed} of {wanted} events are no longer held under this "
+            f"lease lost: {lost} of {wanted} events are no longer held under this "
             "claim (its lease expired and another consumer claimed them, or they were finished)"
         )
 

@@ -86,6 +86,14 @@ def _figures(row: Row) -> str:
     if rss:
         parts.append(", ".join(f"{k[len('rss_mb_') :]} {v:.0f} MB" for k, v in rss))
         parts.append(f"peak {row['peak_rss_mb']:.0f} MB")
+    if "hosts" in row:  # the hosts scenario
+        shares = "/".join(f"{share:.0%}" for share in row["share"])
+        parts.append(
+            f"{row['hosts']} hosts, shares {shares}, CRITICAL p99 {row['critical_p99_ms'] or 0:.1f} ms, "
+            f"lost {row['lost']}, twice {row['handled_twice_at_attempt_1']}"
+        )
+        if "vs_one_host" in row:
+            parts.append(f"{row['vs_one_host']:.2f}x one host")
     if "avg_batch_size" in row:
         parts.append(f"avg batch {row['avg_batch_size']}")
     if "events_claimed" in row:

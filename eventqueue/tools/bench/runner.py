@@ -23,6 +23,7 @@ from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
 from eventqueue.tools.bench.scenarios.coalesce import coalesce_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
+from eventqueue.tools.bench.scenarios.hosts import hosts_scenarios
 from eventqueue.tools.bench.scenarios.latency import (
     critical_latency_saturated_scenario,
     critical_latency_scenario,
@@ -34,7 +35,16 @@ from eventqueue.tools.bench.sizes import Sizes
 
 T = TypeVar("T")
 
-STEPS = ("end_to_end", "put", "claim_ack", "claim_loop", "critical_latency", "spill", "coalesce")
+STEPS = (
+    "end_to_end",
+    "put",
+    "claim_ack",
+    "claim_loop",
+    "critical_latency",
+    "spill",
+    "coalesce",
+    "hosts",
+)
 ROW_ORDER = (
     "put",
     "put_many",
@@ -46,6 +56,7 @@ ROW_ORDER = (
     "critical_latency",
     "critical_latency_busy",
     "critical_latency_saturated",
+    "hosts",
     "spill_put",
     "promote",
     "coalesce",
@@ -123,6 +134,8 @@ async def _scenarios(
         rows += await step("spill", partial(spill_scenarios, sz, base))
     if "coalesce" in wanted:
         rows.append(await step("coalesce", partial(coalesce_scenario, sz, base)))
+    if "hosts" in wanted and where.server is not None:  # several hosts: PostgreSQL only
+        rows += await step("hosts", partial(hosts_scenarios, sz, base))
     return rows
 
 
