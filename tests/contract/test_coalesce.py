@@ -174,6 +174,16 @@ async def test_identical_content_is_a_duplicate_before_it_coalesces(store: Store
     assert event.superseded == 0
 
 
+async def test_each_repeat_on_the_coalescing_path_counts_once(store: Store) -> None:
+    await put(store, [version(1), version(2, at=START + 1)], now=START + 1)
+
+    await put(store, [version(2, at=START + 2)], now=START + 2)  # a repeat of the live version
+    await put(store, [version(1, at=START + 3)], now=START + 3)  # a repeat of a replaced one
+
+    stats = await store.stats(now=START + 3, rules=READY)
+    assert stats.counters["duplicates_suppressed"] == 2
+
+
 async def test_a_replaced_version_repeated_in_its_window_is_a_duplicate(store: Store) -> None:
     outcome = await put(store, [version(1), version(2, at=START + 1)], now=START + 1)
     (event_id,) = {i for _, i in outcome}
