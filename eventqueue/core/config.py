@@ -69,6 +69,41 @@ SETTINGS: tuple[Setting, ...] = (
         31_536_000,
     ),
     Setting(
+        "dedup_window",
+        "DEDUP_WINDOW",
+        "fixed",
+        "fixed: a duplicate is measured from its original's arrival; sliding: each suppressed"
+        " duplicate restarts the window from its own arrival",
+        choices=("fixed", "sliding"),
+    ),
+    Setting(
+        "coalesce_by",
+        "EVENT_COALESCE_BY",
+        "none",
+        "none, or aggregate_id: a pending (never delivered) event of the same batch key and"
+        " aggregate takes the payload of a newer one (latest wins); EventQueue.open also takes"
+        " a callable (event) -> str | None",
+        choices=("none", "aggregate_id"),
+    ),
+    Setting(
+        "debounce_ms",
+        "EVENT_DEBOUNCE_MS",
+        0.0,
+        "with coalescing, an event with a coalesce key is ready only after this long without a"
+        " newer event of its key (0: off)",
+        0,
+        86_400_000,
+    ),
+    Setting(
+        "debounce_max_ms",
+        "EVENT_DEBOUNCE_MAX_MS",
+        0.0,
+        "with debounce, an event is ready at the latest this long after its first version"
+        " (0 or unset: no maximum)",
+        0,
+        86_400_000,
+    ),
+    Setting(
         "batch_window_ms",
         "BATCH_WINDOW_MS",
         100.0,
@@ -246,6 +281,10 @@ class Config:
     db_path: str = "events.db"
     queue_size: int = 1000
     dedup_ttl_s: float = 300.0
+    dedup_window: str = "fixed"
+    coalesce_by: str = "none"
+    debounce_ms: float = 0.0
+    debounce_max_ms: float = 0.0
     batch_window_ms: float = 100.0
     high_batch_window_ms: float = 25.0
     max_batch_size: int = 10
@@ -297,6 +336,12 @@ class Config:
     def __post_init__(self) -> None:
         for setting in SETTINGS:
             _check(setting, getattr(self, setting.name), setting.name)
+        if 0 < self.debounce_max_ms < self.debounce_ms:
+            raise ConfigError(
+                f"debounce_max_ms={self.debounce_max_ms:g} is below debounce_ms="
+                f"{self.debounce_ms:g}; the maximum wait must be at least the debounce"
+                " (EVENT_DEBOUNCE_MAX_MS >= EVENT_DEBOUNCE_MS, or 0 for no maximum)"
+            )
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:

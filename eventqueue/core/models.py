@@ -96,6 +96,9 @@ class Event:
     trace_context: str | None = None
     # The event's ordering group (`ordered_by` / `put(ordering_key=)`), else None.
     ordering_key: str | None = None
+    # How many newer versions of this event (same batch key and coalesce key) replaced its
+    # payload while it waited: the payload is the latest one (coalescing; 0 without it).
+    superseded: int = 0
 
     @property
     def name(self) -> str:
@@ -148,6 +151,8 @@ class QueueStats:
     # Per batch key under a limit: in_flight (batches leased now), held_back (claims a limit
     # held it back, counted in the store), tokens (its bucket now; None without a rate).
     key_limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Versions a coalesce folded into a pending event (latest wins), kept in the database.
+    superseded: int = 0
 
     def count(self, status: Status | str, priority: Priority | None = None) -> int:
         """Events with this status (at this priority, or at all priorities)."""
@@ -162,6 +167,7 @@ class QueueStats:
             "counts": self.counts,
             "oldest_pending_age_s": self.oldest_pending_age_s,
             "duplicates_suppressed": self.duplicates_suppressed,
+            "superseded": self.superseded,
             "ready_batches": self.ready_batches,
             "spill": self.spill,
             "metrics": self.metrics,

@@ -3,6 +3,7 @@ inspection commands read. Pure values, no I/O: every backend speaks in these ter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,25 +31,38 @@ class NewEvent:
     received_at: float
     # The put's W3C trace context, "traceparent[ tracestate]" (None when not traced).
     trace_context: str | None = None
+    # Pending events of the same batch key and coalesce key are one (latest wins; None: never
+    # coalesced). See core/coalesce.py.
+    coalesce_key: str | None = None
     # The ordering group: leased only after every earlier event of it is done or dead.
     ordering_key: str | None = None
+
+    def with_coalesce_key(self, key: str | None) -> NewEvent:
+        """This event with a coalesce key."""
+        return dataclasses.replace(self, coalesce_key=key)
 
     def to_bytes(self) -> bytes:
         """The event as one spill record (JSON array, UTF-8)."""
         fields: list[Any] = [self.payload_json, self.priority, self.batch_key, self.content_hash]
         fields.append(self.received_at)
-        if self.trace_context is not None or self.ordering_key is not None:
-            fields.append(self.trace_context)  # untraced, unordered: the original 5 fields
+        # Trailing fields only as far as needed: untraced, uncoalesced, unordered records keep
+        # the original 5 fields, and records written before a field existed still read.
         if self.ordering_key is not None:
-            fields.append(self.ordering_key)
+            fields += [self.trace_context, self.coalesce_key, self.ordering_key]
+        elif self.coalesce_key is not None:
+            fields += [self.trace_context, self.coalesce_key]
+        elif self.trace_context is not None:
+            fields.append(self.trace_context)
         return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NewEvent:
-        """The event a spill record holds (the inverse of `to_bytes`; 5 to 7 fields)."""
+        """The event a spill record holds (the inverse of `to_bytes`; 5 to 8 fields:
+        trace context, coalesce key, ordering key)."""
         payload_json, priority, batch_key, content_hash, received_at, *rest = json.loads(data)
         trace_context = rest[0] if rest else None
-        ordering_key = rest[1] if len(rest) > 1 else None
+        coalesce_key = rest[1] if len(rest) > 1 else None
+        ordering_key = rest[2] if len(rest) > 2 else None
         return cls(
             payload_json,
             int(priority),
@@ -56,6 +70,7 @@ class NewEvent:
             content_hash,
             float(received_at),
             trace_context,
+            coalesce_key,
             ordering_key,
         )
 

@@ -57,7 +57,11 @@ def rules_from_config(config: Config) -> ClaimRules:
         lease_s=config.lease_s,
         max_attempts=config.max_attempts,
         lease_horizon_s=config.lease_s + 1.0,
-        retry_horizon_s=config.backoff_max_s + 1.0,
+        # A debounce holds an event back like a retry does (available_at ahead).
+        retry_horizon_s=max(
+            config.backoff_max_s, config.debounce_ms / 1000.0, config.debounce_max_ms / 1000.0
+        )
+        + 1.0,
         limits=KeyLimits.of(config.key_limits),
     )
 

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from eventqueue.core.coalesce import debounce_of, sliding
 from eventqueue.core.config import Config
 from eventqueue.core.errors import StoreBusyError
 from eventqueue.core.faults import crash_point
@@ -29,6 +30,8 @@ from eventqueue.runtime.writer import GroupCommitWriter, IntakeEntry
 from eventqueue.store.base import Store
 
 _CRITICAL = int(Priority.CRITICAL)
+# Group commits in flight at once on a store with a pool of connections.
+_POOLED_WRITERS = 2
 log = logging.getLogger("eventqueue.queue")
 
 
@@ -56,17 +59,23 @@ class Admission:
         self._config = config
         self._clock = clock
         self._ttl_s = dedup_ttl_s(config)
+        self._sliding = sliding(config)
+        self._debounce = debounce_of(config)
         # A stream position commits only when every earlier put is durable: a put still being
         # spilled must not be passed by a later one's position (a crash would skip it). The
         # position then simply commits with a later group.
         self._tickets = 0
         self._spilling: set[int] = set()
+        # A pool of connections (PostgreSQL) takes several group commits at once; each admits
+        # under the room lock, reserves its room, and commits outside the lock.
+        self._parallel = not store.capabilities.single_connection
         self.writer = GroupCommitWriter(
             self._commit,
             max_events=config.commit_max_events,
             intake_size=config.intake_size,
             on_commit=changes.notify,
             may_record=lambda e: not any(t < e.ticket for t in self._spilling),
+            parallel=_POOLED_WRITERS if self._parallel else 1,
         )
         # CRITICAL puts without a stream position take a lane of their own: they never wait
         # for a group of other puts to gather or commit, only for the connection (where the
@@ -135,7 +144,16 @@ class Admission:
                 await self._overflow.append([rows[i] for i in spilled])
             # The points counted in admitted rows: a put's spilled rows are already durable.
             chosen_points = [(bisect.bisect_left(admitted, end), at) for end, at in points]
-            results = await self._commit_admitted([rows[i] for i in admitted], chosen_points)
+            chosen = [rows[i] for i in admitted]
+            if not self._parallel:
+                results = await self._commit_admitted(chosen, chosen_points)
+            else:
+                self._room.reserved += len(chosen)
+        if self._parallel:
+            try:
+                results = await self._commit_admitted(chosen, chosen_points)
+            finally:
+                self._room.reserved -= len(chosen)
         outcome: list[Outcome] = [SPILLED] * len(rows)
         for index, result in zip(admitted, results, strict=True):
             outcome[index] = result
@@ -148,7 +166,7 @@ class Admission:
         the end of a put, to let a CRITICAL put have the connection. Each stores the stream
         positions of the puts it completes, so none passes an event not yet stored, and a
         crash in between resumes the stream right after the last whole put stored. Called
-        under the room lock."""
+        under the room lock (or with its room reserved)."""
         results: list[Outcome] = []
         positions = points[-1][1] if points else {}
         while True:
@@ -163,6 +181,8 @@ class Admission:
                     rest,
                     now=now,
                     dedup_ttl_s=self._ttl_s,
+                    sliding=self._sliding,
+                    debounce=self._debounce,
                     source_positions=positions,
                     fail_fast=True,
                     lease=self._handoff.lease(now) if critical else None,
@@ -191,6 +211,8 @@ class Admission:
                 rows,
                 now=now,
                 dedup_ttl_s=self._ttl_s,
+                sliding=self._sliding,
+                debounce=self._debounce,
                 fail_fast=True,
                 lease=self._handoff.lease(now),
                 count_waiting=False,  # CRITICAL needs no room; nothing extra before its commit

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from eventqueue.core.arguments import dead_flag, error_text, extend_s, retry_in_s
+from eventqueue.core.coalesce import CoalesceBy, coalesce_function, key_for
 from eventqueue.core.config import Config
 from eventqueue.core.errors import InvalidEventError, NotInBatchError, QueueClosedError
 from eventqueue.core.faults import crash_point
@@ -64,6 +65,7 @@ class EventQueue:
         batch_key_fn: BatchKeyFn = batch_key,
         clock: Clock = time.time,
         ordering: OrderingFn | None = None,
+        coalesce_by: CoalesceBy | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -76,6 +78,8 @@ class EventQueue:
         self._classify = classifier
         self._batch_key = batch_key_fn
         self._ordering = ordering or ordering_fn(config.ordered_by)
+        # A callable given to open() wins over the setting (EVENT_COALESCE_BY).
+        self._coalesce_by = coalesce_by or coalesce_function(config.coalesce_by)
         self._clock = clock
         self._rules = rules_from_config(config)
         self._expiry_every_s = min(1.0, config.lease_s / 4)
@@ -102,6 +106,7 @@ class EventQueue:
 
         Settings come from `config`, else keyword arguments over the environment. `migrate`:
         "auto" creates the schema in a new file and refuses an old one; True upgrades; False never.
+        `coalesce_by`: None, "aggregate_id" or a callable (event) -> str | None (latest wins).
         """
         # `ordered_by` may be a callable and `key_limits` a dict: Config holds their text forms.
         ordering = settings.pop("ordered_by", None)
@@ -112,11 +117,15 @@ class EventQueue:
             ordering = None
         if settings.get("key_limits") is not None:
             settings["key_limits"] = KeyLimits.of(settings["key_limits"]).text()
+        fn = settings.get("coalesce_by")
+        if callable(fn):  # a function is no setting: it travels beside the config
+            settings["coalesce_by"] = None
         if config is None:
             config = Config.load(db_path=path, **settings)
         elif path is not None or settings:
             config = config.replace(**({"db_path": path} if path else {}), **settings)
-        return _Opener(cls._open(config, classifier, batch_key, clock, migrate, ordering))
+        fn = fn if callable(fn) else None
+        return _Opener(cls._open(config, classifier, batch_key, clock, migrate, ordering, fn))
 
     @classmethod
     async def _open(
@@ -127,6 +136,7 @@ class EventQueue:
         clock: Clock,
         migrate: bool | str,
         ordering: OrderingFn | None = None,
+        coalesce_by: CoalesceBy | None = None,
     ) -> EventQueue:
         store = await open_store(config, migrate=migrate)
         metrics = Metrics()
@@ -161,6 +171,7 @@ class EventQueue:
             batch_key_fn=key_fn,
             clock=clock,
             ordering=ordering,
+            coalesce_by=coalesce_by,
         )
         admission.start()
         overflow.start()
@@ -201,12 +212,16 @@ class EventQueue:
         source: str | None = None,
         position: str | None = None,
         ordering_key: str | None = _UNSET,
+        coalesce_key: str | None = None,
     ) -> PutResult:
         """Store one event durably; returns once it is committed (accepted or duplicate).
 
         `ordering_key` (default: from `ordered_by`; None: unordered) puts it in a group leased
-        one event after another, in the order put."""
-        row = self.prepare(event, priority, ordering_key=ordering_key)
+        one event after another, in the order put. `coalesce_key`: fold it into the pending
+        event of its batch key with this key (latest wins); wins over `coalesce_by`. Never for
+        CRITICAL events; with ordering, only into the last pending event of its group.
+        """
+        row = self.prepare(event, priority, ordering_key=ordering_key, coalesce_key=coalesce_key)
         results = await self._put_rows([row], source, position)
         return results[0]
 
@@ -250,9 +265,10 @@ class EventQueue:
         *,
         index: int | None = None,
         ordering_key: Any = _UNSET,
+        coalesce_key: str | None = None,
     ) -> NewEvent:
         """Validate, hash and classify one event (raises InvalidEventError; stores nothing)."""
-        return prepare_event(
+        row = prepare_event(
             event,
             priority,
             config=self.config,
@@ -263,6 +279,9 @@ class EventQueue:
             ordering=self._ordering,
             ordering_key=ordering_key,
         )
+        if coalesce_key is None and self._coalesce_by is None:
+            return row
+        return key_for(row, event, self._coalesce_by, coalesce_key)
 
     async def _put_rows(
         self, rows: list[NewEvent], source: str | None, position: str | None
@@ -570,6 +589,7 @@ class EventQueue:
             counts=found.counts,
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
             duplicates_suppressed=found.counters.get("duplicates_suppressed", 0),
+            superseded=found.counters.get("superseded", 0),
             ready_batches=found.ready_batches,
             spill=self.overflow.stats(),
             metrics={"intake_queued": self._admission.queued, **self.metrics.as_dict()},

@@ -54,13 +54,16 @@ class Room:
         self.capacity = capacity
         self.waiting = waiting
         self.counted_at = float("-inf")  # when `waiting` was last counted (wall clock)
+        # Events admitted by group commits still in flight (parallel writers): not in any
+        # count yet, but their room is taken.
+        self.reserved = 0
         # Held while the room is counted and filled (a put group or a promotion chunk).
         self.lock = asyncio.Lock()
 
     @property
     def free(self) -> int:
         """Events that fit before the queue is full."""
-        return self.capacity - self.waiting
+        return self.capacity - self.waiting - self.reserved
 
     def taken(self, events: int) -> None:
         """`events` were claimed in this process: they no longer wait."""

@@ -56,6 +56,7 @@ class GroupCommitWriter:
         on_commit: Callable[[], None] = lambda: None,
         may_record: Callable[[IntakeEntry], bool] = lambda _entry: True,
         yield_after_commit: bool = False,
+        parallel: int = 1,
         name: str = "eventqueue-writer",
     ) -> None:
         self._commit = commit
@@ -76,6 +77,12 @@ class GroupCommitWriter:
         self._has_room.set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # Group commits in flight at once (a pool of connections); a group that stores stream
+        # positions starts only when every earlier group has landed, so a position never
+        # commits ahead of an event it covers.
+        self._slots = asyncio.Semaphore(parallel)
+        self._parallel = parallel
+        self._flying: set[asyncio.Task[None]] = set()
 
     @property
     def queued(self) -> int:
@@ -123,6 +130,8 @@ class GroupCommitWriter:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        while self._flying:
+            await asyncio.wait(set(self._flying))
 
     async def _run(self) -> None:
         while True:
@@ -132,6 +141,10 @@ class GroupCommitWriter:
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
+            if self._parallel > 1:
+                await self._slots.acquire()  # first: the group gathers while all are busy
+                await self._launch(self._take_group())
+                continue
             group = self._take_group()
             await self._commit_group(group)
             if self._yield_after_commit and not self._entries:
@@ -139,6 +152,22 @@ class GroupCommitWriter:
                 # the next group does: the CRITICAL event just stored is what it will lease.
                 for _ in range(_YIELDS_AFTER_COMMIT):
                     await asyncio.sleep(0)
+
+    async def _launch(self, group: list[IntakeEntry]) -> None:
+        """Start `group`'s commit beside those in flight (its slot taken); a group with stream
+        positions once every earlier group has landed."""
+        if any(entry.source is not None for entry in group):
+            while self._flying:
+                await asyncio.wait(set(self._flying))
+        task = asyncio.create_task(self._commit_group(group), name=f"{self._name}-group")
+        self._flying.add(task)
+        task.add_done_callback(self._landed)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._flying.discard(task)
+        self._slots.release()
+        if not task.cancelled():
+            task.exception()  # _commit_entries hands every fault to the puts' futures
 
     def _take_group(self) -> list[IntakeEntry]:
         group: list[IntakeEntry] = []

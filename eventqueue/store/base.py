@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from eventqueue.core.coalesce import Debounce
 from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch
 from eventqueue.core.owners import Owner
@@ -79,6 +80,8 @@ class Store(Protocol):
         lease: Lease | None = None,
         count_waiting: bool = True,
         split: Sequence[SplitPoint] | None = None,
+        sliding: bool = False,
+        debounce: Debounce | None = None,
     ) -> PutCommit:
         """Insert events; duplicates are counted on their original, not inserted.
 
@@ -101,6 +104,13 @@ class Store(Protocol):
         put holds, storing that point's positions instead of `source_positions`; `outcome`
         then covers that prefix and `waiting` is None, and the caller puts the rest. (A
         backend whose writers do not share a connection stores every row.)
+        `sliding`: a suppressed duplicate restarts its original's window from its own receipt
+        (dedup_at), instead of the window running from the original's.
+        Rows with a `coalesce_key` fold into the newest pending, never delivered event of their
+        batch key and coalesce key (core/coalesce.py): it takes the latest payload and keeps
+        its id and place, `superseded` counting the versions replaced; the row's outcome is
+        ACCEPTED with that event's id. `debounce`: such an event is claimable only at
+        `Debounce.ready_at` (its available_at).
         """
         ...
 

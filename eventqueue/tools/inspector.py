@@ -70,6 +70,7 @@ class Inspector:
                 counts=_dense(found.counts),
                 oldest_pending_age_s=None if oldest is None else round(max(0.0, now - oldest), 3),
                 duplicates_suppressed=found.counters.get("duplicates_suppressed", 0),
+                superseded=found.counters.get("superseded", 0),
                 ready_batches=found.ready_batches,
                 owners=await live_owners(store, now),
                 key_limits={k: dict(v) for k, v in found.key_limits.items()},

@@ -95,6 +95,7 @@ def render_stats(data: dict[str, Any]) -> RenderableType:
             "oldest pending": "none" if oldest is None else f"{oldest:.3f} s",
             "ready batches": data["ready_batches"],
             "duplicates suppressed": data["duplicates_suppressed"],
+            "superseded (coalesced)": data.get("superseded", 0),
         }
     )
     parts: list[RenderableType] = [table, summary]

@@ -38,7 +38,7 @@ def test_upgrade_keeps_rows_and_the_triggers_hold_groups(db_path: str, query: Qu
         insert(query, n)
     before = query(f"SELECT {V3_COLUMNS} FROM events ORDER BY id")
 
-    migrations.upgrade(db_path)
+    migrations.upgrade(db_path, "0004")
 
     assert query(f"SELECT {V3_COLUMNS} FROM events ORDER BY id") == before
     insert(query, 10, "g")
@@ -51,7 +51,7 @@ def test_upgrade_keeps_rows_and_the_triggers_hold_groups(db_path: str, query: Qu
 
 
 def test_downgrade_gives_held_events_back_as_pending(db_path: str, query: Query) -> None:
-    migrations.upgrade(db_path)
+    migrations.upgrade(db_path, "0004")
     insert(query, 1, "g")
     insert(query, 2, "g")
 
@@ -62,5 +62,5 @@ def test_downgrade_gives_held_events_back_as_pending(db_path: str, query: Query)
     assert query("SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
         query("UPDATE events SET status = 'held' WHERE id = 1")
-    migrations.upgrade(db_path)  # and up again
+    migrations.upgrade(db_path, "0004")  # and up again
     assert query("PRAGMA integrity_check") == [("ok",)]

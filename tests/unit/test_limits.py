@@ -67,7 +67,12 @@ def test_holds_name_the_keys_at_their_limit() -> None:
 
 
 def test_a_spill_record_keeps_the_ordering_key() -> None:
-    row = NewEvent("{}", 2, "k-handler", "h", 1.5, None, "order-7")
+    row = NewEvent("{}", 2, "k-handler", "h", 1.5, ordering_key="order-7")
     assert NewEvent.from_bytes(row.to_bytes()) == row
+    both = NewEvent("{}", 2, "k-handler", "h", 1.5, "00-tp", coalesce_key="o1", ordering_key="g")
+    assert NewEvent.from_bytes(both.to_bytes()) == both
+    # A record written before ordering (7 fields: ..., trace context, coalesce key) still reads.
+    old = NewEvent.from_bytes(b'["{}", 2, "k-handler", "h", 1.5, null, "o1"]')
+    assert old.coalesce_key == "o1" and old.ordering_key is None
     plain = NewEvent("{}", 2, "k-handler", "h", 1.5)
     assert len(plain.to_bytes().decode().split(",")) == 5  # the original 5 fields

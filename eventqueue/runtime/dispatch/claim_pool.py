@@ -4,6 +4,10 @@ Each consumer that needs work hands in the batch it just finished and waits. One
 takes every such request at once: it acks all finished batches and leases one ready batch per
 waiting consumer in a single transaction (one commit, one fsync), so claim throughput grows
 with concurrency instead of paying a commit per batch.
+
+Where the store has a pool of connections (PostgreSQL), two such claimers run at once, each for
+the consumers the other is not already claiming for: a claim's round trips and its commit no
+longer hold up the next one, and SKIP LOCKED keeps their leases apart.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from eventqueue.runtime.queue import EventQueue
 from eventqueue.runtime.wakeup import wait_any
 
 log = logging.getLogger("eventqueue.claims")
+# Claims in flight at once on a store with a pool of connections.
+_POOLED_LANES = 2
 
 # Loop passes a claim waits, at most, for every consumer to be waiting. A consumer's way from
 # its answer through a fast handler back to `next` takes about ten passes (its tasks, the
@@ -53,6 +59,8 @@ class ClaimPool:
         self._wake = asyncio.Event()
         self._closing = False
         self._consumers = 0  # the most consumers seen waiting at once: how many there are
+        self._reserved = 0  # waiters a claim in flight is leasing for
+        self._lanes = 1 if queue.store.capabilities.single_connection else _POOLED_LANES
 
     async def next(self, finished: Batch | None = None) -> Batch | None:
         """Ack `finished` and wait for a batch; None once the dispatcher stops."""
@@ -69,7 +77,10 @@ class ClaimPool:
         self._wake.set()
 
     async def run(self) -> None:
-        """The claimer task: one transaction per round, for every waiting consumer."""
+        """The claimer tasks: one transaction per round, for every waiting consumer."""
+        await asyncio.gather(*(self._lane() for _ in range(self._lanes)))
+
+    async def _lane(self) -> None:
         while True:
             self._wake.clear()
             stopping = self._stopping.is_set() or self._closing
@@ -79,8 +90,8 @@ class ClaimPool:
             if not stopping:
                 await self._gather()
             changed = self._queue.changed_event()  # before the claim: no change is missed
-            wanted = 0 if stopping else self._live_waiters()
-            self._consumers = max(self._consumers, wanted)
+            wanted = 0 if stopping else self._unserved()
+            self._consumers = max(self._consumers, self._live_waiters())
             batches = await self._claim(wanted)
             if batches is None:  # the queue is closed
                 self._answer_all(None)
@@ -93,9 +104,9 @@ class ClaimPool:
                     return
                 await self._wake.wait()
                 continue
-            if self._live_waiters() and not batches and not self._acks:
+            if wanted and not batches and not self._acks:
                 await self._idle(changed)
-            elif not self._live_waiters() and not self._acks:
+            elif not self._unserved() and not self._acks:
                 await self._wake.wait()
 
     async def _gather(self) -> None:
@@ -106,6 +117,10 @@ class ClaimPool:
                 return
             await asyncio.sleep(0)
 
+    def _unserved(self) -> int:
+        """Waiting consumers no claim in flight is leasing for."""
+        return max(0, self._live_waiters() - self._reserved)
+
     def _live_waiters(self) -> int:
         while self._waiters and self._waiters[0].done():
             self._waiters.popleft()  # a consumer cancelled while it waited
@@ -115,6 +130,7 @@ class ClaimPool:
         acks, self._acks = self._acks, []
         if not wanted and not acks:
             return []
+        self._reserved += wanted
         try:
             batches = await self._queue.claim_batches(self._name, wanted, acks=acks)
         except QueueClosedError:
@@ -130,6 +146,8 @@ class ClaimPool:
             log.error("claiming batches failed (retrying): %s", exc)
             await self._pause()
             return []
+        finally:
+            self._reserved -= wanted
         self._metrics.count("handled", sum(len(b) for b in acks))
         return batches
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from eventqueue.core.coalesce import debounce_of, sliding
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SpillError, StorageError, StoreBusyError
 from eventqueue.core.faults import crash_point
@@ -78,6 +79,8 @@ class Overflow:
         self._metrics = metrics
         self._clock = clock
         self._ttl_s = dedup_ttl_s(config)
+        self._sliding = sliding(config)
+        self._debounce = debounce_of(config)
         self._wanted = asyncio.Event()
         self._stopping = asyncio.Event()
         self._closing = False
@@ -272,6 +275,8 @@ class Overflow:
                 rows,
                 now=self._clock(),
                 dedup_ttl_s=self._ttl_s,
+                sliding=self._sliding,
+                debounce=self._debounce,
                 spill_positions=(
                     held.name,
                     {p: (pos.segment, pos.offset) for p, pos in reached.items()},

@@ -264,6 +264,12 @@ def _state_metrics(s: QueueStats) -> Iterator[Metric]:
     )
     duplicates.add_metric([], s.duplicates_suppressed)
     yield duplicates
+    superseded = CounterMetricFamily(
+        f"{PREFIX}_superseded",
+        "Versions coalesced into a pending event, latest wins (stored in the database).",
+    )
+    superseded.add_metric([], s.superseded)
+    yield superseded
     yield _gauge(
         "intake_queued_events",
         "Events put and not yet committed or spilled.",

@@ -15,6 +15,7 @@ queue by `instrument(queue)`; an uninstrumented queue pays one `is None` test pe
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -147,9 +148,7 @@ _NAMES = {int(p): p.name for p in Priority}
 
 
 def _with_context(row: NewEvent, carried: str) -> NewEvent:
-    return NewEvent(
-        row.payload_json, row.priority, row.batch_key, row.content_hash, row.received_at, carried
-    )
+    return dataclasses.replace(row, trace_context=carried)
 
 
 def _common(operation: str, key: str | None) -> dict[str, Any]:

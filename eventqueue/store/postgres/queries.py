@@ -74,17 +74,18 @@ _LEASE_CLEARED = (
 )
 _EVENT_COLUMNS = (
     "id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context,"
-    " ordering_key"
+    " ordering_key, superseded"
 )
 
 # --- put --------------------------------------------------------------------------------------
 
 _ROWS = """
     unnest(:payloads::text[], :priorities::int[], :keys::text[], :hashes::text[],
-           :received::float8[], :copies::int[], :traces::text[], :orderings::text[])
+           :received::float8[], :copies::int[], :traces::text[], :orderings::text[],
+           :coalesce_keys::text[])
         WITH ORDINALITY
         AS r(payload, priority, batch_key, content_hash, received_at, copies, trace_context,
-             ordering_key, n)
+             ordering_key, coalesce_key, n)
 """
 
 # Distinct hashes only (the caller folds repeats into `copies`): ON CONFLICT DO UPDATE may not
@@ -92,31 +93,40 @@ _ROWS = """
 # overlapping sets wait on each other's unique-index entries in one order (never a deadlock);
 # ids are drawn beforehand in arrival order, so id still breaks received_at ties FIFO.
 # RETURNING (xmax = 0) is true exactly for the rows inserted (not updated on conflict).
-PUT_DEDUP = Query.of(
-    "put_dedup",
-    f"""
+_PUT_DEDUP = """
     WITH ids AS MATERIALIZED (
         SELECT nextval(pg_get_serial_sequence('events', 'id')) AS id, g AS n
         FROM generate_series(1, cardinality(:hashes::text[])) AS g
     )
     INSERT INTO events AS e (id, payload, priority, batch_key, content_hash, dedup_key, status,
-                             received_at, available_at, duplicates, trace_context, ordering_key)
+                             received_at, available_at, duplicates, trace_context, ordering_key,
+                             coalesce_key)
     SELECT ids.id, r.payload, r.priority, r.batch_key, r.content_hash, r.content_hash,
-           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context, r.ordering_key
-    FROM {_ROWS} JOIN ids USING (n)
+           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context, r.ordering_key,
+           r.coalesce_key
+    FROM {rows} JOIN ids USING (n)
     ORDER BY r.content_hash
     ON CONFLICT (dedup_key) DO UPDATE SET duplicates = e.duplicates + EXCLUDED.duplicates + 1
+        {slide}
     RETURNING e.id, e.content_hash, (e.xmax = 0) AS inserted
-    """,
+"""
+PUT_DEDUP = Query.of("put_dedup", _PUT_DEDUP.format(rows=_ROWS, slide=""))
+# A sliding window: the suppressed repeat restarts its original's window from its own arrival.
+PUT_DEDUP_SLIDING = Query.of(
+    "put_dedup_sliding",
+    _PUT_DEDUP.format(
+        rows=_ROWS,
+        slide=", dedup_at = greatest(coalesce(e.dedup_at, e.received_at), EXCLUDED.received_at)",
+    ),
 )
 
 PUT_PLAIN = Query.of(
     "put_plain",
     f"""
     INSERT INTO events (payload, priority, batch_key, content_hash, status, received_at,
-                        available_at, duplicates, trace_context, ordering_key)
+                        available_at, duplicates, trace_context, ordering_key, coalesce_key)
     SELECT r.payload, r.priority, r.batch_key, r.content_hash, 'pending', r.received_at,
-           r.received_at, r.copies - 1, r.trace_context, r.ordering_key
+           r.received_at, r.copies - 1, r.trace_context, r.ordering_key, r.coalesce_key
     FROM {_ROWS}
     ORDER BY r.n
     RETURNING id
@@ -136,45 +146,19 @@ RELEASE_DEDUP = Query.of(
     UPDATE events SET dedup_key = NULL
     FROM unnest(:hashes::text[], :received::float8[]) AS r(content_hash, received_at)
     WHERE events.dedup_key = r.content_hash
-      AND abs(events.received_at - r.received_at) > :ttl::float8
-    """,
-)
-
-ADD_TO_COUNTER = Query.of(
-    "add_to_counter",
-    """
-    INSERT INTO counters AS c (name, value) VALUES (:name::text, :n::bigint)
-    ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
-    """,
-)
-
-SAVE_SOURCE_POSITIONS = Query.of(
-    "save_source_positions",
-    """
-    INSERT INTO source_positions (source, position, updated_at)
-    SELECT s, p, :now::float8 FROM unnest(:sources::text[], :positions::text[]) AS u(s, p)
-    ON CONFLICT (source) DO UPDATE
-        SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
-    """,
-)
-
-SAVE_SPILL_POSITIONS = Query.of(
-    "save_spill_positions",
-    """
-    INSERT INTO spill_positions (log, priority, segment, "offset")
-    SELECT :log::text, p, s, o
-    FROM unnest(:priorities::int[], :segments::bigint[], :offsets::bigint[]) AS u(p, s, o)
-    ON CONFLICT (log, priority) DO UPDATE
-        SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset"
+      AND abs(coalesce(events.dedup_at, events.received_at) - r.received_at) > :ttl::float8
     """,
 )
 
 # The events that wait (pending, back-off included), the set EVENT_QUEUE_SIZE bounds: what a
 # consumer holds has left the queue, so held claims never make new events spill.
-COUNT_WAITING = Query.of(
-    "count_waiting",
-    "SELECT count(*) FROM events WHERE status = 'pending'",
-)
+# Bounded: counting stops at :cap (EVENT_QUEUE_SIZE + 1, "full"), so a count reads at most
+# that many entries of ix_events_pending however large the backlog grew (spill promotion and
+# other hosts can leave more waiting than the bound).
+_WAITING = """
+    SELECT count(*) FROM (SELECT 1 FROM events WHERE status = 'pending' LIMIT :cap::bigint) AS w
+"""
+COUNT_WAITING = Query.of("count_waiting", _WAITING)
 
 COUNT_UNFINISHED = Query.of(
     "count_unfinished",
@@ -182,6 +166,39 @@ COUNT_UNFINISHED = Query.of(
     SELECT (SELECT count(*) FROM events WHERE status = 'pending')
          + (SELECT count(*) FROM events WHERE status = 'held')
          + (SELECT count(*) FROM events WHERE status = 'claimed')
+    """,
+)
+
+# The end of a put in one statement (one round trip instead of up to five): its stream and
+# spill positions, the duplicates counter, the NOTIFY, and the bounded waiting count. Empty
+# arrays write nothing. The counter row is shared by every writer on every host: touched last,
+# its lock is held only until the COMMIT that follows.
+PUT_FINISH = Query.of(
+    "put_finish",
+    f"""
+    WITH sources AS (
+        INSERT INTO source_positions (source, position, updated_at)
+        SELECT s, p, :now::float8 FROM unnest(:sources::text[], :positions::text[]) AS u(s, p)
+        ON CONFLICT (source) DO UPDATE
+            SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
+    ),
+    spills AS (
+        INSERT INTO spill_positions (log, priority, segment, "offset")
+        SELECT :log::text, p, s, o
+        FROM unnest(:priorities::int[], :segments::bigint[], :offsets::bigint[]) AS u(p, s, o)
+        ON CONFLICT (log, priority) DO UPDATE
+            SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset"
+    ),
+    counted AS (
+        INSERT INTO counters AS c (name, value)
+        SELECT 'duplicates_suppressed', :duplicates::bigint WHERE :duplicates::bigint > 0
+        ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
+    ),
+    notified AS (
+        SELECT pg_notify(:channel::text, :payload::text) WHERE :notify::boolean
+    )
+    SELECT (SELECT count(*) FROM notified) AS notified,
+           CASE WHEN :count::boolean THEN ({_WAITING}) END AS waiting
     """,
 )
 
@@ -315,19 +332,58 @@ def _fenced_text(column: str) -> str:
 
 # Each batch's lease token and batch id are `token:key` and `batch_id:key`: every batch is
 # fenced on its own (records.assemble_batches builds the same in Python).
-CLAIM = Query.of(
-    "claim",
-    f"""
-    WITH {_READY}, picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")})
-    UPDATE events SET status = 'claimed', lease_owner = :owner::text,
+_LEASE_SET = f"""status = 'claimed', lease_owner = :owner::text,
         lease_holder = :holder::text,
         lease_token = {_fenced_text("token")},
         lease_expires_at = :expires::float8,
         batch_id = {_fenced_text("batch_id")},
-        attempts = attempts + 1
+        attempts = attempts + 1"""
+
+CLAIM = Query.of(
+    "claim",
+    f"""
+    WITH {_READY}, picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")})
+    UPDATE events SET {_LEASE_SET}
     FROM picked WHERE events.id = picked.id
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context, ordering_key, picked.rank
+        trace_context, ordering_key, superseded, picked.rank
+    """,
+)
+
+# Finished batches acked and the next ones leased in one statement (a dispatcher's claim: one
+# round trip, no BEGIN or COMMIT of its own). All or nothing: the acked rows still held under
+# their tokens are locked first (in id order); unless every one asked for is among them,
+# nothing is acked and nothing leased (`acks_held` false: the caller raises LeaseLostError).
+# Always one row at least: a claim that leased nothing returns one row of NULLs with the flag.
+CLAIM_ACKING = Query.of(
+    "claim_acking",
+    f"""
+    WITH {_READY},
+    acking AS MATERIALIZED (
+        SELECT e.id FROM events e
+        JOIN unnest(:ack_ids::bigint[], :ack_tokens::text[]) AS p(id, token)
+            ON e.id = p.id AND e.lease_token = p.token
+        WHERE e.status = 'claimed'
+        ORDER BY e.id FOR UPDATE OF e
+    ),
+    held AS MATERIALIZED (
+        SELECT count(*) AS n, count(*) = cardinality(:ack_ids::bigint[]) AS ok FROM acking
+    ),
+    acked AS (
+        UPDATE events SET status = 'done', finished_at = :now::float8, last_error = NULL,
+            {_LEASE_CLEARED}
+        WHERE id IN (SELECT id FROM acking) AND (SELECT ok FROM held)
+        RETURNING 1
+    ),
+    picked AS ({_PICK.format(lock="FOR UPDATE SKIP LOCKED")}),
+    claimed AS (
+        UPDATE events SET {_LEASE_SET}
+        FROM picked WHERE events.id = picked.id AND (SELECT ok FROM held)
+        RETURNING events.id, payload, priority, content_hash, batch_key, attempts,
+            received_at, trace_context, ordering_key, superseded, picked.rank
+    )
+    SELECT c.*, (SELECT ok FROM held) AS acks_held, (SELECT n FROM held) AS acks_held_n
+    FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
     """,
 )
 
@@ -335,15 +391,10 @@ CLAIM = Query.of(
 LEASE_IDS = Query.of(
     "lease_ids",
     f"""
-    UPDATE events SET status = 'claimed', lease_owner = :owner::text,
-        lease_holder = :holder::text,
-        lease_token = {_fenced_text("token")},
-        lease_expires_at = :expires::float8,
-        batch_id = {_fenced_text("batch_id")},
-        attempts = attempts + 1
+    UPDATE events SET {_LEASE_SET}
     WHERE id = ANY(:ids::bigint[]) AND status = 'pending'
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context, ordering_key
+        trace_context, ordering_key, superseded
     """,
 )
 
@@ -407,10 +458,23 @@ ACK_PAIRS = Query.of(
 
 
 def _fenced(assignments: str) -> str:
+    # All or nothing in one statement (an ack runs without BEGIN and COMMIT round trips): the
+    # rows still held under the token are locked first (in id order: two settles never
+    # deadlock), and changed only when every one asked for is among them. Returns how many
+    # were held and how many changed (0, or all).
     return f"""
-    UPDATE events SET {assignments}
-    WHERE id = ANY(:ids::bigint[]) AND status = 'claimed' AND lease_token = :token::text
-    RETURNING id
+    WITH held AS MATERIALIZED (
+        SELECT id FROM events
+        WHERE id = ANY(:ids::bigint[]) AND status = 'claimed' AND lease_token = :token::text
+        ORDER BY id FOR UPDATE
+    ),
+    changed AS (
+        UPDATE events SET {assignments}
+        WHERE id IN (SELECT id FROM held)
+          AND (SELECT count(*) FROM held) = cardinality(:ids::bigint[])
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM changed) AS changed
     """
 
 
@@ -502,7 +566,8 @@ REQUEUE_ALL = Query.of("requeue_all", _REQUEUE)
 # kept: deleting it would make a re-put of its content new again. Received "in the future"
 # means the wall clock stepped back: its window has ended (as for RELEASE_DEDUP).
 _DEDUP_WINDOW_OPEN = """
-    (dedup_key IS NOT NULL AND received_at >= :since::float8 AND received_at <= :now::float8)
+    (dedup_key IS NOT NULL AND coalesce(dedup_at, received_at) >= :since::float8
+     AND coalesce(dedup_at, received_at) <= :now::float8)
 """
 # SKIP LOCKED: purges on several hosts at once take different chunks instead of queueing.
 PURGE_DONE = Query.of(
@@ -676,4 +741,115 @@ PENDING_KEYS_AMONG = Query.of(
 SELECT_KEY_LIMITS = Query.of(
     "select_key_limits",
     "SELECT batch_key, held_back, tokens, refilled_at FROM key_limits ORDER BY batch_key",
+)
+
+
+# --- coalescing (core/coalesce.py plans; store/postgres/coalescing.py runs these) ------------
+
+# Per (batch key, coalesce key) lock, taken in sorted order before the put inserts: two puts of
+# one key (on any host) run one after the other, so the second sees the first's event and
+# folds into it instead of leaving two pending events of one key.
+LOCK_COALESCE_KEYS = Query.of(
+    "lock_coalesce_keys",
+    """
+    SELECT count(pg_advisory_xact_lock(k))
+    FROM unnest(:locks::bigint[]) WITH ORDINALITY AS u(k, n)
+    """,
+)
+# Event `e` is the last unfinished event of its ordering group (or has none): no pending, held
+# or claimed event of the group after it in group order (received_at, id); ix_events_ordering.
+# A coalescing put folds only into such an event (core/coalesce.route).
+_LAST = """(e.ordering_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM events l
+        WHERE l.ordering_key = e.ordering_key AND l.status IN ('pending', 'held', 'claimed')
+          AND (l.received_at, l.id) > (e.received_at, e.id)))"""
+
+# What a coalescing put must know before it writes, in one round trip: the live holders of
+# its content hashes (with when their window runs from: the caller releases closed ones), the
+# replaced versions of those hashes, and the pending, never delivered events of its coalesce
+# keys (through ix_events_coalesce; filtered by batch key by the caller).
+SELECT_COALESCE_STATE = Query.of(
+    "select_coalesce_state",
+    f"""
+    SELECT 'live', id, batch_key, coalesce_key, priority, received_at, dedup_key,
+           coalesce(dedup_at, received_at), NULL::text, NULL::boolean
+    FROM events WHERE dedup_key = ANY(:hashes::text[])
+    UNION ALL
+    SELECT 'retired', event_id, NULL, NULL, NULL, NULL, dedup_key, dedup_at, NULL, NULL
+    FROM superseded_keys WHERE dedup_key = ANY(:hashes::text[])
+    UNION ALL
+    SELECT 'target', e.id, e.batch_key, e.coalesce_key, e.priority, e.received_at, e.dedup_key,
+           coalesce(e.dedup_at, e.received_at), e.ordering_key, {_LAST}
+    FROM events e
+    WHERE e.status IN ('pending', 'held') AND e.coalesce_key IS NOT NULL
+      AND e.coalesce_key = ANY(:keys::text[]) AND e.attempts = 0
+    ORDER BY 1, 2
+    """,
+)
+SLIDE_SUPERSEDED_KEYS = Query.of(
+    "slide_superseded_keys",
+    """
+    UPDATE superseded_keys s SET dedup_at = greatest(s.dedup_at, u.at)
+    FROM unnest(:keys::text[], :ats::float8[]) AS u(k, at) WHERE s.dedup_key = u.k
+    """,
+)
+# Repeats found before the insert, one row per event (`ats`: a sliding window's restart, or
+# NULL).
+ADD_DUPLICATES = Query.of(
+    "add_duplicates",
+    """
+    UPDATE events e SET duplicates = e.duplicates + u.n,
+        dedup_at = CASE WHEN u.at IS NULL THEN e.dedup_at
+                        ELSE greatest(coalesce(e.dedup_at, e.received_at), u.at) END
+    FROM unnest(:ids::bigint[], :ns::int[], :ats::float8[]) AS u(id, n, at) WHERE e.id = u.id
+    """,
+)
+# The surviving event takes the latest version, in one round trip with what goes with it: the
+# replaced versions' dedup keys (`retired_*`) and the `superseded` counter. A claimed event, or
+# one delivered before (attempts > 0), is never changed, nor one that is no longer its ordering
+# group's last: RETURNING says which targets took it (another host may have claimed one, or put
+# a later event of its group, since the read); only their keys are retired and counted.
+APPLY_MERGES = Query.of(
+    "apply_merges",
+    f"""
+    WITH merged AS (
+        UPDATE events e SET payload = u.payload, content_hash = u.hash,
+            priority = greatest(e.priority, u.priority), dedup_key = u.dedup_key,
+            dedup_at = u.dedup_at, trace_context = u.trace, superseded = e.superseded + u.n,
+            available_at = coalesce(u.available, e.available_at)
+        FROM unnest(:ids::bigint[], :payloads::text[], :hashes::text[], :priorities::int[],
+                    :dedup_keys::text[], :dedup_ats::float8[], :traces::text[], :ns::int[],
+                    :availables::float8[])
+            AS u(id, payload, hash, priority, dedup_key, dedup_at, trace, n, available)
+        WHERE e.id = u.id AND e.status IN ('pending', 'held') AND e.attempts = 0
+          AND {_LAST}
+        RETURNING e.id, u.n
+    ),
+    retired AS (
+        INSERT INTO superseded_keys (dedup_key, event_id, dedup_at)
+        SELECT DISTINCT ON (k) k, id, at
+        FROM unnest(:retired_keys::text[], :retired_ids::bigint[], :retired_ats::float8[])
+            AS r(k, id, at)
+        WHERE id IN (SELECT id FROM merged)
+        ORDER BY k, at DESC
+        ON CONFLICT (dedup_key) DO UPDATE
+            SET event_id = EXCLUDED.event_id, dedup_at = EXCLUDED.dedup_at
+    ),
+    counted AS (
+        INSERT INTO counters AS c (name, value)
+        SELECT 'superseded', sum(n) FROM merged HAVING sum(n) > 0
+        ON CONFLICT (name) DO UPDATE SET value = c.value + EXCLUDED.value
+    )
+    SELECT id FROM merged
+    """,
+)
+SET_AVAILABLE = Query.of(
+    "set_available",
+    """
+    UPDATE events e SET available_at = u.at
+    FROM unnest(:ids::bigint[], :ats::float8[]) AS u(id, at) WHERE e.id = u.id
+    """,
+)
+PRUNE_SUPERSEDED_KEYS = Query.of(
+    "prune_superseded_keys", "DELETE FROM superseded_keys WHERE dedup_at < :since::float8"
 )

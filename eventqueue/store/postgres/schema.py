@@ -66,6 +66,13 @@ events = Table(
     # The event's ordering group (revision 0005; NULL: unordered). The triggers of
     # ORDERING_DDL keep at most one event of a group pending or claimed.
     Column("ordering_key", Text, nullable=True),
+    # Coalescing (revision 0006): pending events of one batch key and coalesce key are one,
+    # latest wins (NULL: never coalesced); how many newer versions replaced its payload; and
+    # when its dedup window runs from (NULL: received_at; a sliding window or a coalesced
+    # version moves it).
+    Column("coalesce_key", Text, nullable=True),
+    Column("superseded", Integer, nullable=False, server_default="0"),
+    Column("dedup_at", Float, nullable=True),
     CheckConstraint(f"status IN {STATUSES!r}", name="status"),
     CheckConstraint("priority BETWEEN 1 AND 4", name="priority"),
 )
@@ -119,6 +126,25 @@ key_limits = Table(
 
 # The keys whose bucket is empty now: one range read per claim, however many keys.
 Index("ix_key_limits_ready_at", key_limits.c.ready_at)
+
+# A coalescing put finds the pending event of its keys (revision 0006).
+Index(
+    "ix_events_coalesce",
+    events.c.coalesce_key,
+    events.c.batch_key,
+    postgresql_where=text("status IN ('pending', 'held') AND coalesce_key IS NOT NULL"),
+)
+
+# The dedup keys of versions a coalesce replaced, while their window is open: a repeat of a
+# replaced payload is still a duplicate (of the event that replaced it), so a stale re-send
+# never overwrites newer state. Pruned by the purge once the window closed.
+superseded_keys = Table(
+    "superseded_keys",
+    metadata,
+    Column("dedup_key", Text, primary_key=True),
+    Column("event_id", BigInteger, nullable=False),
+    Column("dedup_at", Float, nullable=False),
+)
 
 source_positions = Table(
     "source_positions",
@@ -186,7 +212,7 @@ VIEWS: dict[str, str] = {
     "eq_overview": f"""
         SELECT status, {_PRIORITY_NAME} AS priority, batch_key, count(*) AS events,
                round(({_NOW} - min(received_at))::numeric, 3) AS oldest_age_s,
-               sum(duplicates) AS duplicates
+               sum(duplicates) AS duplicates, sum(superseded) AS superseded
         FROM events GROUP BY status, events.priority, batch_key
     """,
     "eq_ready_batches": f"""
@@ -197,7 +223,8 @@ VIEWS: dict[str, str] = {
                 OR ({_NOW} - min(received_at)) * 1000.0
                    >= (SELECT value FROM settings WHERE name = 'batch_window_ms')::double precision
                 OR (SELECT value FROM settings WHERE name = 'enable_batching') = 'false'
-               ) AS ready
+               ) AS ready,
+               count(coalesce_key) AS coalesce_keys, sum(superseded) AS superseded
         FROM events WHERE status = 'pending' AND available_at <= {_NOW}
         GROUP BY batch_key
     """,
@@ -206,7 +233,7 @@ VIEWS: dict[str, str] = {
                attempts, last_error,
                to_char(to_timestamp(finished_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
                    AS died_at,
-               payload, ordering_key
+               coalesce_key, superseded, payload, ordering_key
         FROM events WHERE status = 'dead'
     """,
     # Revision 0005: ordering groups with unfinished events, and what holds each.

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from eventqueue.core.coalesce import Debounce
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.config import Config
 from eventqueue.core.errors import LeaseLostError, SchemaError
@@ -41,22 +42,25 @@ from eventqueue.core.rules import ClaimRules
 from eventqueue.store.base import Capabilities, SpillPositions
 from eventqueue.store.postgres import limiting
 from eventqueue.store.postgres import queries as sql
+from eventqueue.store.postgres.coalescing import coalescing, prune, put_coalescing
 from eventqueue.store.postgres.connection import Conn, Pool
 from eventqueue.store.postgres.limiting import held_args
 from eventqueue.store.postgres.listener import Listener
 from eventqueue.store.postgres.schema_state import ensure_schema, read_status
 from eventqueue.store.postgres.text import from_db, plain_prefix, readable, to_db
 
-_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
+_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at", "dedup_at")
 _CAPABILITIES = Capabilities(single_connection=False, cross_process_notify=True)
 
 
 class PostgresStore:
     """The durable store in one PostgreSQL schema: a small pool, row locks, LISTEN/NOTIFY."""
 
-    def __init__(self, pool: Pool, channel: str) -> None:
+    def __init__(self, pool: Pool, channel: str, *, queue_size: int) -> None:
         self._pool = pool
         self._channel = channel
+        # Waiting counts stop here: beyond EVENT_QUEUE_SIZE the exact number changes nothing.
+        self._waiting_cap = queue_size + 1
         # Sent with every notification, so this store's own commits do not wake it again.
         self._instance = secrets.token_hex(8)
         self._listener: Listener | None = None
@@ -88,7 +92,7 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, channel_for(str(schema)))
+        return cls(pool, channel_for(str(schema)), queue_size=config.queue_size)
 
     @property
     def name(self) -> str:
@@ -136,6 +140,8 @@ class PostgresStore:
         count_waiting: bool = True,
         # One pool of connections: a CRITICAL put never waits for this one, so never split.
         split: Sequence[SplitPoint] | None = None,
+        sliding: bool = False,
+        debounce: Debounce | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
@@ -145,27 +151,36 @@ class PostgresStore:
         """
 
         async def body(c: Conn) -> PutCommit:
-            outcome = await _insert(c, rows, dedup_ttl_s) if rows else []
-            if source_positions:
-                names = [to_db(s) for s in source_positions]
-                positions = [None if p is None else to_db(p) for p in source_positions.values()]
-                query = sql.SAVE_SOURCE_POSITIONS
-                await c.execute(query.sql, *query.args(sources=names, positions=positions, now=now))
-            if spill_positions:
-                await _save_spill_positions(c, *spill_positions)
-            if any(status is PutStatus.ACCEPTED for status, _ in outcome):
-                await self._notify(c)
+            if coalescing(rows):
+                outcome = await put_coalescing(
+                    c, rows, dedup_ttl_s, sliding=sliding, debounce=debounce, insert=_insert
+                )
+            else:
+                outcome = await _insert(c, rows, dedup_ttl_s, sliding) if rows else []
             claimed = await _lease_critical(c, rows, outcome, lease, self._holder) if lease else []
-            if not count_waiting:
-                return PutCommit(outcome, None, claimed)
-            waiting = await c.fetchval(sql.COUNT_WAITING.sql)
-            return PutCommit(outcome, int(waiting), claimed)
+            query = sql.PUT_FINISH
+            args = query.args(
+                now=now,
+                **_source_columns(source_positions or {}),
+                **_spill_columns(spill_positions),
+                duplicates=sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE),
+                channel=self._channel,
+                payload=self._instance,
+                notify=any(status is PutStatus.ACCEPTED for status, _ in outcome),
+                count=count_waiting,
+                cap=self._waiting_cap,
+            )
+            finished = await c.fetchrow(query.sql, *args)
+            assert finished is not None
+            waiting = None if finished["waiting"] is None else int(finished["waiting"])
+            return PutCommit(outcome, waiting, claimed)
 
         return await self._pool.write(body, fail_fast=fail_fast)
 
     async def waiting_count(self) -> int:
         """Waiting events: pending, back-off included (what EVENT_QUEUE_SIZE bounds)."""
-        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_WAITING.sql)))
+        args = sql.COUNT_WAITING.args(cap=self._waiting_cap)
+        return int(await self._pool.read(lambda c: c.fetchval(sql.COUNT_WAITING.sql, *args)))
 
     async def unfinished_count(self) -> int:
         """Events not done or dead yet: pending and claimed."""
@@ -204,7 +219,7 @@ class PostgresStore:
         lost its lease); `expire` first returns expired leases to pending. `min_priority`:
         only events of at least this priority.
         """
-        values = dict(
+        args = dict(
             **ready_args(now, rules, min_priority, limits=False),
             batches=batches,
             limit=rules.batch_limit,
@@ -215,8 +230,12 @@ class PostgresStore:
             batch_id=plain_prefix(batch_id, "a batch id"),
         )
 
-        async def lease(c: Conn, held: Holds | None) -> list[Batch]:
-            rows = await c.fetch(sql.CLAIM.sql, *sql.CLAIM.args(**values, **held_args(held)))
+        async def lease(c: Conn, held: Holds | None, *, acking: bool = False) -> list[Batch]:
+            values = {**args, **held_args(held)}
+            if acking:
+                rows = await _claim_acking(c, sql.CLAIM_ACKING.args(**_ack_columns(acks), **values))
+            else:
+                rows = await c.fetch(sql.CLAIM.sql, *sql.CLAIM.args(**values))
             # The claim's own key order: each row carries its key's rank (keys SKIP LOCKED left
             # out simply do not appear).
             order = None
@@ -242,10 +261,12 @@ class PostgresStore:
                 statuses = await c.fetch(sql.EXPIRE_LEASES.sql, *expired)
                 if any(status == "pending" for (status,) in statuses):
                     await self._notify(c)
-            held = await limiting.claim_holds(c, rules.limits, now) if rules.limits else None
+            if not rules.limits:
+                return await lease(c, None)
+            # Key limits: the holds read before the claim, a recount under the keys' locks
+            # after it (limiting.py). Several statements, so always a transaction.
+            held = await limiting.claim_holds(c, rules.limits, now)
             found = await lease(c, held)
-            if held is None:
-                return found
             # Twice at most: a claim that lost a key to another host's claim (given back below)
             # claims again without it, in the same transaction, rather than coming back empty.
             for _ in range(2):
@@ -259,11 +280,17 @@ class PostgresStore:
                 found = await lease(c, held)
             return []
 
-        return await self._pool.write(body)
+        if expire or rules.limits:
+            return await self._pool.write(body)
+
+        async def one_statement(c: Conn) -> list[Batch]:
+            return await lease(c, None, acking=bool(acks))
+
+        return await self._pool.statement(one_statement)  # no BEGIN/COMMIT round trips
 
     async def ack(self, token: str, ids: Sequence[int], *, now: float) -> None:
         """Leased events done; LeaseLostError (and no change) if the token is stale."""
-        await self._pool.write(lambda c: _fenced(c, sql.ACK, token, ids, now=now))
+        await self._pool.statement(lambda c: _fenced(c, sql.ACK, token, ids, now=now))
 
     async def nack(
         self,
@@ -293,7 +320,7 @@ class PostgresStore:
 
     async def extend(self, token: str, ids: Sequence[int], *, expires_at: float) -> None:
         """Push the lease expiry out; LeaseLostError if the token is stale."""
-        await self._pool.write(lambda c: _fenced(c, sql.EXTEND, token, ids, expires=expires_at))
+        await self._pool.statement(lambda c: _fenced(c, sql.EXTEND, token, ids, expires=expires_at))
 
     async def release(
         self, token: str, ids: Sequence[int], *, now: float, max_attempts: int
@@ -427,6 +454,8 @@ class PostgresStore:
         info = dict(row.items())
         info.update({k: iso(info[k]) for k in _TIME_COLUMNS})
         info["batch_key"] = from_db(info["batch_key"])
+        if info.get("coalesce_key") is not None:
+            info["coalesce_key"] = from_db(info["coalesce_key"])
         priority, payload = priority_name(info["priority"]), decode_text(info["payload"])
         return {**info, "priority": priority, "payload": payload}
 
@@ -469,8 +498,12 @@ class PostgresStore:
         """Delete up to `limit` done events finished before `cutoff`, except those inside their
         dedup window; how many."""
         args = sql.PURGE_DONE.args(cutoff=cutoff, since=dedup_since, now=now, chunk=limit)
-        status = await self._pool.write(lambda c: c.execute(sql.PURGE_DONE.sql, *args))
-        return _row_count(status)
+
+        async def body(c: Conn) -> str:
+            await prune(c, dedup_since)  # replaced versions' keys whose window closed
+            return str(await c.execute(sql.PURGE_DONE.sql, *args))
+
+        return _row_count(await self._pool.write(body))
 
     async def count_kept_for_dedup(self, *, cutoff: float, dedup_since: float, now: float) -> int:
         """How many done events finished before `cutoff` `purge_done` keeps for their window."""
@@ -549,7 +582,7 @@ async def _lease_critical(
 
 
 async def _insert(
-    c: Conn, rows: Sequence[NewEvent], dedup_ttl_s: float | None
+    c: Conn, rows: Sequence[NewEvent], dedup_ttl_s: float | None, sliding: bool = False
 ) -> list[tuple[PutStatus, int]]:
     if dedup_ttl_s is None:
         query = sql.PUT_PLAIN
@@ -569,7 +602,8 @@ async def _insert(
     release = sql.RELEASE_DEDUP.args(hashes=hashes, received=received, ttl=dedup_ttl_s)
     await c.execute(sql.RELEASE_DEDUP.sql, *release)
     counts = [copies[r.content_hash] for r in distinct]
-    returned = await c.fetch(sql.PUT_DEDUP.sql, *sql.PUT_DEDUP.args(**_columns(distinct, counts)))
+    query = sql.PUT_DEDUP_SLIDING if sliding else sql.PUT_DEDUP
+    returned = await c.fetch(query.sql, *query.args(**_columns(distinct, counts)))
     ids = {str(h): int(i) for i, h, _ in returned}
     inserted = {str(h) for _, h, new in returned if new}
     outcome = [
@@ -581,10 +615,6 @@ async def _insert(
         )
         for index, r in enumerate(rows)
     ]
-    duplicates = sum(1 for status, _ in outcome if status is PutStatus.DUPLICATE)
-    if duplicates:
-        args = sql.ADD_TO_COUNTER.args(name="duplicates_suppressed", n=duplicates)
-        await c.execute(sql.ADD_TO_COUNTER.sql, *args)
     return outcome
 
 
@@ -598,46 +628,71 @@ def _columns(rows: Sequence[NewEvent], copies: list[int]) -> dict[str, list[Any]
         "copies": copies,
         "traces": [r.trace_context for r in rows],
         "orderings": [r.ordering_key for r in rows],
+        "coalesce_keys": [None if r.coalesce_key is None else to_db(r.coalesce_key) for r in rows],
     }
 
 
-async def _save_spill_positions(c: Conn, spill_log: str, reached: SpillPositions) -> None:
-    query = sql.SAVE_SPILL_POSITIONS
-    args = query.args(
-        log=to_db(spill_log),
-        priorities=list(reached),
-        segments=[seg for seg, _ in reached.values()],
-        offsets=[off for _, off in reached.values()],
-    )
-    await c.execute(query.sql, *args)
+def _source_columns(positions: Mapping[str, str | None]) -> dict[str, list[Any]]:
+    return {
+        "sources": [to_db(s) for s in positions],
+        "positions": [None if p is None else to_db(p) for p in positions.values()],
+    }
+
+
+def _spill_columns(spill: tuple[str, SpillPositions] | None) -> dict[str, Any]:
+    log, reached = spill if spill else ("", {})
+    return {
+        "log": to_db(log),
+        "priorities": list(reached),
+        "segments": [seg for seg, _ in reached.values()],
+        "offsets": [off for _, off in reached.values()],
+    }
+
+
+def _ack_columns(acks: Sequence[tuple[str, Sequence[int]]]) -> dict[str, list[Any]]:
+    pairs = [(event_id, to_db(token)) for token, ids in acks for event_id in sorted(set(ids))]
+    return {"ack_ids": [i for i, _ in pairs], "ack_tokens": [t for _, t in pairs]}
 
 
 async def _ack_pairs(c: Conn, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> None:
-    pairs = [(event_id, to_db(token)) for token, ids in acks for event_id in sorted(set(ids))]
-    args = sql.ACK_PAIRS.args(ids=[i for i, _ in pairs], tokens=[t for _, t in pairs], now=now)
+    columns = _ack_columns(acks)
+    args = sql.ACK_PAIRS.args(ids=columns["ack_ids"], tokens=columns["ack_tokens"], now=now)
     changed = await c.fetch(sql.ACK_PAIRS.sql, *args)
-    _check_fence(len(changed), len(pairs))
+    _check_fence(len(changed), len(columns["ack_ids"]))
+
+
+async def _claim_acking(c: Conn, args: list[Any]) -> list[Any]:
+    """Ack and lease in one statement (queries.CLAIM_ACKING); the leased rows."""
+    rows = await c.fetch(sql.CLAIM_ACKING.sql, *args)
+    if not rows[0]["acks_held"]:  # nothing acked, nothing leased
+        _check_fence(
+            0, len(args[sql.CLAIM_ACKING.params.index("ack_ids")]), held=rows[0]["acks_held_n"]
+        )
+    return [row for row in rows if row["id"] is not None]
 
 
 async def _fenced(c: Conn, query: sql.Query, token: str, ids: Sequence[int], **values: Any) -> None:
     wanted = sorted(set(ids))
-    changed = await c.fetch(query.sql, *query.args(ids=wanted, token=to_db(token), **values))
-    _check_fence(len(changed), len(wanted))
+    found = await c.fetchrow(query.sql, *query.args(ids=wanted, token=to_db(token), **values))
+    assert found is not None
+    # The statement changes every row or none (see queries._fenced).
+    _check_fence(int(found["changed"]), len(wanted), held=int(found["held"]))
 
 
-def _check_fence(changed: int, wanted: int) -> None:
+def _check_fence(changed: int, wanted: int, *, held: int | None = None) -> None:
     if changed != wanted:
         # Raising rolls the whole transaction back: all of the batch changes, or none.
+        lost = wanted - (changed if held is None else held)
         raise LeaseLostError(
-            f"lease lost: {wanted - changed} of {wanted} events are no longer held under this "
+            f"lease lost: {lost} of {wanted} events are no longer held under this "
             "claim (its lease expired and another consumer claimed them, or they were finished)"
         )
 
 
 def _event(row: Any) -> Event:
-    # The first nine columns (a claim's rows also carry their key's rank).
+    # The first ten columns (a claim's rows also carry their key's rank).
     row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row[:8]
-    group = row[8]
+    group, n = row[8], row[9]
     return Event(
         id=int(row_id),
         payload=decode_payload(payload),
@@ -648,6 +703,7 @@ def _event(row: Any) -> Event:
         received_at=received_at,
         trace_context=trace,
         ordering_key=group,
+        superseded=int(n),
     )
 
 

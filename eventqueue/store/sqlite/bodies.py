@@ -79,6 +79,7 @@ def insert_rows(
     dedup_ttl_s: float | None,
     stop: Callable[[], bool] | None = None,
     cuts: Sequence[int] = (),
+    sliding: bool = False,
 ) -> list[tuple[PutStatus, int]]:
     """Insert `rows`; (status, id) per row. `stop` is asked at each of `cuts` (row counts,
     ascending): when True, the rest is left out and the outcome covers only the rows stored."""
@@ -105,7 +106,7 @@ def insert_rows(
             chunk = rows[offset : offset + size]
             offset += size
             params = [value for row in chunk for value in _values(row, dedup)]
-            db.run(put_statement(size, dedup).sql, params)
+            db.run(put_statement(size, dedup, sliding and dedup).sql, params)
     if not dedup:
         return [(PutStatus.ACCEPTED, before + 1 + i) for i in range(len(rows))]
     hashes = json.dumps(list(dict.fromkeys(row.content_hash for row in rows)))
@@ -149,9 +150,9 @@ def stop_cuts(ends: Sequence[int], total: int) -> list[int]:
 
 
 @functools.cache
-def put_statement(rows: int, dedup: bool) -> Prepared:
-    """queries.put_values compiled for `rows` rows (once per size; at most 14 in a process)."""
-    prepared = Prepared.of(sql.put_values(rows, dedup=dedup))
+def put_statement(rows: int, dedup: bool, sliding: bool = False) -> Prepared:
+    """queries.put_values compiled for `rows` rows (once per size; at most 21 in a process)."""
+    prepared = Prepared.of(sql.put_values(rows, dedup=dedup, sliding=sliding))
     expected = tuple(f"r{i}_{name}" for i in range(rows) for name in sql.PUT_COLUMNS)
     if prepared.order != expected:  # _values binds by position: row after row, PUT_COLUMNS each
         raise RuntimeError("queries.put_values no longer binds row after row in PUT_COLUMNS order")
@@ -170,6 +171,7 @@ def _values(row: NewEvent, dedup: bool) -> tuple[Any, ...]:
         row.received_at,  # available_at: claimable as soon as it is stored
         row.trace_context,
         row.ordering_key,
+        row.coalesce_key,
     )
 
 
@@ -280,6 +282,7 @@ def leased_events(db: Tx, token: str, expires_at: float) -> list[Event]:
             received_at=float(received_at),  # quote()'s exact text (queries.select_leased)
             trace_context=trace,
             ordering_key=group,
+            superseded=n,
         )
         for (
             row_id,
@@ -291,6 +294,7 @@ def leased_events(db: Tx, token: str, expires_at: float) -> list[Event]:
             received_at,
             trace,
             group,
+            n,
         ) in items
     ]
 
@@ -302,7 +306,7 @@ def ack_pairs(db: Tx, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> 
 
 
 def to_event(row: Any) -> Event:
-    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, group = row
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, group, n = row
     return Event(
         id=row_id,
         payload=decode_payload(payload),
@@ -313,6 +317,7 @@ def to_event(row: Any) -> Event:
         received_at=received_at,
         trace_context=trace,
         ordering_key=group,
+        superseded=n,
     )
 
 

@@ -41,6 +41,7 @@ from eventqueue.store.sqlite.schema import (
     settings,
     source_positions,
     spill_positions,
+    superseded_keys,
 )
 
 CRITICAL = 4
@@ -78,6 +79,7 @@ EVENT_COLUMNS = (
     events.c.received_at,
     events.c.trace_context,
     events.c.ordering_key,
+    events.c.superseded,
 )
 
 
@@ -333,11 +335,18 @@ def _dedup_window_open() -> ColumnElement[bool]:
     # The row still holds its dedup key and was received inside the window (`b_since` ..
     # `b_now`): a re-put of its content must still be found a duplicate. Received "in the
     # future" means the wall clock stepped back: its window has ended (as for release).
+    # The window runs from dedup_at when a sliding window or a coalesce moved it.
     return and_(
         events.c.dedup_key.is_not(None),
-        events.c.received_at >= bindparam("b_since"),
-        events.c.received_at <= bindparam("b_now"),
+        _dedup_from() >= bindparam("b_since"),
+        _dedup_from() <= bindparam("b_now"),
     )
+
+
+def _dedup_from() -> ColumnElement[float]:
+    """When a row's dedup window runs from: dedup_at (sliding window, coalesced version), else
+    its receipt."""
+    return func.coalesce(events.c.dedup_at, events.c.received_at)
 
 
 def _purgeable() -> list[ColumnElement[bool]]:
@@ -438,10 +447,11 @@ PUT_COLUMNS = (
     "available_at",
     "trace_context",
     "ordering_key",
+    "coalesce_key",
 )
 
 
-def put_values(rows: int, *, dedup: bool) -> Insert:
+def put_values(rows: int, *, dedup: bool, sliding: bool = False) -> Insert:
     """Insert `rows` rows from plain parameters: PUT_COLUMNS for the first row, then the next.
 
     Multi-row VALUES with bound parameters, not one JSON text: the values reach SQLite as they
@@ -450,7 +460,8 @@ def put_values(rows: int, *, dedup: bool) -> Insert:
     depends on `rows`, so the store compiles one per size it uses (powers of two).
 
     With dedup, a row whose content hash is held by a live original is not inserted: the
-    original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key).
+    original's `duplicates` goes up instead (UPSERT on the UNIQUE dedup_key). `sliding`:
+    the suppressed repeat restarts the original's window from its own arrival (dedup_at).
     """
     values: list[dict[str, Any]] = [
         {name: bindparam(f"r{i}_{name}") for name in PUT_COLUMNS}
@@ -460,10 +471,10 @@ def put_values(rows: int, *, dedup: bool) -> Insert:
     stmt = sqlite_insert(events).values(values)
     if dedup:
         # A literal 1: the rows' values are the only parameters (bound by position).
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[events.c.dedup_key],
-            set_={"duplicates": events.c.duplicates + literal_column("1")},
-        )
+        changes: dict[str, Any] = {"duplicates": events.c.duplicates + literal_column("1")}
+        if sliding:
+            changes["dedup_at"] = func.max(_dedup_from(), stmt.excluded.received_at)
+        stmt = stmt.on_conflict_do_update(index_elements=[events.c.dedup_key], set_=changes)
     # No RETURNING: each returned row is one more sqlite3 step (the GIL released and taken
     # again). The ids come from the sequence (`last_event_id`) and `dedup_holders` instead.
     return stmt
@@ -506,8 +517,8 @@ def release_expired_dedup_keys() -> Update:
     closed = select(literal(1)).where(
         repeats.c.value == events.c.dedup_key,
         or_(
-            events.c.received_at < arrived - bindparam("b_ttl"),
-            events.c.received_at > arrived + bindparam("b_ttl"),
+            _dedup_from() < arrived - bindparam("b_ttl"),
+            _dedup_from() > arrived + bindparam("b_ttl"),
         ),
     )
     return (
@@ -628,7 +639,7 @@ def claim_ready() -> Update:
 def select_leased() -> Select[Any]:
     """The events one claim (or hand-off) just leased, as ONE row: a JSON array of
     [id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context,
-    ordering_key].
+    ordering_key, superseded].
 
     Found by the claim's own expiry `b_expires` (ix_events_claimed, a partial index on
     lease_expires_at of claimed rows) and its token prefix `b_token:` (tokens are unique per
@@ -645,6 +656,7 @@ def select_leased() -> Select[Any]:
         func.quote(events.c.received_at),
         events.c.trace_context,
         events.c.ordering_key,
+        events.c.superseded,
     )
     return select(func.json_group_array(item)).where(
         _status_is("claimed"),
@@ -946,3 +958,127 @@ def select_key_limits() -> Select[Any]:
         key_limits.c.tokens,
         key_limits.c.refilled_at,
     ).order_by(key_limits.c.batch_key)
+
+
+# --- coalescing (core/coalesce.py plans; store/sqlite/coalescing.py runs these) ---------------
+
+
+def select_superseded_keys() -> Select[Any]:
+    """The replaced versions' dedup keys among `b_hashes` (JSON): (key, event id, window start)."""
+    return select(
+        superseded_keys.c.dedup_key, superseded_keys.c.event_id, superseded_keys.c.dedup_at
+    ).where(superseded_keys.c.dedup_key.in_(select(_json_rows("b_hashes").c.value)))
+
+
+def slide_superseded_key() -> Update:
+    """A repeat of a replaced version was suppressed: its window restarts (sliding)."""
+    return (
+        update(superseded_keys)
+        .where(superseded_keys.c.dedup_key == bindparam("b_key"))
+        .values(dedup_at=func.max(superseded_keys.c.dedup_at, bindparam("b_at")))
+    )
+
+
+def add_duplicates() -> Update:
+    """`b_n` repeats were suppressed on event `b_id` (as a sliding window: from `b_at`)."""
+    at: Any = bindparam("b_at")
+    return (
+        update(events)
+        .where(events.c.id == bindparam("b_id"))
+        .values(
+            duplicates=events.c.duplicates + bindparam("b_n"),
+            dedup_at=case((at.is_(None), events.c.dedup_at), else_=func.max(_dedup_from(), at)),
+        )
+    )
+
+
+def select_coalesce_candidates() -> Select[Any]:
+    """The pending (or held: ordering), never delivered events whose coalesce key is in
+    `b_keys` (JSON): what a coalescing put may fold into (filtered by batch key in Python).
+    Through ix_events_coalesce. Each with its ordering key and whether it is its group's last
+    unfinished event (a few seeks of ix_events_ordering)."""
+    later = events.alias("later")
+    behind = (
+        select(literal(1))
+        .where(
+            later.c.ordering_key == events.c.ordering_key,
+            later.c.status.in_([literal_column(f"'{s}'") for s in ("pending", "held", "claimed")]),
+            or_(
+                later.c.received_at > events.c.received_at,
+                and_(later.c.received_at == events.c.received_at, later.c.id > events.c.id),
+            ),
+        )
+        .exists()
+    )
+    return (
+        select(
+            events.c.id,
+            events.c.batch_key,
+            events.c.coalesce_key,
+            events.c.priority,
+            events.c.received_at,
+            events.c.dedup_key,
+            _dedup_from(),
+            events.c.ordering_key,
+            case((events.c.ordering_key.is_(None), true()), else_=~behind).label("last"),
+        )
+        .where(
+            # As ix_events_coalesce's WHERE, literally: SQLite uses the partial index only then.
+            events.c.status.in_([literal_column("'pending'"), literal_column("'held'")]),
+            events.c.coalesce_key.is_not(None),
+            events.c.coalesce_key.in_(select(_json_rows("b_keys").c.value)),
+            events.c.attempts == 0,
+        )
+        .order_by(events.c.id)
+    )
+
+
+def select_dedup_holders() -> Select[Any]:
+    """(id, key) of the events holding one of `b_hashes` (JSON) as their dedup key: after the
+    release of closed windows, these are the originals a row of that content repeats."""
+    return select(events.c.id, events.c.dedup_key).where(
+        events.c.dedup_key.in_(select(_json_rows("b_hashes").c.value))
+    )
+
+
+def apply_merge(*, full: bool) -> Update:
+    """The surviving event takes the latest version. `full`: also its priority (never lower)
+    and its debounce (available_at); without, the claim index is left untouched (SQLite
+    rewrites an index entry whenever its column is SET)."""
+    values: dict[str, Any] = {
+        "payload": bindparam("b_payload"),
+        "content_hash": bindparam("b_hash"),
+        "dedup_key": bindparam("b_dedup_key"),
+        "dedup_at": bindparam("b_dedup_at"),
+        "trace_context": bindparam("b_trace"),
+        "superseded": events.c.superseded + bindparam("b_n"),
+    }
+    if full:
+        values["priority"] = func.max(events.c.priority, bindparam("b_priority"))
+        values["available_at"] = func.coalesce(bindparam("b_available"), events.c.available_at)
+    return update(events).where(events.c.id == bindparam("b_id")).values(**values)
+
+
+def set_available() -> Update:
+    """A new coalescing event's debounce: claimable from `b_available`."""
+    return (
+        update(events)
+        .where(events.c.id == bindparam("b_id"))
+        .values(available_at=bindparam("b_available"))
+    )
+
+
+def retire_key() -> Insert:
+    """A replaced version's dedup key keeps suppressing its repeats until its window closes."""
+    stmt = sqlite_insert(superseded_keys).values(
+        dedup_key=bindparam("b_key"), event_id=bindparam("b_id"), dedup_at=bindparam("b_at")
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[superseded_keys.c.dedup_key],
+        set_={"event_id": stmt.excluded.event_id, "dedup_at": stmt.excluded.dedup_at},
+    )
+
+
+def prune_superseded_keys() -> Delete:
+    """Replaced versions whose dedup window closed before `b_since`."""
+    return delete(superseded_keys).where(superseded_keys.c.dedup_at < bindparam("b_since"))

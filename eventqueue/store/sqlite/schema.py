@@ -60,6 +60,13 @@ events = Table(
     # The event's ordering group (revision 0004; NULL: unordered). The triggers below keep
     # at most one event of a group pending or claimed: the earliest not done or dead.
     Column("ordering_key", Text, nullable=True),
+    # Coalescing (revision 0005): pending events of one batch key and coalesce key are one,
+    # latest wins (NULL: never coalesced); how many newer versions replaced its payload; and
+    # when its dedup window runs from (NULL: received_at; a sliding window or a coalesced
+    # version moves it).
+    Column("coalesce_key", Text, nullable=True),
+    Column("superseded", Integer, nullable=False, server_default="0"),
+    Column("dedup_at", Float, nullable=True),
     CheckConstraint(f"status IN {STATUSES!r}", name="status"),
     CheckConstraint("priority BETWEEN 1 AND 4", name="priority"),
     sqlite_autoincrement=True,
@@ -118,6 +125,25 @@ key_limits = Table(
 
 # The keys whose bucket is empty now: one range read per claim, however many keys.
 Index("ix_key_limits_ready_at", key_limits.c.ready_at)
+
+# A coalescing put finds the pending event of its keys (revision 0005).
+Index(
+    "ix_events_coalesce",
+    events.c.coalesce_key,
+    events.c.batch_key,
+    sqlite_where=text("status IN ('pending', 'held') AND coalesce_key IS NOT NULL"),
+)
+
+# The dedup keys of versions a coalesce replaced, while their window is open: a repeat of a
+# replaced payload is still a duplicate (of the event that replaced it), so a stale re-send
+# never overwrites newer state. Pruned by the purge once the window closed.
+superseded_keys = Table(
+    "superseded_keys",
+    metadata,
+    Column("dedup_key", Text, primary_key=True),
+    Column("event_id", Integer, nullable=False),
+    Column("dedup_at", Float, nullable=False),
+)
 
 # Where each stream source stands (e.g. SSE Last-Event-ID), written in the same transaction
 # as the events it produced, so a restarted listener resumes exactly after what was committed.
@@ -187,7 +213,7 @@ VIEWS: dict[str, str] = {
     "eq_overview": f"""
         SELECT status, {_PRIORITY_NAME} AS priority, batch_key, count(*) AS events,
                round({_NOW} - min(received_at), 3) AS oldest_age_s,
-               sum(duplicates) AS duplicates
+               sum(duplicates) AS duplicates, sum(superseded) AS superseded
         FROM events GROUP BY status, events.priority, batch_key
     """,
     "eq_ready_batches": f"""
@@ -198,14 +224,15 @@ VIEWS: dict[str, str] = {
                 OR ({_NOW} - min(received_at)) * 1000.0
                    >= CAST((SELECT value FROM settings WHERE name = 'batch_window_ms') AS REAL)
                 OR (SELECT value FROM settings WHERE name = 'enable_batching') = 'false'
-               ) AS ready
+               ) AS ready,
+               count(coalesce_key) AS coalesce_keys, sum(superseded) AS superseded
         FROM events WHERE status = 'pending' AND available_at <= {_NOW}
         GROUP BY batch_key
     """,
     "eq_dead_letters": f"""
         SELECT id, json_extract(payload, '$.event_name') AS event_name, {_PRIORITY_NAME} AS priority,
-               attempts, last_error, datetime(finished_at, 'unixepoch') AS died_at, payload,
-               ordering_key
+               attempts, last_error, datetime(finished_at, 'unixepoch') AS died_at,
+               coalesce_key, superseded, payload, ordering_key
         FROM events WHERE status = 'dead'
     """,
     # Revision 0004: ordering groups with unfinished events, and what holds each.

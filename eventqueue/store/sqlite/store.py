@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from eventqueue.core.coalesce import Debounce
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SchemaError, StorageError
 from eventqueue.core.limits import KeyLimits
@@ -53,11 +54,12 @@ from eventqueue.store.sqlite.bodies import (
     to_event,
     to_owner,
 )
+from eventqueue.store.sqlite.coalescing import coalescing, prune, put_coalescing
 from eventqueue.store.sqlite.connection import Connection, Tx
 from eventqueue.store.sqlite.migrations import ensure_schema, schema_status
 from eventqueue.store.sqlite.rounds import Rank
 
-_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at")
+_TIME_COLUMNS = ("received_at", "available_at", "lease_expires_at", "finished_at", "dedup_at")
 _SETTLE = Rank.SETTLE
 _CAPABILITIES = Capabilities(single_connection=True, cross_process_notify=False)
 
@@ -142,6 +144,8 @@ class SQLiteStore:
         lease: Lease | None = None,
         count_waiting: bool = True,
         split: Sequence[SplitPoint] | None = None,
+        sliding: bool = False,
+        debounce: Debounce | None = None,
     ) -> PutCommit:
         """Insert events in one transaction; duplicates within the TTL are counted, not inserted.
 
@@ -159,7 +163,11 @@ class SQLiteStore:
         cuts = stop_cuts(sorted(points), len(rows)) if split else []
 
         def body(db: Tx) -> PutCommit:
-            outcome = insert_rows(db, rows, dedup_ttl_s, stop, cuts) if rows else []
+            if coalescing(rows):
+                # Never cut short: it stores every row (the contract allows it).
+                outcome = put_coalescing(db, rows, dedup_ttl_s, sliding=sliding, debounce=debounce)
+            else:
+                outcome = insert_rows(db, rows, dedup_ttl_s, stop, cuts, sliding) if rows else []
             positions = source_positions
             if len(outcome) < len(rows):  # ended early: the caller puts the rest
                 positions = points[len(outcome)]
@@ -453,6 +461,7 @@ class SQLiteStore:
         params = Q.purge.bind(b_cutoff=cutoff, b_since=dedup_since, b_now=now, b_chunk=limit)
 
         def body(db: Tx) -> int:
+            prune(db, dedup_since)  # replaced versions' keys whose window closed
             return db.run(Q.purge.sql, params)
 
         return await self._conn.write(body)

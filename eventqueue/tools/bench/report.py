@@ -86,8 +86,20 @@ def _figures(row: Row) -> str:
     if rss:
         parts.append(", ".join(f"{k[len('rss_mb_') :]} {v:.0f} MB" for k, v in rss))
         parts.append(f"peak {row['peak_rss_mb']:.0f} MB")
+    if "hosts" in row:  # the hosts scenario
+        shares = "/".join(f"{share:.0%}" for share in row["share"])
+        parts.append(
+            f"{row['hosts']} hosts, shares {shares}, CRITICAL p99 {row['critical_p99_ms'] or 0:.1f} ms, "
+            f"lost {row['lost']}, twice {row['handled_twice_at_attempt_1']}"
+        )
+        if "vs_one_host" in row:
+            parts.append(f"{row['vs_one_host']:.2f}x one host")
     if "avg_batch_size" in row:
         parts.append(f"avg batch {row['avg_batch_size']}")
     if "events_claimed" in row:
         parts.append(f"{row['events_claimed']} events in {row['seconds']} s")
+    if "put_cost_ratio" in row:  # coalesce: handler calls with and without, put cost
+        plain, merged = row["plain"], row["coalescing"]
+        parts.append(f"handler calls {merged['handler_calls']:,} vs {plain['handler_calls']:,}")
+        parts.append(f"put {row['put_cost_ratio']:.2f}x a plain put")
     return "; ".join(parts)

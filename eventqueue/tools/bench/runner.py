@@ -21,8 +21,10 @@ from eventqueue.tools.bench.measure import peak_rss_mb
 from eventqueue.tools.bench.places import Places
 from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
+from eventqueue.tools.bench.scenarios.coalesce import coalesce_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
 from eventqueue.tools.bench.scenarios.groups import limited_scenario, ordered_scenario
+from eventqueue.tools.bench.scenarios.hosts import hosts_scenarios
 from eventqueue.tools.bench.scenarios.latency import (
     critical_latency_saturated_scenario,
     critical_latency_scenario,
@@ -43,6 +45,8 @@ STEPS = (
     "spill",
     "ordered",
     "limited",
+    "coalesce",
+    "hosts",
 )
 ROW_ORDER = (
     "put",
@@ -55,8 +59,10 @@ ROW_ORDER = (
     "critical_latency",
     "critical_latency_busy",
     "critical_latency_saturated",
+    "hosts",
     "spill_put",
     "promote",
+    "coalesce",
     "memory",
     "ordered",
     *(f"ordered_claims_{n}" for n in (1_000, 2_000, 5_000, 20_000, 1_000_000)),
@@ -136,6 +142,10 @@ async def _scenarios(
         rows += await step("ordered", partial(ordered_scenario, sz, base))
     if "limited" in wanted:
         rows += await step("limited", partial(limited_scenario, sz, base))
+    if "coalesce" in wanted:
+        rows.append(await step("coalesce", partial(coalesce_scenario, sz, base)))
+    if "hosts" in wanted and where.server is not None:  # several hosts: PostgreSQL only
+        rows += await step("hosts", partial(hosts_scenarios, sz, base))
     return rows
 
 

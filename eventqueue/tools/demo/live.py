@@ -29,6 +29,7 @@ class Snapshot:
     counts: dict[str, dict[str, int]]
     spilled: int
     duplicates: int
+    superseded: int = 0  # versions coalesced into a pending event (latest wins)
 
     def count(self, status: str, priority: str | None = None) -> int:
         """Rows in `status` (of `priority`, or of all priorities)."""
@@ -77,7 +78,7 @@ def _progress_line(s: Snapshot) -> str:
 
 
 def _progress_table(s: Snapshot) -> RenderableType:
-    finished = s.duplicates + s.count("done") + s.count("dead")
+    finished = s.duplicates + s.superseded + s.count("done") + s.count("dead")
     table = Table("priority", "received", "waiting", "handled", "dead")
     for p in _PRIORITIES:
         waiting = s.count("pending", p.name) + s.count("claimed", p.name)
@@ -106,6 +107,7 @@ async def snapshot(queue: EventQueue, source: CountedSource, sent: int, t0: floa
         # Ever spilled = promoted since + still waiting (read from the spill log itself).
         spilled=queue.metrics.outcomes["promoted"] + queue.overflow.pending(),
         duplicates=stats.duplicates_suppressed,
+        superseded=stats.superseded,
     )
 
 

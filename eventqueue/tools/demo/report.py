@@ -26,6 +26,12 @@ def print_report(report: dict[str, Any]) -> None:
     stream = report["stream"]
     resumed = ", ".join(str(i or "-") for i in stream["last_event_ids"])
     console.print(_pairs(report["events"]))
+    superseded = report["events"].get("superseded", 0)
+    if superseded:
+        console.print(
+            f"coalescing saved {superseded} handler calls: {superseded} order_updated versions "
+            "were folded into a pending event of their order (latest wins)"
+        )
     console.print(
         f"stream: {stream['connections']} connections (the first dropped after "
         f"{stream['dropped_after']} events); Last-Event-ID per connection: {resumed}\n"

@@ -17,6 +17,14 @@ from eventqueue.runtime.sources import SSESource
 
 FLAKY = "invoice_generated"  # its handler fails a third of first attempts: retried, then done
 BROKEN = "sync_error"  # its handler always fails: dead-lettered after max_attempts
+COALESCED = "order_updated"  # state updates: coalesced per order, latest wins
+
+
+def coalesce_updates(event: Any) -> str | None:
+    """The demo's coalesce key: an `order_updated` event's order; nothing else coalesces."""
+    if event.get("event_name") != COALESCED:
+        return None
+    return str(event.get("aggregate_id"))
 
 
 @dataclass(slots=True)
@@ -25,6 +33,7 @@ class Stream:
 
     events: list[dict[str, Any]] = field(default_factory=list)
     unique: dict[int, str] = field(default_factory=dict)
+    aggregates: dict[int, str] = field(default_factory=dict)  # seq -> aggregate_id
     duplicates: int = 0
 
 
@@ -55,6 +64,11 @@ def _episode(rng: random.Random) -> list[Content]:
     roll, order = rng.random(), f"order-{rng.randint(1001, 1005)}"
     if roll < 0.40:  # a burst of similar events for one of a few aggregates
         name = rng.choice(("order_created", "order_updated", "inventory_reserved"))
+        if name == COALESCED:  # successive states of one order: only the latest matters
+            return [
+                ("entity_event", name, order, {"amount": rng.randint(5, 500), "version": v})
+                for v in range(rng.randint(4, 12))
+            ]
         return [("entity_event", name, order, {"amount": rng.randint(5, 500)})] * rng.randint(4, 12)
     if roll < 0.62:
         name = rng.choice(("heartbeat", "metrics"))
@@ -74,6 +88,7 @@ def _unique(stream: Stream, content: Content) -> dict[str, Any]:
     event_type, name, aggregate_id, attributes = content
     seq = len(stream.unique) + 1
     stream.unique[seq] = name
+    stream.aggregates[seq] = aggregate_id
     body = {"event_type": event_type, "event_name": name, "aggregate_id": aggregate_id}
     return {**body, "attributes": {**attributes, "seq": seq}}
 

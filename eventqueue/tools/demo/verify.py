@@ -9,7 +9,7 @@ from typing import Any
 
 from eventqueue.core.config import Config
 from eventqueue.store import backend_of
-from eventqueue.tools.demo.stream import BROKEN, Stream
+from eventqueue.tools.demo.stream import BROKEN, COALESCED, Stream
 from eventqueue.tools.inspector import Inspector
 
 # Each event's place in the stream, status and duplicate count, in each backend's SQL.
@@ -42,7 +42,14 @@ def verify(path: str, stream: Stream, report: dict[str, Any]) -> list[dict[str, 
     events = report["events"]
     # The stream check proves the events received are the first `received` of the stream.
     expected = {e["attributes"]["seq"] for e in stream.events[: events["received"]]}
-    lost = expected - set(seqs)
+    # A version coalesced away is not lost: a later version of its order is stored instead.
+    updates = _latest_update(path, stream)
+    lost = {
+        seq
+        for seq in expected - set(seqs)
+        if not (stream.unique[seq] == COALESCED and updates.get(_order(stream, seq), 0) > seq)
+    }
+    superseded = events.get("superseded", 0)
     dups = (stream.duplicates, events["duplicates_suppressed"], counter, sum(d for *_, d in stored))
     doomed = {seq for seq in expected if stream.unique[seq] == BROKEN}
     stream_ok = events["received"] == events["sent"] and not report["received_out_of_order"]
@@ -59,13 +66,33 @@ def verify(path: str, stream: Stream, report: dict[str, Any]) -> list[dict[str, 
         _check("duplicates: sent = suppressed = counter = events.duplicates", len(set(dups)) == 1,
                " = ".join(map(str, dups))),
         _check("report counts = database (accepted, handled, dead)",
-               (events["accepted"] - events["still_spilled"], events["handled"], events["dead"])
+               (events["accepted"] - events["still_spilled"] - superseded, events["handled"],
+                events["dead"])
                == (len(seqs), status["done"], status["dead"]),
                f"rows {len(seqs)}, done {status['done']}, dead {status['dead']}"),
+        _check(f"coalesced {COALESCED} versions = superseded (latest wins)",
+               len(expected - set(seqs)) - len(lost) == superseded,
+               f"{superseded} versions folded into a pending event: handler calls saved"),
         _check(f"dead letters = the {BROKEN} events",
                dead == doomed if report["finished"] else dead <= doomed,
                f"{len(dead)} dead of {len(doomed)}"),
     ]  # fmt: skip
+
+
+def _order(stream: Stream, seq: int) -> str:
+    """The order of the stream's event `seq` (its aggregate)."""
+    return str(stream.aggregates.get(seq))
+
+
+def _latest_update(path: str, stream: Stream) -> dict[str, int]:
+    """Per order, the highest `seq` of its stored `order_updated` events."""
+    stored = _rows(path, _STORED[backend_of(path)])
+    latest: dict[str, int] = {}
+    for seq, _, _ in stored:
+        if stream.unique.get(seq) == COALESCED:
+            order = _order(stream, seq)
+            latest[order] = max(latest.get(order, 0), seq)
+    return latest
 
 
 def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:

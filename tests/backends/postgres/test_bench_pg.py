@@ -57,7 +57,7 @@ def test_tiny_bench_runs_every_scenario_on_postgresql(pg_server: str, tmp_path: 
 
     rows: list[dict[str, Any]] = json.loads(out.read_text())
     by_name = {row["scenario"]: row for row in rows}
-    assert set(by_name) >= WITH_BASELINE | {"end_to_end", "critical_latency", "memory"}
+    assert set(by_name) >= WITH_BASELINE | {"end_to_end", "critical_latency", "memory", "hosts"}
     for row in rows:
         assert row["backend"] == "postgresql" and row["mode"] == "tiny"
         assert row["available"], row
@@ -75,3 +75,10 @@ def test_tiny_bench_runs_every_scenario_on_postgresql(pg_server: str, tmp_path: 
     assert 0 < latency["criticals_handled"] <= latency["criticals"]
     assert positive(latency, "p50_ms") <= positive(latency, "p99_ms")
     assert by_name["end_to_end"]["processed"] > 0
+    # hosts: 1, 2 and 4 listener processes on one schema; every distinct event handled, none
+    # handled twice outside a lease expiry, and every host took a share.
+    hosts = [row for row in rows if row["scenario"] == "hosts"]
+    assert [row["hosts"] for row in hosts] == [1, 2, 4]
+    for row in hosts:
+        assert row["lost"] == 0 and row["handled_twice_at_attempt_1"] == 0, row
+        assert len(row["share"]) == row["hosts"] and positive(row, "events_per_s"), row

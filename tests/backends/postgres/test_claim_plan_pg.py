@@ -51,6 +51,19 @@ _READINESS = {
         expires=NOW + RULES.lease_s,
         batch_id="batch",
     ),
+    # A dispatcher's claim: finished batches acked in the same statement.
+    "claim_acking": sql.CLAIM_ACKING.args(
+        **ready_args(NOW, RULES),
+        batches=4,
+        limit=RULES.batch_limit,
+        owner="consumer",
+        holder="holder",
+        token="token",
+        expires=NOW + RULES.lease_s,
+        batch_id="batch",
+        ack_ids=[1, 2, 3],
+        ack_tokens=["t:key1", "t:key2", "t:key3"],
+    ),
     "peek_keys": sql.PEEK_KEYS.args(**ready_args(NOW, RULES), batches=4),
     "peek_events": sql.PEEK_EVENTS.args(
         **ready_args(NOW, RULES), batches=4, limit=RULES.batch_limit
@@ -95,8 +108,8 @@ def literal(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, list):  # an array of texts (the key-limit lists)
-        return "ARRAY[" + ", ".join(literal(v) for v in value) + "]::text[]"
+    if isinstance(value, list):  # an array literal, cast by the statement
+        return literal("{" + ",".join(f'"{item}"' for item in value) + "}")
     return repr(value)
 
 

@@ -33,8 +33,8 @@ async def test_up_from_0004_holds_groups_and_down_again(pg_db: str) -> None:
     )
     before = await execute(pg_db, ROWS)
 
-    await migrator.upgrade(pg_db)
-    await migrator.upgrade(pg_db)  # a rerun is a no-op
+    await migrator.upgrade(pg_db, "0005")
+    await migrator.upgrade(pg_db, "0005")  # a rerun is a no-op
     assert await execute(pg_db, ROWS) == before
     await insert(pg_db, 1, "g")
     await insert(pg_db, 2, "g")
@@ -47,5 +47,5 @@ async def test_up_from_0004_holds_groups_and_down_again(pg_db: str) -> None:
 
     assert [r[1] for r in await execute(pg_db, ROWS)] == ["pending", "done", "pending", "pending"]
     assert await execute(pg_db, VERSION) == [("0004",)]
-    await migrator.upgrade(pg_db)
-    assert await execute(pg_db, VERSION) == [(migrator.head_revision(),)]
+    await migrator.upgrade(pg_db, "0005")
+    assert await execute(pg_db, VERSION) == [("0005",)]
