@@ -18,6 +18,7 @@ from eventqueue.core.errors import (
     StorageError,
     StoreBusyError,
 )
+from eventqueue.core.limits import KeyLimit
 from eventqueue.core.models import Batch, Event, Priority, PutResult, PutStatus, QueueStats, Status
 from eventqueue.runtime.dispatch.dispatcher import Dispatcher
 from eventqueue.runtime.queue import EventQueue
@@ -33,6 +34,7 @@ __all__ = [
     "EventQueueError",
     "InvalidArgumentError",
     "InvalidEventError",
+    "KeyLimit",
     "LeaseLostError",
     "NotInBatchError",
     "PartialFailure",

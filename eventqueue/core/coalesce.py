@@ -10,6 +10,11 @@ A put whose rows carry a coalesce key is stored in three steps, in one transacti
    (`attempts = 0`: a claimed event, or one in retry back-off, is never changed) takes the
    payload of the last new row; the other new rows are deleted (they live only inside this
    transaction), and the versions replaced keep suppressing their repeats (`superseded_keys`).
+
+With ordering (issue 22) a row folds only into an event of its own ordering group that is the
+group's last unfinished event (pending, or held behind the group's head): it keeps its place,
+and nothing of the group is reordered. Otherwise the row is stored as a new event, at the end
+of its group.
 """
 
 from __future__ import annotations
@@ -116,6 +121,10 @@ class Candidate:
     received_at: float
     dedup_key: str | None
     dedup_at: float
+    # Its ordering group (None: unordered), and whether it is the group's last unfinished
+    # event (no pending, held or claimed event of the group after it, in group order).
+    ordering_key: str | None = None
+    last: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +182,25 @@ def route(
     Identical content is a duplicate first; then a row with a key folds into its target, or
     becomes the target of the put's later rows of that key.
 
-    Ordering (issue 22): with ordering keys on, only the last pending event of an ordering
-    group may be a target, never one with an event of its group behind it. `targets` is
-    "the newest pending event of the key", which is that rule when a key's events share a
-    group; where a group holds several keys, the caller must pass only events that are the
-    last of their group (the hook: filter `targets` here)."""
+    Ordering (issue 22): a row folds only into an event of its own ordering group that is the
+    last unfinished event of that group, never one with an event of its group behind it,
+    stored (`Candidate.last`) or inserted earlier by this put; else it is stored as a new event
+    (and becomes its key's target for the put's later rows)."""
     result = Routing()
     first: dict[str, Ref] = {}  # hash -> the ref of its first row in this put
     made: dict[tuple[str, str], Ref] = {}
+    # Per ordering group, its last event as this put goes: a stored candidate that is its
+    # group's last, then each row the put stores in the group.
+    tails: dict[str, Ref] = {
+        c.ordering_key: ("id", c.id)
+        for c in targets.values()
+        if c.ordering_key is not None and c.last
+    }
+
+    def keeps_order(row: NewEvent, ref: Ref, group: str | None) -> bool:
+        """Folding `row` into `ref` (of ordering group `group`) reorders nothing."""
+        return row.ordering_key == group and (group is None or tails.get(group) == ref)
+
     for index, row in enumerate(rows):
         if row.content_hash in live:
             result.duplicates[index] = ("id", live[row.content_hash])
@@ -191,13 +211,22 @@ def route(
         elif row.coalesce_key is None:
             result.inserts.append(index)
             first[row.content_hash] = ("row", index)
+            if row.ordering_key is not None:
+                tails[row.ordering_key] = ("row", index)
         else:
             pair = (row.batch_key, row.coalesce_key)
             found = targets.get(pair)
-            target = ("id", found.id) if found is not None else made.get(pair)
+            target: Ref | None = made.get(pair)
+            if target is not None:  # the put's own newer event of the key
+                if not keeps_order(row, target, rows[target[1]].ordering_key):
+                    target = None
+            elif found is not None and keeps_order(row, ("id", found.id), found.ordering_key):
+                target = ("id", found.id)
             if target is None:
                 result.inserts.append(index)
                 made[pair] = first[row.content_hash] = ("row", index)
+                if row.ordering_key is not None:
+                    tails[row.ordering_key] = ("row", index)
             else:
                 result.folds.setdefault(target, []).append(index)
                 first[row.content_hash] = target

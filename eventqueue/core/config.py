@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from eventqueue.core.errors import ConfigError
+from eventqueue.core.limits import parse as parse_limits
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -254,6 +255,21 @@ SETTINGS: tuple[Setting, ...] = (
         0,
         60_000,
     ),
+    Setting(
+        "ordered_by",
+        "EVENT_ORDERED_BY",
+        "",
+        "aggregate_id: events of one aggregate are leased one after another, in the order put"
+        " (empty: no ordering; a callable (event) -> str | None as keyword)",
+        choices=("", "aggregate_id"),
+    ),
+    Setting(
+        "key_limits",
+        "EVENT_KEY_LIMITS",
+        "",
+        "limits per batch key: key=concurrency:N,rate:R,burst:B,exempt_critical:true;..."
+        " (key * is the default of every key)",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -290,6 +306,8 @@ class Config:
     poll_ms: float = 200.0
     spill_after_ms: int = 100
     spill_dir: str = ""
+    ordered_by: str = ""
+    key_limits: str = ""
 
     @property
     def spill_base(self) -> str:
@@ -419,6 +437,8 @@ def _check(setting: Setting, value: Any, label: str) -> None:
             raise ConfigError(
                 f"{label}={value!r} is out of range; accepted: {setting.describe_range()}"
             )
+    if setting.name == "key_limits":
+        parse_limits(str(value))  # ConfigError naming the entry at fault
     if setting.name == "db_path" and not str(value):
         raise ConfigError(f"{label} is empty; give a database file path")
     if setting.name == "db_path" and _in_memory(str(value)):

@@ -42,6 +42,9 @@ class Status(enum.StrEnum):
     """Where an event is in its life; stored as text in `events.status`."""
 
     PENDING = "pending"
+    # An ordered event waiting for the earlier events of its ordering key (revision 0004):
+    # out of every claim's reach until its group's earlier events are done or dead.
+    HELD = "held"
     CLAIMED = "claimed"
     DONE = "done"
     DEAD = "dead"
@@ -91,6 +94,8 @@ class Event:
     received_at: float
     # The W3C trace context stored by a traced put ("traceparent[ tracestate]"), else None.
     trace_context: str | None = None
+    # The event's ordering group (`ordered_by` / `put(ordering_key=)`), else None.
+    ordering_key: str | None = None
     # How many newer versions of this event (same batch key and coalesce key) replaced its
     # payload while it waited: the payload is the latest one (coalescing; 0 without it).
     superseded: int = 0
@@ -143,6 +148,9 @@ class QueueStats:
     metrics: dict[str, Any] = field(default_factory=dict)
     # The live lease owners (open queues): owner, host, pid, started_at, heartbeat_age_s, leases.
     owners: list[dict[str, Any]] = field(default_factory=list)
+    # Per batch key under a limit: in_flight (batches leased now), held_back (claims a limit
+    # held it back, counted in the store), tokens (its bucket now; None without a rate).
+    key_limits: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Versions a coalesce folded into a pending event (latest wins), kept in the database.
     superseded: int = 0
 
@@ -164,4 +172,5 @@ class QueueStats:
             "spill": self.spill,
             "metrics": self.metrics,
             "owners": self.owners,
+            "key_limits": self.key_limits,
         }

@@ -34,6 +34,8 @@ class NewEvent:
     # Pending events of the same batch key and coalesce key are one (latest wins; None: never
     # coalesced). See core/coalesce.py.
     coalesce_key: str | None = None
+    # The ordering group: leased only after every earlier event of it is done or dead.
+    ordering_key: str | None = None
 
     def with_coalesce_key(self, key: str | None) -> NewEvent:
         """This event with a coalesce key."""
@@ -41,20 +43,26 @@ class NewEvent:
 
     def to_bytes(self) -> bytes:
         """The event as one spill record (JSON array, UTF-8)."""
-        fields = [self.payload_json, self.priority, self.batch_key, self.content_hash]
+        fields: list[Any] = [self.payload_json, self.priority, self.batch_key, self.content_hash]
         fields.append(self.received_at)
-        if self.trace_context is not None or self.coalesce_key is not None:
-            fields.append(self.trace_context)  # untraced records keep the original 5 fields
-        if self.coalesce_key is not None:  # a 7th field only when there is a key
-            fields.append(self.coalesce_key)
+        # Trailing fields only as far as needed: untraced, uncoalesced, unordered records keep
+        # the original 5 fields, and records written before a field existed still read.
+        if self.ordering_key is not None:
+            fields += [self.trace_context, self.coalesce_key, self.ordering_key]
+        elif self.coalesce_key is not None:
+            fields += [self.trace_context, self.coalesce_key]
+        elif self.trace_context is not None:
+            fields.append(self.trace_context)
         return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NewEvent:
-        """The event a spill record holds (the inverse of `to_bytes`; 5, 6 or 7 fields)."""
+        """The event a spill record holds (the inverse of `to_bytes`; 5 to 8 fields:
+        trace context, coalesce key, ordering key)."""
         payload_json, priority, batch_key, content_hash, received_at, *rest = json.loads(data)
         trace_context = rest[0] if rest else None
         coalesce_key = rest[1] if len(rest) > 1 else None
+        ordering_key = rest[2] if len(rest) > 2 else None
         return cls(
             payload_json,
             int(priority),
@@ -63,6 +71,7 @@ class NewEvent:
             float(received_at),
             trace_context,
             coalesce_key,
+            ordering_key,
         )
 
 
@@ -83,6 +92,17 @@ class Lease:
     token: str
     batch_id: str
     expires_at: float
+    # Batch keys under a limit that binds CRITICAL events: never handed over (their claims
+    # count against the limit; a hand-off would pass it by).
+    limited: frozenset[str] = frozenset()
+    limit_all: bool = False  # the "*" limit binds CRITICAL events of every other key too
+    free: frozenset[str] = frozenset()  # keys with their own limit that leaves CRITICAL free
+
+    def binds(self, batch_key: str) -> bool:
+        """Whether a limit binds CRITICAL events of `batch_key` (no hand-off then)."""
+        if batch_key in self.limited:
+            return True
+        return self.limit_all and batch_key not in self.free
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +127,22 @@ class Wakeup:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitHold:
+    """Whether a key limit holds back pending work now, and when a bucket refills next."""
+
+    held: bool = False
+    refill_at: float | None = None  # the first held key's bucket holds a token again
+
+
+class KeyUse(TypedDict):
+    """One batch key under a limit: batches leased now, claims it held back, bucket level."""
+
+    in_flight: int
+    held_back: int
+    tokens: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     """One consistent read of the table: counts, counters, oldest pending time, ready keys."""
 
@@ -114,6 +150,7 @@ class StoreStats:
     counters: dict[str, int]
     oldest_pending_at: float | None
     ready_batches: int
+    key_limits: dict[str, KeyUse] = field(default_factory=dict)  # per limited batch key
 
 
 class SchemaStatus(TypedDict):
@@ -281,12 +318,17 @@ def refusals(ids: Sequence[int], statuses: Mapping[int, str]) -> list[Refusal]:
     ]
 
 
-def handoff_ids(rows: Sequence[NewEvent], outcome: Sequence[tuple[PutStatus, int]]) -> list[int]:
-    """The ids of the CRITICAL events a put accepted: what a put with a Lease hands over."""
+def handoff_ids(
+    rows: Sequence[NewEvent], outcome: Sequence[tuple[PutStatus, int]], lease: Lease | None = None
+) -> list[int]:
+    """The ids of the CRITICAL events a put accepted: what a put with a Lease hands over
+    (not those of a key whose limit binds CRITICAL events: they wait for a claim)."""
     return [
         row_id
         for row, (status, row_id) in zip(rows, outcome, strict=True)
-        if status is PutStatus.ACCEPTED and row.priority == Priority.CRITICAL
+        if status is PutStatus.ACCEPTED
+        and row.priority == Priority.CRITICAL
+        and (lease is None or not lease.binds(row.batch_key))
     ]
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eventqueue.core.config import Config
+from eventqueue.core.errors import ConfigError
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch
 
 
@@ -30,6 +32,8 @@ class ClaimRules:
     # than that mean the wall clock stepped back, and count as due.
     lease_horizon_s: float = 86_400.0
     retry_horizon_s: float = 604_800.0
+    # Concurrency and rate limits per batch key (EVENT_KEY_LIMITS), enforced in the claim.
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
     @property
     def batch_limit(self) -> int:
@@ -58,6 +62,7 @@ def rules_from_config(config: Config) -> ClaimRules:
             config.backoff_max_s, config.debounce_ms / 1000.0, config.debounce_max_ms / 1000.0
         )
         + 1.0,
+        limits=KeyLimits.of(config.key_limits),
     )
 
 
@@ -72,6 +77,8 @@ def view_settings(config: Config) -> dict[str, str]:
         "queue_size": str(config.queue_size),
         # What `eventqueue purge` must keep for dedup, whatever the CLI's own environment says.
         "dedup_ttl_s": str(dedup_ttl_s(config)),
+        # The CLI's stats show each key against the limits the queue runs with.
+        "key_limits": config.key_limits,
     }
 
 
@@ -95,7 +102,16 @@ def rules_from_settings(stored: Mapping[str, str], config: Config) -> ClaimRules
         batching=stored.get("enable_batching", str(config.enable_batching).lower()) != "false",
         lease_s=config.lease_s,
         max_attempts=config.max_attempts,
+        limits=_stored_limits(stored.get("key_limits"), config),
     )
+
+
+def _stored_limits(text: str | None, config: Config) -> KeyLimits:
+    # The queue's own limits; an entry this version cannot read falls back to the config's.
+    try:
+        return KeyLimits.of(config.key_limits if text is None else text)
+    except ConfigError:
+        return KeyLimits.of(config.key_limits)
 
 
 def dedup_ttl_s(config: Config) -> float | None:

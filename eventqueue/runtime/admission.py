@@ -122,7 +122,10 @@ class Admission:
         else:
             critical = any(row.priority == _CRITICAL for row in rows)
         entry = IntakeEntry(rows, future, source, position, ticket=self._tickets)
-        if critical and source is None and all(row.priority == _CRITICAL for row in rows):
+        urgent = critical and source is None and all(row.priority == _CRITICAL for row in rows)
+        # Ordered events keep the writer's FIFO (the urgent lane would pass an earlier event
+        # of their group that waits in the intake; inside a group, order beats priority).
+        if urgent and all(row.ordering_key is None for row in rows):
             self.urgent.submit(entry)
         elif self.writer.has_room(len(rows)) or critical:
             self.writer.submit(entry)  # CRITICAL is always admitted, even past the intake bound
@@ -255,12 +258,17 @@ class Admission:
         same or higher priority waits in the spill (which would otherwise be overtaken).
         """
         room = self._room.free
-        if not self._overflow.pending() and len(rows) <= room:
+        if not self._overflow.pending() and not self._spilling and len(rows) <= room:
             return list(range(len(rows))), []  # the common case, without a look per row
         admitted: list[int] = []
         spilled: list[int] = []
         for index, row in enumerate(rows):
-            if row.priority == _CRITICAL:
+            if row.ordering_key is not None and (spilled or self._behind_spill((row,))):
+                # An ordered event never passes the spill: an earlier event of its group may
+                # wait there (order beats priority, CRITICAL included). Spilled into one log
+                # in arrival order (Overflow.append), it is promoted in its group's order.
+                spilled.append(index)
+            elif row.priority == _CRITICAL:
                 admitted.append(index)
             elif room > 0 and not self._overflow.waiting_at_or_above(row.priority):
                 admitted.append(index)
@@ -268,6 +276,13 @@ class Admission:
             else:
                 spilled.append(index)
         return admitted, spilled
+
+    def _behind_spill(self, rows: Sequence[NewEvent]) -> bool:
+        """Whether ordered `rows` must follow the spill: something waits in it, or is being
+        spilled."""
+        if all(row.ordering_key is None for row in rows):
+            return False
+        return bool(self._overflow.pending() or self._spilling)
 
 
 def _left_waiting(commit: PutCommit) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import secrets
 from collections import deque
 
+from eventqueue.core.limits import DEFAULT_KEY, KeyLimits
 from eventqueue.core.models import Batch
 from eventqueue.core.records import Lease
 
@@ -19,8 +20,14 @@ from eventqueue.core.records import Lease
 class Handoff:
     """Reserved consumers waiting for CRITICAL batches, and the batches handed to them."""
 
-    def __init__(self, lease_s: float) -> None:
+    def __init__(self, lease_s: float, limits: KeyLimits | None = None) -> None:
         self._lease_s = lease_s
+        # Keys whose limit binds CRITICAL events are never handed over (see Lease.binds).
+        entries = dict(limits.entries) if limits else {}
+        default = entries.pop(DEFAULT_KEY, None)
+        self._limited = frozenset(k for k, v in entries.items() if not v.exempt_critical)
+        self._free = frozenset(k for k, v in entries.items() if v.exempt_critical)
+        self._limit_all = default is not None and not default.exempt_critical
         self._waiting: deque[asyncio.Future[Batch]] = deque()
 
     def waiting(self) -> int:
@@ -44,6 +51,9 @@ class Handoff:
             token=secrets.token_hex(8),
             batch_id=secrets.token_hex(6),
             expires_at=now + self._lease_s,
+            limited=self._limited,
+            limit_all=self._limit_all,
+            free=self._free,
         )
 
     def deliver(self, batches: list[Batch]) -> list[Batch]:

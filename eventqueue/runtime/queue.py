@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from eventqueue.core.arguments import dead_flag, error_text, extend_s, retry_in_s
 from eventqueue.core.coalesce import CoalesceBy, coalesce_function, key_for
 from eventqueue.core.config import Config
-from eventqueue.core.errors import NotInBatchError, QueueClosedError
+from eventqueue.core.errors import InvalidEventError, NotInBatchError, QueueClosedError
 from eventqueue.core.faults import crash_point
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch, Priority, PutResult, QueueStats
-from eventqueue.core.prepare import prepare_event
+from eventqueue.core.prepare import _UNSET, OrderingFn, ordering_fn, prepare_event
 from eventqueue.core.priority import BatchKeyFn, Classifier, batch_key, classify
 from eventqueue.core.records import NewEvent
 from eventqueue.core.rules import (
@@ -63,6 +64,7 @@ class EventQueue:
         classifier: Classifier = classify,
         batch_key_fn: BatchKeyFn = batch_key,
         clock: Clock = time.time,
+        ordering: OrderingFn | None = None,
         coalesce_by: CoalesceBy | None = None,
     ) -> None:
         self.config = config
@@ -75,6 +77,7 @@ class EventQueue:
         self._handoff = handoff
         self._classify = classifier
         self._batch_key = batch_key_fn
+        self._ordering = ordering or ordering_fn(config.ordered_by)
         # A callable given to open() wins over the setting (EVENT_COALESCE_BY).
         self._coalesce_by = coalesce_by or coalesce_function(config.coalesce_by)
         self._clock = clock
@@ -105,6 +108,15 @@ class EventQueue:
         "auto" creates the schema in a new file and refuses an old one; True upgrades; False never.
         `coalesce_by`: None, "aggregate_id" or a callable (event) -> str | None (latest wins).
         """
+        # `ordered_by` may be a callable and `key_limits` a dict: Config holds their text forms.
+        ordering = settings.pop("ordered_by", None)
+        if ordering is not None and not isinstance(ordering, str):
+            ordering_fn(ordering)  # ConfigError unless callable
+        elif ordering is not None:
+            settings["ordered_by"] = ordering
+            ordering = None
+        if settings.get("key_limits") is not None:
+            settings["key_limits"] = KeyLimits.of(settings["key_limits"]).text()
         fn = settings.get("coalesce_by")
         if callable(fn):  # a function is no setting: it travels beside the config
             settings["coalesce_by"] = None
@@ -113,7 +125,7 @@ class EventQueue:
         elif path is not None or settings:
             config = config.replace(**({"db_path": path} if path else {}), **settings)
         fn = fn if callable(fn) else None
-        return _Opener(cls._open(config, classifier, batch_key, clock, migrate, fn))
+        return _Opener(cls._open(config, classifier, batch_key, clock, migrate, ordering, fn))
 
     @classmethod
     async def _open(
@@ -123,6 +135,7 @@ class EventQueue:
         key_fn: BatchKeyFn,
         clock: Clock,
         migrate: bool | str,
+        ordering: OrderingFn | None = None,
         coalesce_by: CoalesceBy | None = None,
     ) -> EventQueue:
         store = await open_store(config, migrate=migrate)
@@ -141,7 +154,7 @@ class EventQueue:
         except BaseException:
             await store.close()
             raise
-        handoff = Handoff(config.lease_s)
+        handoff = Handoff(config.lease_s, KeyLimits.of(config.key_limits))
         admission = Admission(
             store, overflow, room, changes, handoff, config, clock, metrics=metrics
         )
@@ -157,6 +170,7 @@ class EventQueue:
             classifier=classifier,
             batch_key_fn=key_fn,
             clock=clock,
+            ordering=ordering,
             coalesce_by=coalesce_by,
         )
         admission.start()
@@ -197,14 +211,17 @@ class EventQueue:
         *,
         source: str | None = None,
         position: str | None = None,
+        ordering_key: str | None = _UNSET,
         coalesce_key: str | None = None,
     ) -> PutResult:
         """Store one event durably; returns once it is committed (accepted or duplicate).
 
-        `coalesce_key`: fold it into the pending event of its batch key with this key (latest
-        wins); wins over `coalesce_by`. Never for CRITICAL events.
+        `ordering_key` (default: from `ordered_by`; None: unordered) puts it in a group leased
+        one event after another, in the order put. `coalesce_key`: fold it into the pending
+        event of its batch key with this key (latest wins); wins over `coalesce_by`. Never for
+        CRITICAL events; with ordering, only into the last pending event of its group.
         """
-        row = self.prepare(event, priority, coalesce_key=coalesce_key)
+        row = self.prepare(event, priority, ordering_key=ordering_key, coalesce_key=coalesce_key)
         results = await self._put_rows([row], source, position)
         return results[0]
 
@@ -215,9 +232,17 @@ class EventQueue:
         *,
         source: str | None = None,
         position: str | None = None,
+        ordering_key: str | Sequence[str | None] | None = _UNSET,
     ) -> list[PutResult]:
-        """Store several events in one commit; all are validated before any is stored."""
-        rows = [self.prepare(event, priority, index=i) for i, event in enumerate(events)]
+        """Store several events in one commit; all are validated before any is stored.
+
+        `ordering_key`: one key for every event, or a sequence with one per event."""
+        given = list(events)
+        keys = _ordering_keys(ordering_key, len(given))
+        rows = [
+            self.prepare(event, priority, index=i, ordering_key=key)
+            for i, (event, key) in enumerate(zip(given, keys, strict=True))
+        ]
         return await self._put_rows(rows, source, position) if rows else []
 
     async def record_position(self, source: str, position: str) -> None:
@@ -239,6 +264,7 @@ class EventQueue:
         priority: Priority | int | str | None = None,
         *,
         index: int | None = None,
+        ordering_key: Any = _UNSET,
         coalesce_key: str | None = None,
     ) -> NewEvent:
         """Validate, hash and classify one event (raises InvalidEventError; stores nothing)."""
@@ -250,6 +276,8 @@ class EventQueue:
             batch_key_fn=self._batch_key,
             now=self._clock(),
             index=index,
+            ordering=self._ordering,
+            ordering_key=ordering_key,
         )
         if coalesce_key is None and self._coalesce_by is None:
             return row
@@ -470,7 +498,10 @@ class EventQueue:
     async def idle_delay(self) -> float:
         """Seconds until something not ready now may become ready (capped by the poll)."""
         now = self._clock()
-        return idle_delay(await self.store.next_wakeup(now), self.config, now)
+        wake = await self.store.next_wakeup(now)
+        limits = self._rules.limits
+        hold = await self.store.limit_hold(now=now, limits=limits) if limits else None
+        return idle_delay(wake, self.config, now, hold)
 
     async def ack(self, batch: Batch, ids: Sequence[int] | None = None) -> None:
         """The batch (or these events of it) was handled: done. LeaseLostError if stale."""
@@ -562,6 +593,7 @@ class EventQueue:
             ready_batches=found.ready_batches,
             spill=self.overflow.stats(),
             metrics={"intake_queued": self._admission.queued, **self.metrics.as_dict()},
+            key_limits={k: dict(v) for k, v in found.key_limits.items()},
             owners=await live_owners(self.store, now),
         )
 
@@ -591,6 +623,17 @@ def _require_in_batch(batch: Batch, ids: Iterable[int]) -> None:
     outside = sorted(set(ids) - set(batch.ids))
     if outside:
         raise NotInBatchError(outside)
+
+
+def _ordering_keys(given: Any, count: int) -> list[Any]:
+    """put_many's `ordering_key`: one for all (a string, None or unset), or one per event."""
+    if given is _UNSET or given is None or isinstance(given, str):
+        return [given] * count
+    if not isinstance(given, Sequence) or len(given) != count:
+        raise InvalidEventError(
+            f"ordering_key: a string, None, or a sequence of {count} (one per event)"
+        )
+    return list(given)
 
 
 class _Opener:

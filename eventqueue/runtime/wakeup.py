@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from eventqueue.core.config import Config
-from eventqueue.core.records import Wakeup
+from eventqueue.core.records import LimitHold, Wakeup
 
 # Never sleep longer than this without looking again, whatever the clock says: a wall-clock
 # jump must not leave a consumer asleep for hours.
@@ -91,15 +91,25 @@ class Room:
         return not 0.0 <= now - self.counted_at < RECOUNT_AFTER_S  # or the clock stepped back
 
 
-def idle_delay(wake: Wakeup, config: Config, now: float) -> float:
+def idle_delay(wake: Wakeup, config: Config, now: float, hold: LimitHold | None = None) -> float:
     """Seconds until something not ready now may become ready (capped by the poll)."""
     # Sleep until the next batch window closes, retry comes due or lease expires; poll anyway
     # for work committed by other processes.
     times = [config.poll_ms / 1000.0, MAX_IDLE_S]
+    windows = []
     if wake.oldest_pending_at is not None:
-        times.append(wake.oldest_pending_at + config.batch_window_s - now)
+        windows.append(wake.oldest_pending_at + config.batch_window_s - now)
     if wake.oldest_high_pending_at is not None:
-        times.append(wake.oldest_high_pending_at + config.high_batch_window_s - now)
+        windows.append(wake.oldest_high_pending_at + config.high_batch_window_s - now)
+    if hold is not None and hold.held:
+        # A claim just found nothing, and a key limit holds pending work back: a window that
+        # closed already belongs to a held key (any other would have been claimed). Wake at
+        # its bucket's refill (an ack in this process wakes consumers anyway; other
+        # processes' acks are seen at the poll), never in a loop of claims.
+        windows = [t for t in windows if t > 0]
+        if hold.refill_at is not None:
+            times.append(hold.refill_at - now)
+    times.extend(windows)
     times.extend(t - now for t in (wake.next_retry_at, wake.next_lease_expiry_at) if t is not None)
     return max(0.001, min(times))
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from eventqueue.core.coalesce import Debounce
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
     Lease,
+    LimitHold,
     NewEvent,
     PeekBatch,
     PutCommit,
@@ -184,6 +186,11 @@ class Store(Protocol):
 
     async def next_wakeup(self, now: float) -> Wakeup:
         """When work that is not ready now may become ready."""
+        ...
+
+    async def limit_hold(self, *, now: float, limits: KeyLimits) -> LimitHold:
+        """Whether a key limit holds back pending work now, and when a bucket refills next
+        (the idle wait sleeps until then rather than spinning on a key it may not claim)."""
         ...
 
     # --- lease owners -----------------------------------------------------------------------

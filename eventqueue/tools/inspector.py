@@ -73,6 +73,7 @@ class Inspector:
                 superseded=found.counters.get("superseded", 0),
                 ready_batches=found.ready_batches,
                 owners=await live_owners(store, now),
+                key_limits={k: dict(v) for k, v in found.key_limits.items()},
             )
 
         return self._run(read)

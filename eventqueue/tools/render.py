@@ -101,9 +101,25 @@ def render_stats(data: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [table, summary]
     if data["spill"]:
         parts += [Text("spill", style="bold"), pairs(spill_lines(data["spill"]))]
+    if data.get("key_limits"):
+        parts.append(render_key_limits(data["key_limits"]))
     if data.get("owners"):
         parts.append(render_owners(data["owners"]))
     return Group(*parts)
+
+
+def render_key_limits(uses: dict[str, dict[str, Any]]) -> RenderableType:
+    """The key limits section of `stats`: per limited key, batches leased, claims held back."""
+    table = Table("batch key", "in flight", "claims held back", "tokens", title="key limits")
+    for key, use in uses.items():
+        tokens = use.get("tokens")
+        table.add_row(
+            Text(key),
+            str(use["in_flight"]),
+            str(use["held_back"]),
+            "-" if tokens is None else f"{tokens:.1f}",
+        )
+    return table
 
 
 def render_owners(owners: list[dict[str, Any]]) -> RenderableType:

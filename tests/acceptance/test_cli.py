@@ -216,7 +216,7 @@ def test_a_locked_database_names_the_fix_and_readers_are_not_blocked(
 def test_stats_json_counts_every_status_and_priority(db: dict[str, Any]) -> None:
     data = as_json(run("stats", "--db", db["path"], "--json"))
     counts = data["counts"]
-    assert set(counts) == {"pending", "claimed", "done", "dead"}
+    assert set(counts) == {"pending", "held", "claimed", "done", "dead"}
     assert all(set(by) == {"LOW", "NORMAL", "HIGH", "CRITICAL"} for by in counts.values())
     assert counts["done"]["NORMAL"] == 1
     assert counts["dead"]["CRITICAL"] == 1

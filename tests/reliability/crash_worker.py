@@ -44,7 +44,12 @@ def open_log(path: Path) -> int:
 
 
 async def produce(
-    q: EventQueue, order: list[int], todo: list[int], fds: tuple[int, int], chunk: int
+    q: EventQueue,
+    order: list[int],
+    todo: list[int],
+    fds: tuple[int, int],
+    chunk: int,
+    groups: int = 0,
 ) -> int:
     """Put `todo` in bursts of `chunk` concurrent puts; log each put as it returns."""
     attempted, fd = fds
@@ -52,7 +57,10 @@ async def produce(
     async def put(op: int) -> None:
         event_id = order[op]
         os.write(attempted, f"{op}\n".encode())
-        result = await q.put(payload(event_id))
+        if groups:  # ordering on: event n belongs to group n mod groups
+            result = await q.put(payload(event_id), ordering_key=f"g{event_id % groups}")
+        else:
+            result = await q.put(payload(event_id))
         os.write(fd, producer_line(op, event_id, result.status.value))
 
     for start in range(0, len(todo), chunk):
@@ -121,7 +129,8 @@ async def main(args: argparse.Namespace) -> None:
                 consume_critical(q, f"reserved-{os.getpid()}", consumed_fd, stop_reserved)
             )
             try:
-                put = await produce(q, order, todo, (attempted_fd, produced_fd), args.chunk)
+                fds = (attempted_fd, produced_fd)
+                put = await produce(q, order, todo, fds, args.chunk, args.groups)
             finally:
                 produced.set()
             handled = sum(await asyncio.gather(*consumers))
@@ -144,6 +153,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="put only ops with an index below this")
     parser.add_argument("--chunk", type=int, default=250, help="concurrent puts per burst")
     parser.add_argument("--consumers", type=int, default=2)
+    parser.add_argument("--groups", type=int, default=0, help="ordering groups (0: unordered)")
     parser.add_argument(
         "--no-retry",
         dest="retry",

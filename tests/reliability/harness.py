@@ -251,6 +251,31 @@ def _rows(path: Path, width: int) -> list[list[str]]:
     return rows
 
 
+def order_breaks(db: Path, logs: Path) -> tuple[list[str], int]:
+    """Per ordering group: was it handled in its order, (received_at, id) as stored? The
+    consumers log each event before acking it, and a group's next event is leased only after
+    that ack, so the log's order is the handling order across consumers and runs."""
+    handled = [int(row) for _, row, _, _ in _rows(logs / "consumed.log", 4)]
+    times: Counter[int] = Counter(handled)
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+        rows = connection.execute(
+            "SELECT ordering_key, id FROM events WHERE ordering_key IS NOT NULL"
+            " ORDER BY ordering_key, received_at, id"
+        ).fetchall()
+    expected: dict[str, list[int]] = {}
+    for group, row_id in rows:
+        expected.setdefault(group, []).append(row_id)
+    position = {row: i for i, row in enumerate(handled)}
+    broken, checked = [], 0
+    for group, ids in expected.items():
+        if any(times[i] != 1 for i in ids):
+            continue
+        checked += 1
+        if [position[i] for i in ids] != sorted(position[i] for i in ids):
+            broken.append(group)
+    return broken, checked
+
+
 @dataclass(frozen=True)
 class FinalState:
     """The database and spill folders after the last run."""
@@ -328,6 +353,7 @@ class CrashHarness:
         consumers: int = 2,
         retry: bool = True,
         timeout_s: float = 120.0,
+        groups: int = 0,
     ) -> None:
         self.root = root
         self.db = root / "events.db"
@@ -340,6 +366,7 @@ class CrashHarness:
         # retry=False: a restart never puts an attempted op again; then an op cut off by a kill
         # may never be stored, so only acknowledged ops must be delivered.
         self.retry = retry
+        self.groups = groups  # ordering groups the worker puts events in (0: unordered)
         self.attempted_ops = 0  # the highest op limit any run was given
         self.runs: list[Outcome] = []
 
@@ -359,6 +386,7 @@ class CrashHarness:
             f"--limit={limit}",
             f"--chunk={self.chunk}",
             f"--consumers={self.consumers}",
+            f"--groups={self.groups}",
             *([] if self.retry else ["--no-retry"]),
         ]
         outcome = run_killable(
@@ -389,6 +417,11 @@ class CrashHarness:
 
     def score(self) -> Score:
         return score(self.logs, self.order, self.attempted_ops)
+
+    def order_breaks(self) -> tuple[list[str], int]:
+        """Groups handled out of order, and how many groups were checked (those whose events
+        were each handled once: a redelivery after a kill may repeat an event anywhere)."""
+        return order_breaks(self.db, self.logs)
 
     def final_state(self) -> FinalState:
         return final_state(self.db, max_attempts=int(self.settings["EVENT_MAX_ATTEMPTS"]))

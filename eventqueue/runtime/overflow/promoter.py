@@ -183,7 +183,11 @@ class Overflow:
         """Write rows to the spill log durably (fsynced) before returning."""
         by_priority: dict[int, list[bytes]] = {}
         for row in rows:
-            by_priority.setdefault(row.priority, []).append(row.to_bytes())
+            # Ordered events all go to one log (LOW, promoted last, each record keeping its own
+            # priority), so they come back in arrival order: a group's order survives the
+            # spill, whatever the priorities inside it.
+            log = Priority.LOW if row.ordering_key is not None else row.priority
+            by_priority.setdefault(log, []).append(row.to_bytes())
         for priority in sorted(by_priority, reverse=True):
             await asyncio.to_thread(self.spill.append, priority, by_priority[priority])
             crash_point("mid_spill")

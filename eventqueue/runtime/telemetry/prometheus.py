@@ -276,6 +276,25 @@ def _state_metrics(s: QueueStats) -> Iterator[Metric]:
         s.metrics.get("intake_queued", 0),
     )
     yield from _spill_metrics(s.spill)
+    yield from _key_limit_metrics(s.key_limits)
+
+
+def _key_limit_metrics(uses: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    in_flight = GaugeMetricFamily(
+        f"{PREFIX}_key_in_flight_batches",
+        "Batches of a limited batch key leased now (counted in the store, every process).",
+        labels=["batch_key"],
+    )
+    held_back = CounterMetricFamily(
+        f"{PREFIX}_key_claims_held_back",
+        "Claims that found a limited batch key with pending work at its limit (in the store).",
+        labels=["batch_key"],
+    )
+    for key, use in uses.items():
+        in_flight.add_metric([key], use["in_flight"])
+        held_back.add_metric([key], use["held_back"])
+    yield in_flight
+    yield held_back
 
 
 def _spill_metrics(spill: dict[str, Any]) -> Iterator[Metric]:

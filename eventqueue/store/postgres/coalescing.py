@@ -3,8 +3,9 @@
 because writers on several hosts run at once: the put first takes a transaction-scoped
 advisory lock per (batch key, coalesce key), in sorted order, so two puts of one key fold one
 after the other; and the merge's UPDATE re-checks its target (a consumer on any host may have
-claimed it since the read), the rows meant for a target that was claimed being stored as new
-events instead."""
+claimed it since the read, or put a later event of its ordering group), the rows meant for a
+target that was claimed (or is no longer its group's last) being stored as new events
+instead."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ async def _read(c: Conn, rows: Sequence[NewEvent], ttl_s: float | None) -> _Stat
     keys = sorted({to_db(ck) for _, ck in pairs})
     query = sql.SELECT_COALESCE_STATE
     found = await c.fetch(query.sql, *query.args(hashes=list(arrived), keys=keys))
-    for kind, i, bk, ck, p, r, dk, at in found:
+    for kind, i, bk, ck, p, r, dk, at, group, last in found:
         if kind == "live" and ttl_s is not None:
             if coalesce.within(ttl_s, arrived[str(dk)], float(at)):
                 state.live[str(dk)] = int(i)
@@ -64,7 +65,9 @@ async def _read(c: Conn, rows: Sequence[NewEvent], ttl_s: float | None) -> _Stat
         elif kind == "target":
             pair = (from_db(str(bk)), from_db(str(ck)))
             if pair in pairs:  # id order: the last one is the newest
-                state.targets[pair] = Candidate(int(i), *pair, int(p), float(r), dk, float(at))
+                state.targets[pair] = Candidate(
+                    int(i), *pair, int(p), float(r), dk, float(at), group, bool(last)
+                )
     return state
 
 

@@ -74,17 +74,18 @@ _LEASE_CLEARED = (
 )
 _EVENT_COLUMNS = (
     "id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context,"
-    " superseded"
+    " ordering_key, superseded"
 )
 
 # --- put --------------------------------------------------------------------------------------
 
 _ROWS = """
     unnest(:payloads::text[], :priorities::int[], :keys::text[], :hashes::text[],
-           :received::float8[], :copies::int[], :traces::text[], :coalesce_keys::text[])
+           :received::float8[], :copies::int[], :traces::text[], :orderings::text[],
+           :coalesce_keys::text[])
         WITH ORDINALITY
         AS r(payload, priority, batch_key, content_hash, received_at, copies, trace_context,
-             coalesce_key, n)
+             ordering_key, coalesce_key, n)
 """
 
 # Distinct hashes only (the caller folds repeats into `copies`): ON CONFLICT DO UPDATE may not
@@ -98,9 +99,11 @@ _PUT_DEDUP = """
         FROM generate_series(1, cardinality(:hashes::text[])) AS g
     )
     INSERT INTO events AS e (id, payload, priority, batch_key, content_hash, dedup_key, status,
-                             received_at, available_at, duplicates, trace_context, coalesce_key)
+                             received_at, available_at, duplicates, trace_context, ordering_key,
+                             coalesce_key)
     SELECT ids.id, r.payload, r.priority, r.batch_key, r.content_hash, r.content_hash,
-           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context, r.coalesce_key
+           'pending', r.received_at, r.received_at, r.copies - 1, r.trace_context, r.ordering_key,
+           r.coalesce_key
     FROM {rows} JOIN ids USING (n)
     ORDER BY r.content_hash
     ON CONFLICT (dedup_key) DO UPDATE SET duplicates = e.duplicates + EXCLUDED.duplicates + 1
@@ -121,9 +124,9 @@ PUT_PLAIN = Query.of(
     "put_plain",
     f"""
     INSERT INTO events (payload, priority, batch_key, content_hash, status, received_at,
-                        available_at, duplicates, trace_context, coalesce_key)
+                        available_at, duplicates, trace_context, ordering_key, coalesce_key)
     SELECT r.payload, r.priority, r.batch_key, r.content_hash, 'pending', r.received_at,
-           r.received_at, r.copies - 1, r.trace_context, r.coalesce_key
+           r.received_at, r.copies - 1, r.trace_context, r.ordering_key, r.coalesce_key
     FROM {_ROWS}
     ORDER BY r.n
     RETURNING id
@@ -161,6 +164,7 @@ COUNT_UNFINISHED = Query.of(
     "count_unfinished",
     """
     SELECT (SELECT count(*) FROM events WHERE status = 'pending')
+         + (SELECT count(*) FROM events WHERE status = 'held')
          + (SELECT count(*) FROM events WHERE status = 'claimed')
     """,
 )
@@ -282,10 +286,15 @@ _READY = f"""{_FIRSTS},
                CASE WHEN top = {CRITICAL} AND NOT full_batch
                          AND oldest > :window_start::float8 AND NOT from_future
                          AND NOT :no_batching::boolean
-                    THEN {CRITICAL} ELSE 0
+                    THEN {CRITICAL}
+                    WHEN batch_key = ANY(:critical_only::text[]) THEN {CRITICAL}
+                    ELSE 0
                END AS min_priority
         FROM summary
-        WHERE (full_batch OR oldest <= :window_start::float8 OR from_future
+        -- A key at its limit is not ready (critical_only: but for its CRITICAL events).
+        WHERE batch_key <> ALL(:blocked::text[])
+          AND (top = {CRITICAL} OR batch_key <> ALL(:critical_only::text[]))
+          AND (full_batch OR oldest <= :window_start::float8 OR from_future
                OR (top >= {HIGH} AND oldest <= :high_window_start::float8)
                OR top = {CRITICAL} OR :no_batching::boolean)
           AND top >= :min_priority::int  -- a claim for CRITICAL work only
@@ -337,7 +346,7 @@ CLAIM = Query.of(
     UPDATE events SET {_LEASE_SET}
     FROM picked WHERE events.id = picked.id
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context, superseded, picked.rank
+        trace_context, ordering_key, superseded, picked.rank
     """,
 )
 
@@ -371,7 +380,7 @@ CLAIM_ACKING = Query.of(
         UPDATE events SET {_LEASE_SET}
         FROM picked WHERE events.id = picked.id AND (SELECT ok FROM held)
         RETURNING events.id, payload, priority, content_hash, batch_key, attempts,
-            received_at, trace_context, picked.rank
+            received_at, trace_context, ordering_key, superseded, picked.rank
     )
     SELECT c.*, (SELECT ok FROM held) AS acks_held, (SELECT n FROM held) AS acks_held_n
     FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
@@ -385,7 +394,7 @@ LEASE_IDS = Query.of(
     UPDATE events SET {_LEASE_SET}
     WHERE id = ANY(:ids::bigint[]) AND status = 'pending'
     RETURNING events.id, payload, priority, content_hash, batch_key, attempts, received_at,
-        trace_context, superseded
+        trace_context, ordering_key, superseded
     """,
 )
 
@@ -671,6 +680,70 @@ def all_queries() -> Mapping[str, Query]:
     return {q.name: q for q in globals().values() if isinstance(q, Query)}
 
 
+# --- key limits -------------------------------------------------------------------------------
+
+# Batches leased now, per batch key (claimed rows only: a handful, never the backlog).
+IN_FLIGHT = Query.of(
+    "in_flight",
+    """
+    SELECT batch_key, count(DISTINCT batch_id) FROM events WHERE status = 'claimed'
+    GROUP BY batch_key
+    """,
+)
+
+IN_FLIGHT_OF = Query.of(
+    "in_flight_of",
+    """
+    SELECT batch_key, count(DISTINCT batch_id) FROM events
+    WHERE status = 'claimed' AND batch_key = ANY(:keys::text[])
+    GROUP BY batch_key
+    """,
+)
+
+# Keys whose bucket holds less than one token now (ix_key_limits_ready_at).
+EMPTY_BUCKETS = Query.of(
+    "empty_buckets",
+    "SELECT batch_key, ready_at FROM key_limits WHERE ready_at > :now::float8",
+)
+
+# Lock the rows of `keys` (made if missing), in key order so two claimers never wait on each
+# other in opposite orders; the keys in `held` count one claim held back. Under these locks a
+# claim recounts its keys' leased batches and buckets: the limits hold across hosts.
+LOCK_KEYS = Query.of(
+    "lock_keys",
+    """
+    INSERT INTO key_limits AS l (batch_key, held_back)
+    SELECT k, CASE WHEN k = ANY(:held::text[]) THEN 1 ELSE 0 END
+    FROM unnest(:keys::text[]) AS k ORDER BY k
+    ON CONFLICT (batch_key) DO UPDATE SET held_back = l.held_back + EXCLUDED.held_back
+    RETURNING l.batch_key, l.tokens, l.refilled_at
+    """,
+)
+
+SAVE_BUCKET = Query.of(
+    "save_bucket",
+    """
+    UPDATE key_limits SET tokens = :tokens::float8, refilled_at = :now::float8,
+        ready_at = :ready_at::float8
+    WHERE batch_key = :key::text
+    """,
+)
+
+# Which of `keys` have pending events (one index probe each).
+PENDING_KEYS_AMONG = Query.of(
+    "pending_keys_among",
+    """
+    SELECT k FROM unnest(:keys::text[]) AS k
+    WHERE EXISTS (SELECT 1 FROM events e WHERE e.status = 'pending' AND e.batch_key = k)
+    """,
+)
+
+SELECT_KEY_LIMITS = Query.of(
+    "select_key_limits",
+    "SELECT batch_key, held_back, tokens, refilled_at FROM key_limits ORDER BY batch_key",
+)
+
+
 # --- coalescing (core/coalesce.py plans; store/postgres/coalescing.py runs these) ------------
 
 # Per (batch key, coalesce key) lock, taken in sorted order before the put inserts: two puts of
@@ -683,25 +756,33 @@ LOCK_COALESCE_KEYS = Query.of(
     FROM unnest(:locks::bigint[]) WITH ORDINALITY AS u(k, n)
     """,
 )
+# Event `e` is the last unfinished event of its ordering group (or has none): no pending, held
+# or claimed event of the group after it in group order (received_at, id); ix_events_ordering.
+# A coalescing put folds only into such an event (core/coalesce.route).
+_LAST = """(e.ordering_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM events l
+        WHERE l.ordering_key = e.ordering_key AND l.status IN ('pending', 'held', 'claimed')
+          AND (l.received_at, l.id) > (e.received_at, e.id)))"""
+
 # What a coalescing put must know before it writes, in one round trip: the live holders of
 # its content hashes (with when their window runs from: the caller releases closed ones), the
 # replaced versions of those hashes, and the pending, never delivered events of its coalesce
 # keys (through ix_events_coalesce; filtered by batch key by the caller).
 SELECT_COALESCE_STATE = Query.of(
     "select_coalesce_state",
-    """
+    f"""
     SELECT 'live', id, batch_key, coalesce_key, priority, received_at, dedup_key,
-           coalesce(dedup_at, received_at)
+           coalesce(dedup_at, received_at), NULL::text, NULL::boolean
     FROM events WHERE dedup_key = ANY(:hashes::text[])
     UNION ALL
-    SELECT 'retired', event_id, NULL, NULL, NULL, NULL, dedup_key, dedup_at
+    SELECT 'retired', event_id, NULL, NULL, NULL, NULL, dedup_key, dedup_at, NULL, NULL
     FROM superseded_keys WHERE dedup_key = ANY(:hashes::text[])
     UNION ALL
-    SELECT 'target', id, batch_key, coalesce_key, priority, received_at, dedup_key,
-           coalesce(dedup_at, received_at)
-    FROM events
-    WHERE status = 'pending' AND coalesce_key IS NOT NULL
-      AND coalesce_key = ANY(:keys::text[]) AND attempts = 0
+    SELECT 'target', e.id, e.batch_key, e.coalesce_key, e.priority, e.received_at, e.dedup_key,
+           coalesce(e.dedup_at, e.received_at), e.ordering_key, {_LAST}
+    FROM events e
+    WHERE e.status IN ('pending', 'held') AND e.coalesce_key IS NOT NULL
+      AND e.coalesce_key = ANY(:keys::text[]) AND e.attempts = 0
     ORDER BY 1, 2
     """,
 )
@@ -725,11 +806,12 @@ ADD_DUPLICATES = Query.of(
 )
 # The surviving event takes the latest version, in one round trip with what goes with it: the
 # replaced versions' dedup keys (`retired_*`) and the `superseded` counter. A claimed event, or
-# one delivered before (attempts > 0), is never changed: RETURNING says which targets took it
-# (another host may have claimed one since the read); only their keys are retired and counted.
+# one delivered before (attempts > 0), is never changed, nor one that is no longer its ordering
+# group's last: RETURNING says which targets took it (another host may have claimed one, or put
+# a later event of its group, since the read); only their keys are retired and counted.
 APPLY_MERGES = Query.of(
     "apply_merges",
-    """
+    f"""
     WITH merged AS (
         UPDATE events e SET payload = u.payload, content_hash = u.hash,
             priority = greatest(e.priority, u.priority), dedup_key = u.dedup_key,
@@ -739,7 +821,8 @@ APPLY_MERGES = Query.of(
                     :dedup_keys::text[], :dedup_ats::float8[], :traces::text[], :ns::int[],
                     :availables::float8[])
             AS u(id, payload, hash, priority, dedup_key, dedup_at, trace, n, available)
-        WHERE e.id = u.id AND e.status = 'pending' AND e.attempts = 0
+        WHERE e.id = u.id AND e.status IN ('pending', 'held') AND e.attempts = 0
+          AND {_LAST}
         RETURNING e.id, u.n
     ),
     retired AS (

@@ -32,7 +32,8 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-STATUSES = ("pending", "claimed", "done", "dead")
+# 'held' (revision 0005): an ordered event waiting for the earlier events of its ordering key.
+STATUSES = ("pending", "held", "claimed", "done", "dead")
 
 events = Table(
     "events",
@@ -62,6 +63,9 @@ events = Table(
     # The owner (a queue in one process, see `owners`) holding the lease (revision 0003; NULL
     # when not claimed, or claimed before 0003). `lease_owner` is the consumer's name.
     Column("lease_holder", Text, nullable=True),
+    # The event's ordering group (revision 0005; NULL: unordered). The triggers of
+    # ORDERING_DDL keep at most one event of a group pending or claimed.
+    Column("ordering_key", Text, nullable=True),
     # Coalescing (revision 0006): pending events of one batch key and coalesce key are one,
     # latest wins (NULL: never coalesced); how many newer versions replaced its payload; and
     # when its dedup window runs from (NULL: received_at; a sliding window or a coalesced
@@ -95,12 +99,40 @@ Index("ix_events_claimed", events.c.lease_expires_at, postgresql_where=text("sta
 Index("ix_events_done", events.c.finished_at, postgresql_where=text("status = 'done'"))
 Index("ix_events_dead", events.c.finished_at, postgresql_where=text("status = 'dead'"))
 
+# Ordering groups (revision 0005): a group's unfinished events in order, a few index probes
+# away, for the trigger that picks each group's head; held events counted without a scan.
+Index(
+    "ix_events_ordering",
+    events.c.ordering_key,
+    events.c.status,
+    events.c.received_at,
+    events.c.id,
+    postgresql_where=text("ordering_key IS NOT NULL"),
+)
+Index("ix_events_held", events.c.id, postgresql_where=text("status = 'held'"))
+
+# Per batch key under a limit (revision 0005): its token bucket (tokens at refilled_at; NULL:
+# never drawn from, full) and the claims a limit held it back. Batches in flight are counted
+# from the leased rows. The row is also the lock that serialises the key's limit checks.
+key_limits = Table(
+    "key_limits",
+    metadata,
+    Column("batch_key", Text, primary_key=True),
+    Column("tokens", Float, nullable=True),
+    Column("refilled_at", Float, nullable=True),
+    Column("ready_at", Float, nullable=True),  # when the bucket holds a token again
+    Column("held_back", BigInteger, nullable=False, server_default="0"),
+)
+
+# The keys whose bucket is empty now: one range read per claim, however many keys.
+Index("ix_key_limits_ready_at", key_limits.c.ready_at)
+
 # A coalescing put finds the pending event of its keys (revision 0006).
 Index(
     "ix_events_coalesce",
     events.c.coalesce_key,
     events.c.batch_key,
-    postgresql_where=text("status = 'pending' AND coalesce_key IS NOT NULL"),
+    postgresql_where=text("status IN ('pending', 'held') AND coalesce_key IS NOT NULL"),
 )
 
 # The dedup keys of versions a coalesce replaced, while their window is open: a repeat of a
@@ -201,8 +233,17 @@ VIEWS: dict[str, str] = {
                attempts, last_error,
                to_char(to_timestamp(finished_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
                    AS died_at,
-               coalesce_key, superseded, payload
+               coalesce_key, superseded, payload, ordering_key
         FROM events WHERE status = 'dead'
+    """,
+    # Revision 0005: ordering groups with unfinished events, and what holds each.
+    "eq_ordering_groups": f"""
+        SELECT ordering_key, count(*) FILTER (WHERE status = 'held') AS held,
+               count(*) FILTER (WHERE status = 'pending') AS pending,
+               count(*) FILTER (WHERE status = 'claimed') AS claimed,
+               round(({_NOW} - min(received_at))::numeric, 3) AS oldest_age_s
+        FROM events WHERE ordering_key IS NOT NULL AND status IN ('pending', 'held', 'claimed')
+        GROUP BY ordering_key
     """,
     "eq_claimed": f"""
         SELECT batch_id, lease_owner, batch_key, count(*) AS events,
@@ -211,3 +252,99 @@ VIEWS: dict[str, str] = {
         FROM events WHERE status = 'claimed' GROUP BY batch_id, lease_owner, batch_key
     """,
 }
+
+# The ordering rule lives in the schema, so it holds for every writer on every host. After each
+# statement that inserts events, or moves events of a group to done or dead (or a dead one
+# back), the groups touched are set right: each group's earliest unfinished event (received_at,
+# id) pending unless an event of it is claimed, every other one held. Statement-level, so the
+# groups' locks are taken once and in ascending order: two transactions never wait on each
+# other in opposite orders. The locks (64 stripes of advisory locks, held to commit) serialise
+# the transactions that change one group's membership: a put that holds its event behind a
+# claimed one cannot miss the ack that frees the group, or the ack the put's held event.
+ORDERING_STRIPES = 64
+ORDERING_LOCK = 22  # the first key of the advisory locks (pg_advisory_xact_lock(int, int))
+ORDERING_DDL: tuple[str, ...] = (
+    f"""
+    CREATE OR REPLACE FUNCTION eq_order_groups() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    DECLARE
+        groups text[];
+    BEGIN
+        IF pg_trigger_depth() > 1 THEN
+            RETURN NULL;  -- this function's own updates
+        END IF;
+        IF TG_OP = 'INSERT' THEN
+            SELECT array_agg(DISTINCT n.ordering_key) INTO groups
+            FROM new_rows n WHERE n.ordering_key IS NOT NULL;
+        ELSE
+            SELECT array_agg(DISTINCT n.ordering_key) INTO groups
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE n.ordering_key IS NOT NULL AND o.status <> n.status
+              AND (n.status IN ('done', 'dead') OR o.status = 'dead');
+        END IF;
+        IF groups IS NULL THEN
+            RETURN NULL;
+        END IF;
+        PERFORM pg_advisory_xact_lock({ORDERING_LOCK}, s.stripe) FROM (
+            SELECT DISTINCT hashtext(g) & {ORDERING_STRIPES - 1} AS stripe
+            FROM unnest(groups) g ORDER BY 1) s;
+        IF TG_OP = 'UPDATE' THEN
+            UPDATE events d SET last_error = coalesce(d.last_error || '; ', '')
+                                             || 'later events of its ordering key went on'
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE d.id = n.id AND n.status = 'dead' AND o.status <> 'dead'
+              AND n.ordering_key IS NOT NULL
+              AND EXISTS (SELECT 1 FROM events h WHERE h.ordering_key = n.ordering_key
+                          AND h.status IN ('pending', 'held'));
+        END IF;
+        WITH heads AS MATERIALIZED (
+            SELECT g AS key,
+                   EXISTS (SELECT 1 FROM events c
+                           WHERE c.ordering_key = g AND c.status = 'claimed') AS busy,
+                   (SELECT f.id FROM (
+                        (SELECT id, received_at FROM events WHERE ordering_key = g
+                         AND status = 'pending' ORDER BY received_at, id LIMIT 1)
+                        UNION ALL
+                        (SELECT id, received_at FROM events WHERE ordering_key = g
+                         AND status = 'held' ORDER BY received_at, id LIMIT 1)) f
+                    ORDER BY f.received_at, f.id LIMIT 1) AS head
+            FROM unnest(groups) g
+        )
+        -- Two statements, each an index probe per group (one UPDATE with an OR of the two
+        -- conditions was planned as a scan of the table).
+        UPDATE events e SET status = 'held'
+        FROM heads h
+        WHERE e.ordering_key = h.key AND e.status = 'pending'
+          AND (e.id IS DISTINCT FROM h.head OR h.busy);
+        WITH heads AS MATERIALIZED (
+            SELECT g AS key,
+                   EXISTS (SELECT 1 FROM events c
+                           WHERE c.ordering_key = g AND c.status = 'claimed') AS busy,
+                   (SELECT f.id FROM (
+                        (SELECT id, received_at FROM events WHERE ordering_key = g
+                         AND status = 'pending' ORDER BY received_at, id LIMIT 1)
+                        UNION ALL
+                        (SELECT id, received_at FROM events WHERE ordering_key = g
+                         AND status = 'held' ORDER BY received_at, id LIMIT 1)) f
+                    ORDER BY f.received_at, f.id LIMIT 1) AS head
+            FROM unnest(groups) g
+        )
+        UPDATE events e SET status = 'pending'
+        FROM heads h
+        WHERE e.id = h.head AND NOT h.busy AND e.status = 'held';
+        RETURN NULL;
+    END
+    $fn$
+    """,
+    "DROP TRIGGER IF EXISTS eq_ordering_put ON events",
+    """
+    CREATE TRIGGER eq_ordering_put AFTER INSERT ON events
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION eq_order_groups()
+    """,
+    "DROP TRIGGER IF EXISTS eq_ordering_settle ON events",
+    """
+    CREATE TRIGGER eq_ordering_settle AFTER UPDATE ON events
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION eq_order_groups()
+    """,
+)

@@ -13,12 +13,14 @@ from eventqueue.core.coalesce import Debounce
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.config import Config
 from eventqueue.core.errors import LeaseLostError, SchemaError
+from eventqueue.core.limits import Holds, KeyLimits
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
     Lease,
+    LimitHold,
     NewEvent,
     PeekBatch,
     PutCommit,
@@ -38,9 +40,11 @@ from eventqueue.core.records import (
 )
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.base import Capabilities, SpillPositions
+from eventqueue.store.postgres import limiting
 from eventqueue.store.postgres import queries as sql
 from eventqueue.store.postgres.coalescing import coalescing, prune, put_coalescing
 from eventqueue.store.postgres.connection import Conn, Pool
+from eventqueue.store.postgres.limiting import held_args
 from eventqueue.store.postgres.listener import Listener
 from eventqueue.store.postgres.schema_state import ensure_schema, read_status
 from eventqueue.store.postgres.text import from_db, plain_prefix, readable, to_db
@@ -216,7 +220,7 @@ class PostgresStore:
         only events of at least this priority.
         """
         args = dict(
-            **ready_args(now, rules, min_priority),
+            **ready_args(now, rules, min_priority, limits=False),
             batches=batches,
             limit=rules.batch_limit,
             owner=consumer,
@@ -226,11 +230,12 @@ class PostgresStore:
             batch_id=plain_prefix(batch_id, "a batch id"),
         )
 
-        async def lease(c: Conn) -> list[Batch]:
-            if acks and not expire:
-                rows = await _claim_acking(c, sql.CLAIM_ACKING.args(**_ack_columns(acks), **args))
+        async def lease(c: Conn, held: Holds | None, *, acking: bool = False) -> list[Batch]:
+            values = {**args, **held_args(held)}
+            if acking:
+                rows = await _claim_acking(c, sql.CLAIM_ACKING.args(**_ack_columns(acks), **values))
             else:
-                rows = await c.fetch(sql.CLAIM.sql, *sql.CLAIM.args(**args))
+                rows = await c.fetch(sql.CLAIM.sql, *sql.CLAIM.args(**values))
             # The claim's own key order: each row carries its key's rank (keys SKIP LOCKED left
             # out simply do not appear).
             order = None
@@ -256,11 +261,32 @@ class PostgresStore:
                 statuses = await c.fetch(sql.EXPIRE_LEASES.sql, *expired)
                 if any(status == "pending" for (status,) in statuses):
                     await self._notify(c)
-            return await lease(c)
+            if not rules.limits:
+                return await lease(c, None)
+            # Key limits: the holds read before the claim, a recount under the keys' locks
+            # after it (limiting.py). Several statements, so always a transaction.
+            held = await limiting.claim_holds(c, rules.limits, now)
+            found = await lease(c, held)
+            # Twice at most: a claim that lost a key to another host's claim (given back below)
+            # claims again without it, in the same transaction, rather than coming back empty.
+            for _ in range(2):
+                over: list[Batch] = []
+                kept = await limiting.settle_claim(c, rules.limits, held, found, batches, now, over)
+                for batch in over:  # over its limit after all: unseen, its attempt uncounted
+                    await _fenced(c, sql.GIVE_BACK, batch.token, batch.ids)
+                if kept or not over:
+                    return kept
+                held = Holds(held.blocked + tuple(b.key for b in over), held.critical_only)
+                found = await lease(c, held)
+            return []
 
-        if expire:
+        if expire or rules.limits:
             return await self._pool.write(body)
-        return await self._pool.statement(lease)  # one statement: no BEGIN/COMMIT round trips
+
+        async def one_statement(c: Conn) -> list[Batch]:
+            return await lease(c, None, acking=bool(acks))
+
+        return await self._pool.statement(one_statement)  # no BEGIN/COMMIT round trips
 
     async def ack(self, token: str, ids: Sequence[int], *, now: float) -> None:
         """Leased events done; LeaseLostError (and no change) if the token is stale."""
@@ -323,6 +349,10 @@ class PostgresStore:
         row = await self._pool.read(lambda c: c.fetchrow(sql.NEXT_WAKEUP.sql, *args))
         assert row is not None
         return Wakeup(row[0], row[1], row[2], row[3])
+
+    async def limit_hold(self, *, now: float, limits: KeyLimits) -> LimitHold:
+        """Whether a key limit holds back pending work now, and when a bucket refills next."""
+        return await self._pool.read(lambda c: limiting.limit_hold(c, limits, now))
 
     # --- lease owners ---------------------------------------------------------------------
 
@@ -392,8 +422,11 @@ class PostgresStore:
             counters = {str(n): int(v) for n, v in await c.fetch(sql.SELECT_COUNTERS.sql)}
             oldest = await c.fetchval(sql.OLDEST_PENDING.sql)
             query = sql.COUNT_READY_KEYS
-            ready = await c.fetchval(query.sql, *query.args(**ready_args(now, rules)))
-            return StoreStats(counts, counters, oldest, int(ready or 0))
+            held = await limiting.claim_holds(c, rules.limits, now) if rules.limits else None
+            values = {**ready_args(now, rules, limits=False), **limiting.held_args(held)}
+            ready = await c.fetchval(query.sql, *query.args(**values))
+            uses = await limiting.key_uses(c, rules.limits, now)
+            return StoreStats(counts, counters, oldest, int(ready or 0), uses)
 
         return await self._pool.read(body)
 
@@ -501,9 +534,14 @@ def channel_for(schema: str) -> str:
     return f"eventqueue.{schema}"[:63]
 
 
-def ready_args(now: float, rules: ClaimRules, min_priority: int = 0) -> dict[str, Any]:
-    """The parameters of every statement that decides readiness (claims, ready counts, peek)."""
+def ready_args(
+    now: float, rules: ClaimRules, min_priority: int = 0, *, limits: bool = True
+) -> dict[str, Any]:
+    """The parameters of every statement that decides readiness (claims, ready counts, peek);
+    with `limits`, no key held back (limiting.held_args gives them otherwise)."""
+    held: dict[str, Any] = {"blocked": [], "critical_only": []} if limits else {}
     return {
+        **held,
         "min_priority": min_priority,
         "now": now,
         "max_batch": rules.max_batch,
@@ -523,7 +561,7 @@ async def _lease_critical(
     holder: str | None,
 ) -> list[Batch]:
     """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
-    ids = handoff_ids(rows, outcome)
+    ids = handoff_ids(rows, outcome, lease)
     if not ids:
         return []
     args = sql.LEASE_IDS.args(
@@ -589,6 +627,7 @@ def _columns(rows: Sequence[NewEvent], copies: list[int]) -> dict[str, list[Any]
         "received": [r.received_at for r in rows],
         "copies": copies,
         "traces": [r.trace_context for r in rows],
+        "orderings": [r.ordering_key for r in rows],
         "coalesce_keys": [None if r.coalesce_key is None else to_db(r.coalesce_key) for r in rows],
     }
 
@@ -651,8 +690,9 @@ def _check_fence(changed: int, wanted: int, *, held: int | None = None) -> None:
 
 
 def _event(row: Any) -> Event:
-    # The first nine columns (a claim's rows also carry their key's rank).
-    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, n = row[:9]
+    # The first ten columns (a claim's rows also carry their key's rank).
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace = row[:8]
+    group, n = row[8], row[9]
     return Event(
         id=int(row_id),
         payload=decode_payload(payload),
@@ -662,6 +702,7 @@ def _event(row: Any) -> Event:
         attempts=attempts,
         received_at=received_at,
         trace_context=trace,
+        ordering_key=group,
         superseded=int(n),
     )
 

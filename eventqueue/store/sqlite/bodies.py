@@ -11,6 +11,7 @@ from typing import Any
 
 from eventqueue.core.codec import decode_payload
 from eventqueue.core.errors import LeaseLostError
+from eventqueue.core.limits import Holds
 from eventqueue.core.models import Batch, Event, Priority, PutStatus
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
@@ -21,6 +22,7 @@ from eventqueue.core.records import (
     handoff_ids,
 )
 from eventqueue.core.rules import ClaimRules
+from eventqueue.store.sqlite import limiting
 from eventqueue.store.sqlite import queries as sql
 from eventqueue.store.sqlite.connection import Prepared, Tx
 
@@ -168,6 +170,7 @@ def _values(row: NewEvent, dedup: bool) -> tuple[Any, ...]:
         row.received_at,
         row.received_at,  # available_at: claimable as soon as it is stored
         row.trace_context,
+        row.ordering_key,
         row.coalesce_key,
     )
 
@@ -219,8 +222,11 @@ def claim_batches(
     min_priority: int = 0,
     holder: str | None = None,
 ) -> list[Batch]:
+    held = limiting.claim_holds(db, rules.limits, now) if rules.limits else None
+    lists = held_lists(held)
     params = Q.claim.bind(
         **ready_params(now, rules, min_priority),
+        **lists,
         b_batches=batches,
         b_limit=rules.batch_limit,
         b_owner=consumer,
@@ -233,10 +239,12 @@ def claim_batches(
     if batches > 1:
         # The claim's own key order (effective priority, then oldest), read in the same
         # transaction just before it: RETURNING cannot carry the CTE's rank.
-        keys_params = Q.peek_keys.bind(**ready_params(now, rules, min_priority), b_batches=batches)
+        keys_params = Q.peek_keys.bind(
+            **ready_params(now, rules, min_priority), **lists, b_batches=batches
+        )
         order = [row[0] for row in db.rows(Q.peek_keys.sql, keys_params)]
     db.run(Q.claim.sql, params)
-    return assemble_batches(
+    found = assemble_batches(
         leased_events(db, token, now + rules.lease_s),
         batch_id=batch_id,
         token=token,
@@ -244,6 +252,19 @@ def claim_batches(
         expires_at=now + rules.lease_s,
         order=order,
     )
+    if held is not None:
+        limiting.settle_claim(db, rules.limits, held, found, batches, now)
+    return found
+
+
+def held_lists(held: Holds | None) -> dict[str, str]:
+    # The readiness statements' key-limit parameters (JSON arrays of batch keys).
+    if not held:
+        return {}
+    return {
+        "b_blocked": json.dumps(list(held.blocked)),
+        "b_critical_only": json.dumps(list(held.critical_only)),
+    }
 
 
 def leased_events(db: Tx, token: str, expires_at: float) -> list[Event]:
@@ -260,11 +281,21 @@ def leased_events(db: Tx, token: str, expires_at: float) -> list[Event]:
             attempts=attempts,
             received_at=float(received_at),  # quote()'s exact text (queries.select_leased)
             trace_context=trace,
+            ordering_key=group,
             superseded=n,
         )
-        for row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, n in (
-            items
-        )
+        for (
+            row_id,
+            payload,
+            priority,
+            content_hash,
+            batch_key,
+            attempts,
+            received_at,
+            trace,
+            group,
+            n,
+        ) in items
     ]
 
 
@@ -275,7 +306,7 @@ def ack_pairs(db: Tx, acks: Sequence[tuple[str, Sequence[int]]], now: float) -> 
 
 
 def to_event(row: Any) -> Event:
-    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, n = row
+    row_id, payload, priority, content_hash, batch_key, attempts, received_at, trace, group, n = row
     return Event(
         id=row_id,
         payload=decode_payload(payload),
@@ -285,6 +316,7 @@ def to_event(row: Any) -> Event:
         attempts=attempts,
         received_at=received_at,
         trace_context=trace,
+        ordering_key=group,
         superseded=n,
     )
 
@@ -312,7 +344,7 @@ def lease_critical(
     holder: str | None = None,
 ) -> list[Batch]:
     """Lease the CRITICAL events this put accepted (the hand-off), one batch per key."""
-    ids = handoff_ids(rows, outcome)
+    ids = handoff_ids(rows, outcome, lease)
     if not ids:
         return []
     params = Q.lease_ids.bind(

@@ -118,15 +118,18 @@ def _retired_versions(
 
 
 def _targets(db: Tx, rows: Sequence[NewEvent]) -> dict[tuple[str, str], Candidate]:
-    """Per (batch key, coalesce key) of the put: its newest pending, never delivered event."""
+    """Per (batch key, coalesce key) of the put: its newest pending (or held), never delivered
+    event, with its ordering group and whether it is the group's last."""
     pairs = set(coalesce.pairs(rows))
     keys = sorted({ck for _, ck in pairs})
     found: dict[tuple[str, str], Candidate] = {}
-    for i, bk, ck, p, r, dk, at in db.rows(
+    for i, bk, ck, p, r, dk, at, group, last in db.rows(
         C.candidates.sql, C.candidates.bind(b_keys=json.dumps(keys))
     ):
         if (bk, ck) in pairs:  # rows come in id order: the last one is the newest
-            found[(bk, ck)] = Candidate(int(i), bk, ck, int(p), float(r), dk, float(at))
+            found[(bk, ck)] = Candidate(
+                int(i), bk, ck, int(p), float(r), dk, float(at), group, bool(last)
+            )
     return found
 
 

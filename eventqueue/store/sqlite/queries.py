@@ -36,6 +36,7 @@ from eventqueue.store.sqlite.schema import (
     STATUSES,
     counters,
     events,
+    key_limits,
     owners,
     settings,
     source_positions,
@@ -77,6 +78,7 @@ EVENT_COLUMNS = (
     events.c.attempts,
     events.c.received_at,
     events.c.trace_context,
+    events.c.ordering_key,
     events.c.superseded,
 )
 
@@ -109,10 +111,11 @@ def count_waiting() -> Select[Any]:
 
 
 def count_unfinished() -> Select[Any]:
-    """Events not done or dead yet: pending + claimed."""
+    """Events not done or dead yet: pending + held + claimed."""
     pending = select(func.count()).select_from(events).where(_status_is("pending"))
+    held = select(func.count()).select_from(events).where(_status_is("held"))
     claimed = select(func.count()).select_from(events).where(_status_is("claimed"))
-    return select(pending.scalar_subquery() + claimed.scalar_subquery())
+    return select(pending.scalar_subquery() + held.scalar_subquery() + claimed.scalar_subquery())
 
 
 # --- claim ----------------------------------------------------------------------------------
@@ -194,9 +197,17 @@ def _effective_priority(keys: Any) -> ColumnElement[int]:
     return case((keys.c.top == CRITICAL, CRITICAL), else_=func.min(aged, TOP_AGED_PRIORITY))
 
 
+def _held_keys(param: str) -> Select[Any]:
+    # Keys a key limit holds back now (JSON array; empty unless the claim has limits).
+    return select(_json_rows(param).c.value)
+
+
 def _ready_keys() -> tuple[Any, ColumnElement[int], ColumnElement[bool]]:
     keys = _key_summary()
     ready = and_(
+        # A key at its limit is not ready (b_critical_only: but for its CRITICAL events).
+        keys.c.batch_key.not_in(_held_keys("b_blocked")),
+        or_(keys.c.top == CRITICAL, keys.c.batch_key.not_in(_held_keys("b_critical_only"))),
         keys.c.top.is_not(None),  # some claimable event: not all in retry back-off
         keys.c.top >= bindparam("b_min_priority"),  # a claim for CRITICAL work only
         or_(
@@ -411,8 +422,10 @@ def select_statuses() -> Select[Any]:
 
 
 def _json_rows(param: str) -> Any:
-    """`json_each(:param)` as a table (key, value): a list of rows bound as one JSON text."""
-    return func.json_each(bindparam(param)).table_valued("key", "value").alias("j")
+    """`json_each(:param)` as a table (key, value): a list of rows bound as one JSON text
+    (`[]` unless bound: the key-limit lists are empty for claims without limits)."""
+    value: Any = bindparam(param, value="[]") if param.startswith("b_") else bindparam(param)
+    return func.json_each(value).table_valued("key", "value").alias("j")
 
 
 def _ids_in(param: str) -> ColumnElement[bool]:
@@ -433,6 +446,7 @@ PUT_COLUMNS = (
     "received_at",
     "available_at",
     "trace_context",
+    "ordering_key",
     "coalesce_key",
 )
 
@@ -579,7 +593,11 @@ def _claim_selection() -> Select[Any]:
     ready = (
         select(
             keys.c.batch_key,
-            case((critical_only, CRITICAL), else_=0).label("min_priority"),
+            case(
+                (critical_only, CRITICAL),
+                (keys.c.batch_key.in_(_held_keys("b_critical_only")), CRITICAL),
+                else_=0,
+            ).label("min_priority"),
         )
         .where(ready_now)
         .order_by(effective.desc(), keys.c.oldest.asc())
@@ -621,7 +639,7 @@ def claim_ready() -> Update:
 def select_leased() -> Select[Any]:
     """The events one claim (or hand-off) just leased, as ONE row: a JSON array of
     [id, payload, priority, content_hash, batch_key, attempts, received_at, trace_context,
-    superseded].
+    ordering_key, superseded].
 
     Found by the claim's own expiry `b_expires` (ix_events_claimed, a partial index on
     lease_expires_at of claimed rows) and its token prefix `b_token:` (tokens are unique per
@@ -637,6 +655,7 @@ def select_leased() -> Select[Any]:
         events.c.attempts,
         func.quote(events.c.received_at),
         events.c.trace_context,
+        events.c.ordering_key,
         events.c.superseded,
     )
     return select(func.json_group_array(item)).where(
@@ -862,6 +881,85 @@ def release_owner_leases() -> Update:
     )
 
 
+# --- key limits -----------------------------------------------------------------------------
+
+
+def select_in_flight() -> Select[Any]:
+    """Batches leased now, per batch key (claimed rows only: a handful, never the backlog)."""
+    return (
+        select(events.c.batch_key, func.count(events.c.batch_id.distinct()))
+        .where(_status_is("claimed"))
+        .group_by(events.c.batch_key)
+    )
+
+
+def select_empty_buckets() -> Select[Any]:
+    """Keys whose token bucket holds less than one token at `b_now` (ix_key_limits_ready_at)."""
+    return select(key_limits.c.batch_key, key_limits.c.ready_at).where(
+        key_limits.c.ready_at > bindparam("b_now")
+    )
+
+
+def select_buckets() -> Select[Any]:
+    """The buckets of the keys `b_keys` (JSON): tokens and when they were counted."""
+    return select(key_limits.c.batch_key, key_limits.c.tokens, key_limits.c.refilled_at).where(
+        key_limits.c.batch_key.in_(_held_keys("b_keys"))
+    )
+
+
+def save_bucket() -> Insert:
+    """The bucket of `b_key` after a claim drew from it."""
+    stmt = sqlite_insert(key_limits).values(
+        batch_key=bindparam("b_key"),
+        tokens=bindparam("b_tokens"),
+        refilled_at=bindparam("b_now"),
+        ready_at=bindparam("b_ready_at"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[key_limits.c.batch_key],
+        set_={
+            "tokens": stmt.excluded.tokens,
+            "refilled_at": stmt.excluded.refilled_at,
+            "ready_at": stmt.excluded.ready_at,
+        },
+    )
+
+
+def count_held_back() -> Insert:
+    """Of the keys `b_keys` (JSON) a limit held back, those with pending work count one claim
+    held back each."""
+    rows = _json_rows("b_keys")
+    waiting = (
+        select(literal(1)).where(_status_is("pending"), events.c.batch_key == rows.c.value).exists()
+    )
+    stmt = sqlite_insert(key_limits).from_select(
+        ["batch_key", "held_back"], select(rows.c.value, literal(1)).where(waiting)
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[key_limits.c.batch_key],
+        set_={"held_back": key_limits.c.held_back + 1},
+    )
+
+
+def pending_keys_among() -> Select[Any]:
+    """Which of the keys `b_keys` (JSON) have pending events (one seek each)."""
+    rows = _json_rows("b_keys")
+    waiting = (
+        select(literal(1)).where(_status_is("pending"), events.c.batch_key == rows.c.value).exists()
+    )
+    return select(rows.c.value).where(waiting)
+
+
+def select_key_limits() -> Select[Any]:
+    """Every key-limit row, for stats: claims held back, bucket level and time."""
+    return select(
+        key_limits.c.batch_key,
+        key_limits.c.held_back,
+        key_limits.c.tokens,
+        key_limits.c.refilled_at,
+    ).order_by(key_limits.c.batch_key)
+
+
 # --- coalescing (core/coalesce.py plans; store/sqlite/coalescing.py runs these) ---------------
 
 
@@ -895,8 +993,23 @@ def add_duplicates() -> Update:
 
 
 def select_coalesce_candidates() -> Select[Any]:
-    """The pending, never delivered events whose coalesce key is in `b_keys` (JSON): what a
-    coalescing put may fold into (filtered by batch key in Python). Through ix_events_coalesce."""
+    """The pending (or held: ordering), never delivered events whose coalesce key is in
+    `b_keys` (JSON): what a coalescing put may fold into (filtered by batch key in Python).
+    Through ix_events_coalesce. Each with its ordering key and whether it is its group's last
+    unfinished event (a few seeks of ix_events_ordering)."""
+    later = events.alias("later")
+    behind = (
+        select(literal(1))
+        .where(
+            later.c.ordering_key == events.c.ordering_key,
+            later.c.status.in_([literal_column(f"'{s}'") for s in ("pending", "held", "claimed")]),
+            or_(
+                later.c.received_at > events.c.received_at,
+                and_(later.c.received_at == events.c.received_at, later.c.id > events.c.id),
+            ),
+        )
+        .exists()
+    )
     return (
         select(
             events.c.id,
@@ -906,9 +1019,12 @@ def select_coalesce_candidates() -> Select[Any]:
             events.c.received_at,
             events.c.dedup_key,
             _dedup_from(),
+            events.c.ordering_key,
+            case((events.c.ordering_key.is_(None), true()), else_=~behind).label("last"),
         )
         .where(
-            _status_is("pending"),
+            # As ix_events_coalesce's WHERE, literally: SQLite uses the partial index only then.
+            events.c.status.in_([literal_column("'pending'"), literal_column("'held'")]),
             events.c.coalesce_key.is_not(None),
             events.c.coalesce_key.in_(select(_json_rows("b_keys").c.value)),
             events.c.attempts == 0,

@@ -26,7 +26,8 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-STATUSES = ("pending", "claimed", "done", "dead")
+# 'held' (revision 0004): an ordered event waiting for the earlier events of its ordering key.
+STATUSES = ("pending", "held", "claimed", "done", "dead")
 
 events = Table(
     "events",
@@ -56,6 +57,9 @@ events = Table(
     # The owner (a queue in one process, see `owners`) holding the lease (revision 0003; NULL
     # when not claimed, or claimed before 0003). `lease_owner` is the consumer's name.
     Column("lease_holder", Text, nullable=True),
+    # The event's ordering group (revision 0004; NULL: unordered). The triggers below keep
+    # at most one event of a group pending or claimed: the earliest not done or dead.
+    Column("ordering_key", Text, nullable=True),
     # Coalescing (revision 0005): pending events of one batch key and coalesce key are one,
     # latest wins (NULL: never coalesced); how many newer versions replaced its payload; and
     # when its dedup window runs from (NULL: received_at; a sliding window or a coalesced
@@ -91,12 +95,43 @@ Index("ix_events_claimed", events.c.lease_expires_at, sqlite_where=text("status 
 Index("ix_events_done", events.c.finished_at, sqlite_where=text("status = 'done'"))
 Index("ix_events_dead", events.c.finished_at, sqlite_where=text("status = 'dead'"))
 
+# Ordering groups (revision 0004): per key, its unfinished events in order (received_at, id)
+# are a few seeks away, for the triggers that pick each group's head. Done rows are kept out
+# of the claim path; they stay in this index until purged.
+Index(
+    "ix_events_ordering",
+    events.c.ordering_key,
+    events.c.status,
+    events.c.received_at,
+    events.c.id,
+    sqlite_where=text("ordering_key IS NOT NULL"),
+)
+
+# Held events are counted (unfinished work) without reading the rest of the table.
+Index("ix_events_held", events.c.id, sqlite_where=text("status = 'held'"))
+
+# Per batch key under a limit (revision 0004): its token bucket (tokens at refilled_at; NULL:
+# never drawn from, full) and how many claims a limit held it back. Batches in flight are
+# counted from the leased rows, so a crash never leaves a count behind.
+key_limits = Table(
+    "key_limits",
+    metadata,
+    Column("batch_key", Text, primary_key=True),
+    Column("tokens", Float, nullable=True),
+    Column("refilled_at", Float, nullable=True),
+    Column("ready_at", Float, nullable=True),  # when the bucket holds a token again
+    Column("held_back", Integer, nullable=False, server_default="0"),
+)
+
+# The keys whose bucket is empty now: one range read per claim, however many keys.
+Index("ix_key_limits_ready_at", key_limits.c.ready_at)
+
 # A coalescing put finds the pending event of its keys (revision 0005).
 Index(
     "ix_events_coalesce",
     events.c.coalesce_key,
     events.c.batch_key,
-    sqlite_where=text("status = 'pending' AND coalesce_key IS NOT NULL"),
+    sqlite_where=text("status IN ('pending', 'held') AND coalesce_key IS NOT NULL"),
 )
 
 # The dedup keys of versions a coalesce replaced, while their window is open: a repeat of a
@@ -197,12 +232,70 @@ VIEWS: dict[str, str] = {
     "eq_dead_letters": f"""
         SELECT id, json_extract(payload, '$.event_name') AS event_name, {_PRIORITY_NAME} AS priority,
                attempts, last_error, datetime(finished_at, 'unixepoch') AS died_at,
-               coalesce_key, superseded, payload
+               coalesce_key, superseded, payload, ordering_key
         FROM events WHERE status = 'dead'
+    """,
+    # Revision 0004: ordering groups with unfinished events, and what holds each.
+    "eq_ordering_groups": f"""
+        SELECT ordering_key, sum(status = 'held') AS held, sum(status = 'pending') AS pending,
+               sum(status = 'claimed') AS claimed,
+               round({_NOW} - min(received_at), 3) AS oldest_age_s
+        FROM events WHERE ordering_key IS NOT NULL AND status IN ('pending', 'held', 'claimed')
+        GROUP BY ordering_key
     """,
     "eq_claimed": f"""
         SELECT batch_id, lease_owner, batch_key, count(*) AS events,
                round(min(lease_expires_at) - {_NOW}, 3) AS lease_left_s, max(attempts) AS attempts
         FROM events WHERE status = 'claimed' GROUP BY batch_id, lease_owner, batch_key
+    """,
+}
+
+
+# The head of an ordering group: its earliest unfinished event by (received_at, id), `{k}`
+# the group's key. One seek per status on ix_events_ordering, never a walk of the group.
+_HEAD = """(SELECT id FROM (
+        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = {k}
+                       AND status = 'pending' ORDER BY received_at, id LIMIT 1)
+        UNION ALL
+        SELECT * FROM (SELECT id, received_at FROM events WHERE ordering_key = {k}
+                       AND status = 'held' ORDER BY received_at, id LIMIT 1))
+    ORDER BY received_at, id LIMIT 1)"""
+_BUSY = "EXISTS (SELECT 1 FROM events WHERE ordering_key = {k} AND status = 'claimed')"
+
+# Make group {k} right: its head pending (unless an event of it is claimed), every other
+# unfinished event held. Pending rows of the group are few (the head, and rows just put or
+# requeued), so this reads a handful of index entries however long the group is.
+_NORMALISE = f"""
+    UPDATE events SET status = CASE WHEN id = {_HEAD} AND NOT {_BUSY}
+                                    THEN 'pending' ELSE 'held' END
+    WHERE (ordering_key = {{k}} AND status = 'pending') OR id = {_HEAD};
+"""
+
+# The ordering rule lives in the schema, so it holds for every writer (each process, the CLI's
+# requeue, an older eventqueue that knows nothing of it): an event with an ordering key is
+# inserted pending and held at once if its group has an earlier unfinished event or a claimed
+# one; when a group's event becomes done or dead, or a dead one is requeued, the group's head
+# is chosen again. A dead head records that the events after it went on. SQLite runs each
+# trigger once per row (recursive_triggers is off: the triggers' own updates fire nothing).
+TRIGGERS: dict[str, str] = {
+    "eq_ordering_put": f"""
+        CREATE TRIGGER IF NOT EXISTS eq_ordering_put AFTER INSERT ON events
+        WHEN NEW.ordering_key IS NOT NULL
+        BEGIN {_NORMALISE.format(k="NEW.ordering_key")} END
+    """,
+    "eq_ordering_settle": f"""
+        CREATE TRIGGER IF NOT EXISTS eq_ordering_settle AFTER UPDATE OF status ON events
+        WHEN NEW.ordering_key IS NOT NULL AND OLD.status <> NEW.status
+             AND (NEW.status IN ('done', 'dead') OR OLD.status = 'dead')
+        BEGIN
+            UPDATE events SET last_error = coalesce(last_error || '; ', '')
+                                           || 'later events of its ordering key went on'
+            WHERE id = NEW.id AND NEW.status = 'dead'
+              AND (EXISTS (SELECT 1 FROM events WHERE ordering_key = NEW.ordering_key
+                           AND status = 'held')
+                   OR EXISTS (SELECT 1 FROM events WHERE ordering_key = NEW.ordering_key
+                              AND status = 'pending'));
+            {_NORMALISE.format(k="NEW.ordering_key")}
+        END
     """,
 }

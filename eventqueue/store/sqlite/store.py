@@ -14,12 +14,14 @@ from typing import Any
 from eventqueue.core.coalesce import Debounce
 from eventqueue.core.config import Config
 from eventqueue.core.errors import SchemaError, StorageError
+from eventqueue.core.limits import KeyLimits
 from eventqueue.core.models import Batch, Priority
 from eventqueue.core.owners import Owner
 from eventqueue.core.records import (
     EventBrief,
     EventInfo,
     Lease,
+    LimitHold,
     NewEvent,
     PeekBatch,
     PutCommit,
@@ -37,12 +39,14 @@ from eventqueue.core.records import (
 )
 from eventqueue.core.rules import ClaimRules
 from eventqueue.store.base import Capabilities, SpillPositions
+from eventqueue.store.sqlite import limiting
 from eventqueue.store.sqlite.bodies import (
     Q,
     ack_pairs,
     check_fence,
     claim_batches,
     fenced,
+    held_lists,
     insert_rows,
     lease_critical,
     ready_params,
@@ -315,6 +319,10 @@ class SQLiteStore:
 
         return await self._conn.read(body)
 
+    async def limit_hold(self, *, now: float, limits: KeyLimits) -> LimitHold:
+        """Whether a key limit holds back pending work now, and when a bucket refills next."""
+        return await self._conn.read(lambda db: limiting.limit_hold(db, limits, now))
+
     # --- lease owners ---------------------------------------------------------------------
 
     async def save_owner(self, owner: Owner) -> None:
@@ -381,9 +389,11 @@ class SQLiteStore:
                 counts.setdefault(status, {})[Priority(priority).name] = int(count)
             rows = db.rows(Q.counters.sql, Q.counters.bind())
             oldest = db.scalar(Q.oldest.sql, Q.oldest.bind())
-            ready_params_ = Q.ready_keys.bind(**ready_params(now, rules))
+            held = limiting.claim_holds(db, rules.limits, now) if rules.limits else None
+            ready_params_ = Q.ready_keys.bind(**ready_params(now, rules), **held_lists(held))
             ready = db.scalar(Q.ready_keys.sql, ready_params_)
-            return StoreStats(counts, {n: int(v) for n, v in rows}, oldest, int(ready or 0))
+            uses = limiting.key_uses(db, rules.limits, now)
+            return StoreStats(counts, {n: int(v) for n, v in rows}, oldest, int(ready or 0), uses)
 
         return await self._conn.read(body)
 

@@ -23,6 +23,7 @@ from eventqueue.tools.bench.rows import Row
 from eventqueue.tools.bench.scenarios.claim import claim_scenario
 from eventqueue.tools.bench.scenarios.coalesce import coalesce_scenario
 from eventqueue.tools.bench.scenarios.e2e import end_to_end_scenarios
+from eventqueue.tools.bench.scenarios.groups import limited_scenario, ordered_scenario
 from eventqueue.tools.bench.scenarios.hosts import hosts_scenarios
 from eventqueue.tools.bench.scenarios.latency import (
     critical_latency_saturated_scenario,
@@ -42,6 +43,8 @@ STEPS = (
     "claim_loop",
     "critical_latency",
     "spill",
+    "ordered",
+    "limited",
     "coalesce",
     "hosts",
 )
@@ -61,6 +64,9 @@ ROW_ORDER = (
     "promote",
     "coalesce",
     "memory",
+    "ordered",
+    *(f"ordered_claims_{n}" for n in (1_000, 2_000, 5_000, 20_000, 1_000_000)),
+    "limited",
 )
 
 
@@ -132,6 +138,10 @@ async def _scenarios(
         rows.append(await step("claim_loop", partial(claim_loop_scenario, sz, base)))
     if "spill" in wanted:
         rows += await step("spill", partial(spill_scenarios, sz, base))
+    if "ordered" in wanted:
+        rows += await step("ordered", partial(ordered_scenario, sz, base))
+    if "limited" in wanted:
+        rows += await step("limited", partial(limited_scenario, sz, base))
     if "coalesce" in wanted:
         rows.append(await step("coalesce", partial(coalesce_scenario, sz, base)))
     if "hosts" in wanted and where.server is not None:  # several hosts: PostgreSQL only

@@ -23,7 +23,7 @@ from eventqueue.tools.web import queries
 from eventqueue.tools.web.history import History, Sample
 
 PRIORITIES = [p.name for p in sorted(Priority, reverse=True)]
-STATUSES = ("pending", "claimed", "done", "dead")
+STATUSES = ("pending", "held", "claimed", "done", "dead")
 PAGE_SIZE = 50
 MAX_KEYS = 50
 MAX_GROUP_IDS = 10_000  # a requeue of one error group takes at most this many ids
