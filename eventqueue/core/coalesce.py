@@ -2,14 +2,15 @@
 what a put does to the pending events of the keys it touches. Both backends run the plan this
 module makes (store/*/ only executes it), so the rules live in one place.
 
-A put whose rows carry a coalesce key is stored in three steps, in one transaction:
+A put whose rows carry a coalesce key is routed before anything is inserted (`route`), in one
+transaction:
 1. dedup first: a row whose content is a live original's, or a version that a coalesce
    replaced inside its window (`superseded_keys`), is a duplicate as ever;
-2. the rest is inserted like any put;
-3. per (batch key, coalesce key): the newest pending event that was never delivered
-   (`attempts = 0`: a claimed event, or one in retry back-off, is never changed) takes the
-   payload of the last new row; the other new rows are deleted (they live only inside this
-   transaction), and the versions replaced keep suppressing their repeats (`superseded_keys`).
+2. per (batch key, coalesce key): a row folds into the newest pending event that was never
+   delivered (`attempts = 0`: a claimed event, or one in retry back-off, is never changed),
+   which takes its payload with one UPDATE; the versions replaced keep suppressing their
+   repeats (`superseded_keys`);
+3. the rest is inserted like any put (a folded row never is).
 
 With ordering (issue 22) a row folds only into an event of its own ordering group that is the
 group's last unfinished event (pending, or held behind the group's head): it keeps its place,

@@ -200,7 +200,7 @@ def _plain(root: Any, max_depth: int) -> bool:
 
 def _check_value(root: Any, max_depth: int) -> None:
     # Explicit walk instead of trusting json.dumps: it would turn NaN into invalid JSON, int keys
-    # into strings, and deep or cyclic values into RecursionError/ValueError (RELIABILITY F15).
+    # into strings, and deep or cyclic values into RecursionError/ValueError (failure mode F15).
     # An explicit stack, not recursion, so the walk itself never hits the recursion limit; still
     # depth-first, so a cycle fails after max_depth steps.
     stack: list[tuple[Any, str, int]] = [(root, "$", 0)]

@@ -328,11 +328,6 @@ class Config:
         state = os.path.join(os.path.expanduser("~"), ".local", "state", "eventqueue")
         return os.path.join(state, f"{name}-{digest}")
 
-    @property
-    def spill_path(self) -> str:
-        """The spill log's folder: EVENT_SPILL_DIR, or `<stem>.spill` (see `spill_base`)."""
-        return self.spill_dir or f"{self.spill_base}.spill"
-
     def __post_init__(self) -> None:
         for setting in SETTINGS:
             _check(setting, getattr(self, setting.name), setting.name)

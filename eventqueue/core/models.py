@@ -128,15 +128,6 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusCount:
-    """How many events have one status at one priority."""
-
-    status: Status
-    priority: Priority
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
 class QueueStats:
     """A snapshot of the queue: counts, ages, dedup hits, spill and runtime metrics."""
 

@@ -32,7 +32,7 @@ from eventqueue.store.base import Store
 _CRITICAL = int(Priority.CRITICAL)
 # Group commits in flight at once on a store with a pool of connections.
 _POOLED_WRITERS = 2
-log = logging.getLogger("eventqueue.queue")
+log = logging.getLogger(__name__)
 
 
 class Admission:

@@ -15,7 +15,7 @@ from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.owners import Owners
 from eventqueue.store.base import Store
 
-log = logging.getLogger("eventqueue.queue")
+log = logging.getLogger(__name__)
 
 
 class _Purges(Protocol):

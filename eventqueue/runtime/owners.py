@@ -17,7 +17,7 @@ from eventqueue.core.errors import EventQueueError
 from eventqueue.core.owners import STALE_HEARTBEATS, Owner, describe, is_gone, judged_by_process
 from eventqueue.store.base import Store
 
-log = logging.getLogger("eventqueue.queue")
+log = logging.getLogger(__name__)
 
 
 def process_start(pid: int) -> int | None:

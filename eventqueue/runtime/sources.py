@@ -35,7 +35,7 @@ from eventqueue.core.errors import (
     SourceRejectedError,
 )
 
-logger = logging.getLogger("eventqueue.sources")
+logger = logging.getLogger(__name__)
 
 ON_ERROR_CHOICES = ("skip", "stop")
 # What an SSE source reads unless told otherwise: the typed messages of the original stream, and

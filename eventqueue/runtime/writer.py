@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from eventqueue.core.models import PutStatus
 from eventqueue.core.records import NewEvent, SplitPoint
 
-log = logging.getLogger("eventqueue.writer")
+log = logging.getLogger(__name__)
 # Loop turns the writer waits after a commit with `yield_after_commit` (the claimer, woken by
 # the commit, needs a few to reach the connection first).
 _YIELDS_AFTER_COMMIT = 4
@@ -73,8 +73,6 @@ class GroupCommitWriter:
         self._settled.set()
         self._queued = 0
         self._has_work = asyncio.Event()
-        self._has_room = asyncio.Event()
-        self._has_room.set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         # Group commits in flight at once (a pool of connections); a group that stores stream
@@ -103,8 +101,6 @@ class GroupCommitWriter:
         self._open += 1
         self._settled.clear()
         self._queued += entry.size
-        if self._queued >= self._capacity:
-            self._has_room.clear()
         self._has_work.set()
 
     @property
@@ -116,12 +112,6 @@ class GroupCommitWriter:
         """Wait until every entry submitted so far is committed (or has failed)."""
         while self._open:
             await self._settled.wait()
-
-    async def wait_for_room(self, rows: int) -> None:
-        """Back-pressure: wait until `rows` more fit in the intake."""
-        while not self.has_room(rows):
-            self._has_room.clear()
-            await self._has_room.wait()
 
     async def close(self) -> None:
         """Commit everything queued, then stop the task."""
@@ -177,8 +167,6 @@ class GroupCommitWriter:
             group.append(entry)
             rows += entry.size
         self._queued -= rows
-        if self.has_room(1):
-            self._has_room.set()
         return group
 
     async def _commit_group(self, group: list[IntakeEntry]) -> None:

@@ -1,7 +1,7 @@
 """The CLI's access to a queue's database: the same Store the runtime uses, opened briefly.
 
 Every call opens the store (read-only for reads), runs one or a few short transactions and
-closes it again: an open reader would stop SQLite's WAL checkpoints (RELIABILITY F7). What only
+closes it again: an open reader would stop SQLite's WAL checkpoints (failure mode F7). What only
 one backend has (vacuum, backup, the SQL console) comes from that backend's admin module.
 """
 

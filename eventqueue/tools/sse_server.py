@@ -22,7 +22,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-logger = logging.getLogger("eventqueue.sse_server")
+logger = logging.getLogger(__name__)
 
 _STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\n"

@@ -119,7 +119,7 @@ async def test_sse_counts_skipped_types_and_warns_once_per_type(
     server.add_data('{"n": "b"}', event="ping")
     server.add_data('{"n": "c"}', event="event_deleted")
     server.add({"n": 1})
-    with caplog.at_level(logging.WARNING, logger="eventqueue.sources"):
+    with caplog.at_level(logging.WARNING, logger="eventqueue.runtime.sources"):
         async with fast_sse(server.url) as source:
             assert await take(source, 1) == [{"n": 1}]
             assert source.skipped == {"event_deleted": 2, "ping": 1}
@@ -278,7 +278,7 @@ async def test_sse_counts_logs_and_skips_invalid_data(
     server.add_data("[1, 2]")
     server.add_data('{"x": NaN}')
     server.add({"n": 2})
-    with caplog.at_level(logging.WARNING, logger="eventqueue.sources"):
+    with caplog.at_level(logging.WARNING, logger="eventqueue.runtime.sources"):
         async with fast_sse(server.url) as source:
             assert await take(source, 2) == [{"n": 1}, {"n": 2}]
             assert source.errors == 3
@@ -341,7 +341,7 @@ def jsonl_file(tmp_path: Path) -> Path:
 async def test_jsonl_skips_and_reports_bad_lines_by_number(
     jsonl_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="eventqueue.sources"):
+    with caplog.at_level(logging.WARNING, logger="eventqueue.runtime.sources"):
         async with jsonl_source(jsonl_file) as source:
             assert [item async for item in source] == [{"n": 1}, {"n": 6}]
     assert source.errors == 2

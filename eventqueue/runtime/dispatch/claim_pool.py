@@ -24,7 +24,7 @@ from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.queue import EventQueue
 from eventqueue.runtime.wakeup import wait_any
 
-log = logging.getLogger("eventqueue.claims")
+log = logging.getLogger(__name__)
 # Claims in flight at once on a store with a pool of connections.
 _POOLED_LANES = 2
 

@@ -46,7 +46,7 @@ __all__ = [
     "is_async_callable",
 ]
 
-log = logging.getLogger("eventqueue.dispatch")
+log = logging.getLogger(__name__)
 
 ON_INVALID_CHOICES = ("skip", "stop")
 

@@ -24,7 +24,7 @@ from eventqueue.core.rules import is_dead
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.queue import EventQueue
 
-log = logging.getLogger("eventqueue.dispatch")
+log = logging.getLogger(__name__)
 
 Handler = Callable[..., Awaitable[Any]]
 BatchHandler = Callable[[list[Event]], Awaitable[Any]]

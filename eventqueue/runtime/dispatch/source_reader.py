@@ -18,7 +18,7 @@ from eventqueue.core.errors import InvalidEventError
 from eventqueue.runtime.metrics import Metrics
 from eventqueue.runtime.queue import EventQueue
 
-log = logging.getLogger("eventqueue.dispatch")
+log = logging.getLogger(__name__)
 
 # Events per put_many: validating one costs ~20 µs of loop time, so a chunk holds the loop (and
 # with it the handlers of CRITICAL events) for a few ms at most.

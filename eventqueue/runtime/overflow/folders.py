@@ -34,7 +34,7 @@ from eventqueue.runtime.overflow.log import (
 )
 from eventqueue.store.base import Store
 
-log = logging.getLogger("eventqueue.overflow")
+log = logging.getLogger(__name__)
 
 _SLOTS = 64
 IDENTITY_FILE = "writer-id"

@@ -38,7 +38,7 @@ from eventqueue.runtime.overflow.frames import (
     make_dirs_durably,
 )
 
-log = logging.getLogger("eventqueue.spill")
+log = logging.getLogger(__name__)
 
 _QUARANTINE = "quarantine.log"
 _SEGMENT = re.compile(r"p(-?\d+)-(\d{8,})\.log")

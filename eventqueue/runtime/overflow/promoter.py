@@ -44,7 +44,7 @@ from eventqueue.store.base import Store
 # put never waits long behind one (group commits may be larger: they end early for it).
 PROMOTION_CHUNK_EVENTS = 100
 
-log = logging.getLogger("eventqueue.overflow")
+log = logging.getLogger(__name__)
 
 Outcome = tuple[PutStatus, int | None]
 SPILLED: Outcome = (PutStatus.SPILLED, None)

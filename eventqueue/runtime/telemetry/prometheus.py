@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from eventqueue.runtime.queue import EventQueue
 
-log = logging.getLogger("eventqueue.metrics")
+log = logging.getLogger(__name__)
 
 PREFIX = "eventqueue"
 # Batch keys are handler names, a small set; past this many, the rest share one label value.

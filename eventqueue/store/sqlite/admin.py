@@ -1,7 +1,7 @@
 """What only the SQLite backend has: vacuum, backup and the read-only SQL console.
 
 Each call opens the file, works briefly and closes it again: an open reader stops WAL
-checkpoints (RELIABILITY F7). The SQL console is guarded by an authorizer, not just `mode=ro`,
+checkpoints (failure mode F7). The SQL console is guarded by an authorizer, not just `mode=ro`,
 which still allows ATTACH (F17). Never creates the database file.
 """
 

@@ -39,7 +39,7 @@ CHECKPOINT_ROUNDS = 256
 # idle moment comes after every round at low load, and each would cost a checkpoint).
 WAL_IDLE_TRUNCATE_BYTES = 1024 * 1024
 
-log = logging.getLogger("eventqueue.store")
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 # 64 MiB: after a checkpoint the WAL file is truncated back to this, so a burst cannot leave a
-# large WAL behind (RELIABILITY F7).
+# large WAL behind (failure mode F7).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import (
 )
 
 # Named constraints from the first revision: alembic's batch mode on SQLite rebuilds tables and
-# can only drop or alter what has a name (RELIABILITY F9).
+# can only drop or alter what has a name (failure mode F9).
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

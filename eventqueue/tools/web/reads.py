@@ -2,7 +2,7 @@
 
 Every call is synchronous and short: the Inspector opens the store read-only (or the guarded
 SQL console's read-only connection), reads in one transaction and closes it, so nothing is
-held open between requests (RELIABILITY F7). The app runs these calls in worker threads.
+held open between requests (failure mode F7). The app runs these calls in worker threads.
 """
 
 from __future__ import annotations
