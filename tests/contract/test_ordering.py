@@ -62,6 +62,28 @@ async def test_a_group_is_leased_one_event_at_a_time_across_batch_keys(store: St
     assert ids_of(await claim_all(store, token="t4")) == {a3}
 
 
+async def test_a_group_keeps_its_order_across_a_reopen(
+    store: Store, open_another: OpenStore
+) -> None:
+    first, second, third = await put(
+        store, [ordered("order-7", "alpha", n=1), ordered("order-7", "beta", n=2)]
+    ) + await put(store, [ordered("order-7", "alpha", n=3)])
+    (leased,) = await claim_all(store, token="before")
+    assert leased.ids == [first]
+    await store.close()  # the lease is still held: a restart must not free the group
+
+    reopened = await open_another()
+    assert await claim_all(reopened, token="after") == []
+    await reopened.ack(leased.token, leased.ids, now=START)
+    handled = []
+    for n in range(2):
+        (batch,) = await claim_all(reopened, token=f"next-{n}")
+        handled += batch.ids
+        await reopened.ack(batch.token, batch.ids, now=START)
+
+    assert handled == [second, third]
+
+
 async def test_the_delivered_event_carries_its_ordering_key(store: Store) -> None:
     await put(store, [ordered("order-7"), ordered(None, "other")])
 
