@@ -144,9 +144,9 @@ class GroupCommitWriter:
                     await asyncio.sleep(0)
 
     async def _launch(self, group: list[IntakeEntry]) -> None:
-        """Start `group`'s commit beside those in flight (its slot taken); a group with stream
-        positions once every earlier group has landed."""
-        if any(entry.source is not None for entry in group):
+        """Start `group`'s commit beside those in flight (its slot taken); a group that must
+        land after every earlier one (`_in_turn`) once they have."""
+        if any(_in_turn(entry) for entry in group):
             while self._flying:
                 await asyncio.wait(set(self._flying))
         task = asyncio.create_task(self._commit_group(group), name=f"{self._name}-group")
@@ -200,3 +200,14 @@ class GroupCommitWriter:
                 entry.future.set_result(results[offset : offset + entry.size])
             offset += entry.size
         self._on_commit()
+
+
+def _in_turn(entry: IntakeEntry) -> bool:
+    """Whether an entry may commit only after every earlier group has: a stream position must
+    never commit ahead of an event it covers; an ordered event must not become its group's head
+    before an earlier event of the group still in flight is stored; and a coalescing version
+    must not land before an older one in flight, which would then fold over it (latest wins
+    would become last committed wins)."""
+    return entry.source is not None or any(
+        row.ordering_key is not None or row.coalesce_key is not None for row in entry.rows
+    )

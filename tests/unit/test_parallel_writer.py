@@ -1,11 +1,16 @@
 """GroupCommitWriter with several group commits in flight (a pooled store, PostgreSQL): a group
 starts beside one still committing, and a group storing a stream position waits for every
-earlier group to land (a position never commits ahead of an event it covers)."""
+earlier group to land (a position never commits ahead of an event it covers), and so does a
+group carrying ordering or coalesce keys (a group's head, latest wins)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
+
+import pytest
+from contract.conftest import make_event
 
 from eventqueue.core.models import PutStatus
 from eventqueue.core.records import NewEvent, SplitPoint
@@ -80,4 +85,28 @@ async def test_a_group_with_a_stream_position_waits_for_earlier_groups() -> None
     await commits.started[1]
     commits.release[1].set()
     await positioned.future
+    await writer.close()
+
+
+@pytest.mark.parametrize("key", ["ordering_key", "coalesce_key"])
+async def test_a_group_with_ordering_or_coalesce_keys_waits_for_earlier_groups(key: str) -> None:
+    commits = _Commits()
+    commits.prepare(2)
+    writer = GroupCommitWriter(commits, max_events=100, intake_size=100, parallel=2)
+    writer.start()
+    first = _entry()
+    keyed = _entry()
+    keyed.rows.append(dataclasses.replace(make_event("order_updated"), **{key: "order-7"}))
+    writer.submit(first)
+    await commits.started[0]
+    writer.submit(keyed)
+    for _ in range(20):  # the writer has every chance to start it: it must not
+        await asyncio.sleep(0)
+    assert not commits.started[1].done()
+
+    commits.release[0].set()
+    await first.future
+    await commits.started[1]
+    commits.release[1].set()
+    await keyed.future
     await writer.close()
