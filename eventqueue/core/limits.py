@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from eventqueue.core.errors import ConfigError
+from eventqueue.core.records import KeyUse
 
 DEFAULT_KEY = "*"  # the limit of every batch key without its own entry
 
@@ -221,3 +222,24 @@ def debit(
     never split for it): the key then waits for the refill, so over time the rate holds."""
     level = limit.refill(tokens, refilled_at, now) - events
     return level, limit.tokens_due_at(level, now)
+
+
+def key_uses(
+    limits: KeyLimits,
+    in_flight: Mapping[str, int],
+    stored: Mapping[str, tuple[int, float | None, float | None]],
+    now: float,
+) -> dict[str, KeyUse]:
+    """Per key under a limit (or with state stored): batches leased now, claims held back, and
+    the bucket's level now. `stored` is the key_limits table: key -> (held back, tokens, at)."""
+    uses: dict[str, KeyUse] = {}
+    for key in sorted(set(in_flight) | set(stored) | set(limits.named())):
+        limit = limits.for_key(key)
+        if limit is None and key not in stored:
+            continue
+        held_back, tokens, at = stored.get(key, (0, None, None))
+        level = None
+        if limit is not None and limit.rate_per_s is not None:
+            level = round(limit.refill(tokens, at, now), 3)
+        uses[key] = KeyUse(in_flight=in_flight.get(key, 0), held_back=held_back, tokens=level)
+    return uses

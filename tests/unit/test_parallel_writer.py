@@ -67,39 +67,16 @@ async def test_a_second_group_commits_while_the_first_is_in_flight() -> None:
     await writer.close()
 
 
-async def test_a_group_with_a_stream_position_waits_for_earlier_groups() -> None:
-    commits = _Commits()
-    commits.prepare(2)
-    writer = GroupCommitWriter(commits, max_events=100, intake_size=100, parallel=2)
-    writer.start()
-    first, positioned = _entry(), _entry(source="stream")
-    writer.submit(first)
-    await commits.started[0]
-    writer.submit(positioned)
-    for _ in range(20):  # the writer has every chance to start it: it must not
-        await asyncio.sleep(0)
-    assert not commits.started[1].done()
-
-    commits.release[0].set()
-    await first.future
-    await commits.started[1]
-    commits.release[1].set()
-    await positioned.future
-    await writer.close()
-
-
-@pytest.mark.parametrize("key", ["ordering_key", "coalesce_key"])
-async def test_a_group_with_ordering_or_coalesce_keys_waits_for_earlier_groups(key: str) -> None:
+async def _waits_for_the_earlier_group(later: IntakeEntry) -> None:
+    """`later`, submitted while an earlier group commits, starts only once that one landed."""
     commits = _Commits()
     commits.prepare(2)
     writer = GroupCommitWriter(commits, max_events=100, intake_size=100, parallel=2)
     writer.start()
     first = _entry()
-    keyed = _entry()
-    keyed.rows.append(dataclasses.replace(make_event("order_updated"), **{key: "order-7"}))
     writer.submit(first)
     await commits.started[0]
-    writer.submit(keyed)
+    writer.submit(later)
     for _ in range(20):  # the writer has every chance to start it: it must not
         await asyncio.sleep(0)
     assert not commits.started[1].done()
@@ -108,5 +85,16 @@ async def test_a_group_with_ordering_or_coalesce_keys_waits_for_earlier_groups(k
     await first.future
     await commits.started[1]
     commits.release[1].set()
-    await keyed.future
+    await later.future
     await writer.close()
+
+
+async def test_a_group_with_a_stream_position_waits_for_earlier_groups() -> None:
+    await _waits_for_the_earlier_group(_entry(source="stream"))
+
+
+@pytest.mark.parametrize("key", ["ordering_key", "coalesce_key"])
+async def test_a_group_with_ordering_or_coalesce_keys_waits_for_earlier_groups(key: str) -> None:
+    keyed = _entry()
+    keyed.rows.append(dataclasses.replace(make_event("order_updated"), **{key: "order-7"}))
+    await _waits_for_the_earlier_group(keyed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from eventqueue.core.limits import Holds, KeyLimits, debit, holds
+from eventqueue.core.limits import key_uses as shape_key_uses
 from eventqueue.core.models import Batch, Priority
 from eventqueue.core.records import KeyUse, LimitHold
 from eventqueue.store.postgres import queries as sql
@@ -108,14 +109,4 @@ async def key_uses(c: Conn, limits: KeyLimits, now: float) -> dict[str, KeyUse]:
     flying = await in_flight(c)
     rows = await c.fetch(sql.SELECT_KEY_LIMITS.sql)
     stored = {from_db(k): (int(h), t, at) for k, h, t, at in rows}
-    uses: dict[str, KeyUse] = {}
-    for key in sorted(set(flying) | set(stored) | set(limits.named())):
-        limit = limits.for_key(key)
-        if limit is None and key not in stored:
-            continue
-        held_back, tokens, at = stored.get(key, (0, None, None))
-        level = None
-        if limit is not None and limit.rate_per_s is not None:
-            level = round(limit.refill(tokens, at, now), 3)
-        uses[key] = KeyUse(in_flight=flying.get(key, 0), held_back=held_back, tokens=level)
-    return uses
+    return shape_key_uses(limits, flying, stored, now)

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 
 from eventqueue.core.limits import Holds, KeyLimits, debit, holds
+from eventqueue.core.limits import key_uses as shape_key_uses
 from eventqueue.core.models import Batch
 from eventqueue.core.records import KeyUse, LimitHold
 from eventqueue.store.sqlite import queries as sql
@@ -80,15 +81,5 @@ def limit_hold(db: Tx, limits: KeyLimits, now: float) -> LimitHold:
 def key_uses(db: Tx, limits: KeyLimits, now: float) -> dict[str, KeyUse]:
     """Per key under a limit: batches leased now, claims held back, bucket level now."""
     flying = in_flight(db)
-    uses: dict[str, KeyUse] = {}
     stored = {str(k): (int(h), t, at) for k, h, t, at in db.rows(L.rows.sql, L.rows.bind())}
-    for key in sorted(set(flying) | set(stored) | set(limits.named())):
-        limit = limits.for_key(key)
-        if limit is None and key not in stored:
-            continue
-        held_back, tokens, at = stored.get(key, (0, None, None))
-        level = None
-        if limit is not None and limit.rate_per_s is not None:
-            level = round(limit.refill(tokens, at, now), 3)
-        uses[key] = KeyUse(in_flight=flying.get(key, 0), held_back=held_back, tokens=level)
-    return uses
+    return shape_key_uses(limits, flying, stored, now)
